@@ -1,0 +1,5 @@
+"""``python -m edgekd`` runs the CLI."""
+
+from edgekd.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""ONNX Runtime backend: ONNX export (torch.onnx), static INT8 QDQ quantization (ORT's own
+quantization tools), and an ORT session runner.
+
+The INT8 model is made *after* conversion with the runtime's own tool (as Olive does): ORT's
+``quantize_static`` in QDQ format with per-channel signed INT8 weights, calibrated with
+min-max on the calibration split. OpenVINO reads the same QDQ file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekd.backends import ExportSource
+from edgekd.errors import BuildError, RuntimeMissingError
+
+if TYPE_CHECKING:
+    from edgekd.targets import Target
+
+FORMAT = "onnx"
+SUFFIX = ".onnx"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+OPSET = 18
+_INSTALL = "pip install onnxruntime (or onnxruntime-gpu for the GPU providers)"
+
+
+def _ort():  # type: ignore[no-untyped-def]
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeMissingError(f"onnxruntime is not installed: {_INSTALL}") from exc
+    return onnxruntime
+
+
+def runtime_version() -> str:
+    return str(_ort().__version__)
+
+
+def check(target: Target) -> None:
+    ort = _ort()
+    available = ort.get_available_providers()
+    if not any(p in available for p in target.providers):
+        raise RuntimeMissingError(
+            f"target {target.name!r} needs ONNX Runtime's {' or '.join(target.providers)}, but "
+            f"this onnxruntime {ort.__version__} offers only {', '.join(available)}: install "
+            "onnxruntime-gpu on a machine with an NVIDIA GPU and CUDA/TensorRT, or pick a CPU "
+            "target (edgekd targets)")
+
+
+def to_onnx(model: Any, example: np.ndarray, path: Path) -> Path:
+    """Export a PyTorch model to a single self-contained ONNX file with a dynamic batch axis."""
+    import onnx
+    import torch
+
+    from edgekd.quiet import quiet
+
+    args = (torch.from_numpy(example),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with quiet("torch.onnx.export"):
+        program = torch.onnx.export(model, args, dynamo=True, opset_version=OPSET,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=({0: batch},), verbose=False)
+    if program is None:
+        raise BuildError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    # The exporter tags every node with stack traces and module paths; useful when debugging
+    # an export, dead weight in a deployed artifact (a third of a small model's file).
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+    return path
+
+
+class _Calibration:
+    """ORT's CalibrationDataReader over preprocessed samples, one at a time."""
+
+    def __init__(self, samples: np.ndarray) -> None:
+        self._it: Iterator[np.ndarray] = iter(samples)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self._it, None)
+        return None if x is None else {INPUT_NAME: x[None].astype(np.float32)}
+
+    def rewind(self) -> None:  # required by newer ORT readers; one pass is all we use
+        pass
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool) -> Path:
+    """Static INT8 post-training quantization (QDQ), following ORT's recommended recipe:
+    pre-process (shape inference + graph optimisation, which folds BatchNorm), then
+    quantize_static with signed INT8 activations and weights."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgekd.quiet import quiet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        with quiet("onnxruntime.quantization"):
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(out), _Calibration(calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    # Shape annotations from pre-processing are re-derived by every runtime at load time.
+    model = onnx.load(str(out))
+    model.graph.ClearField("value_info")
+    onnx.save_model(model, str(out))
+    return out
+
+
+def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
+    """The ONNX files are made once by the pipeline (OpenVINO converts them too); copy them."""
+    paths = {}
+    for precision, src in source.onnx.items():
+        dst = out_dir / f"student_{precision}{SUFFIX}"
+        shutil.copyfile(src, dst)
+        paths[precision] = dst
+    return paths
+
+
+class OrtRunner:
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int, providers: tuple[str, ...]) -> None:
+        ort = _ort()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts,
+                                                providers=list(providers))
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BuildError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export the "
+                             "model or check the file is complete") from exc
+        wanted = [p for p in providers if p != "CPUExecutionProvider"]
+        if wanted and not any(p in self.session.get_providers() for p in wanted):
+            raise RuntimeMissingError(f"{path}: none of {', '.join(wanted)} could be "
+                                      f"initialised (got {', '.join(self.session.get_providers())})"
+                                      ": check the CUDA/TensorRT installation")
+        self.threads = threads
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.session.run(None, {self.input_name: x.astype(np.float32)})[0])
+
+
+def load(path: Path, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+         ) -> OrtRunner:
+    return OrtRunner(path, threads, providers)

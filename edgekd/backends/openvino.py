@@ -1,0 +1,105 @@
+"""OpenVINO backend: IR (.xml + .bin) converted from the ONNX files with OpenVINO's own
+converter, and a compiled-model runner on the CPU plugin.
+
+The INT8 IR comes from the QDQ ONNX model: ``ov.convert_model`` turns each
+QuantizeLinear/DequantizeLinear pair into a FakeQuantize, and the CPU plugin executes the
+quantized convolutions and matmuls in INT8 (see the compiled model's runtime precisions).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekd.backends import ExportSource
+from edgekd.errors import BuildError, RuntimeMissingError
+
+if TYPE_CHECKING:
+    from edgekd.targets import Target
+
+FORMAT = "openvino"
+SUFFIX = ".xml"
+
+
+def _decline_telemetry() -> None:
+    """Record "no" to OpenVINO's usage telemetry unless the user already answered.
+
+    ``import openvino`` imports its converter, which sends a usage event over the network
+    whenever no consent file exists. edgekd runs in CI jobs and on air-gapped devices and must
+    not phone home on a user's behalf, so where the user never chose, it writes the same "0"
+    that OpenVINO's own opt-in dialog writes when it is declined. An existing answer (opt-in
+    with ``opt_in_out --opt_in``) is left alone.
+    """
+    consent = Path.home() / "intel" / "openvino_telemetry"
+    if consent.exists():
+        return
+    try:
+        consent.parent.mkdir(parents=True, exist_ok=True)
+        consent.write_text("0", encoding="ascii")
+    except OSError:
+        pass  # read-only home: OpenVINO then finds no place to store a client id either
+
+
+def _ov() -> Any:
+    _decline_telemetry()
+    try:
+        import openvino
+    except ImportError as exc:
+        raise RuntimeMissingError("openvino is not installed: pip install openvino") from exc
+    return openvino
+
+
+def runtime_version() -> str:
+    return str(_ov().__version__)
+
+
+def check(target: Target) -> None:
+    _ov()
+
+
+def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
+    ov = _ov()
+    paths = {}
+    for precision, onnx_path in source.onnx.items():
+        xml = out_dir / f"student_{precision}{SUFFIX}"
+        model = ov.Core().read_model(str(onnx_path))  # the ONNX frontend reads QDQ directly
+        # FP32 stays FP32: save_model would otherwise compress float weights to FP16.
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        paths[precision] = xml
+    return paths
+
+
+class OpenVinoRunner:
+    runtime = "openvino"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ov = _ov()
+        core = ov.Core()
+        # f32 hint: on CPUs with AVX512-BF16/AMX the plugin would otherwise run float layers
+        # in bf16, and an FP32 artifact would no longer be what was verified and reported.
+        # Quantized layers of an INT8 IR still execute in INT8.
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        try:
+            self.compiled = core.compile_model(str(path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError for any read/compile problem
+            raise BuildError(f"{path}: OpenVINO cannot load it ({exc}); keep the .xml and its "
+                             ".bin together and re-export if either is damaged") from exc
+        self.request = self.compiled.create_infer_request()
+        self.threads = threads
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: x.astype(np.float32)})
+        return np.asarray(result[self.compiled.output(0)])
+
+    def runtime_precisions(self) -> dict[str, str]:
+        """Executed layer name -> precision, from the compiled model's runtime info."""
+        model = self.compiled.get_runtime_model()
+        return {op.get_friendly_name(): str(op.get_rt_info()["runtimePrecision"].astype(str))
+                for op in model.get_ordered_ops()}
+
+
+def load(path: Path, threads: int, providers: tuple[str, ...] = ()) -> OpenVinoRunner:
+    return OpenVinoRunner(path, threads)

@@ -1,0 +1,1 @@
+"""Target TOML files shipped with edgekd (a package only so that installs carry them)."""

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgekd.config import BuildConfig, DistillConfig, PruneConfig
+
+
+def test_config_round_trips_through_json() -> None:
+    config = BuildConfig(seed=3, distill=DistillConfig(temperature=2.0, alpha=0.3))
+    again = BuildConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: DistillConfig(temperature=0), "temperature must be > 0"),
+    (lambda: DistillConfig(alpha=1.5), r"alpha must be in \[0, 1\]"),
+    (lambda: PruneConfig(sparsity=1.0), r"sparsity must be in \[0, 1\)"),
+    (lambda: BuildConfig(min_agreement=2), "min_agreement"),
+    (lambda: BuildConfig.from_dict({"sead": 1}), "unknown config key 'sead'"),
+    (lambda: BuildConfig.from_dict({"prune": {"sparse": 0.1}}), "unknown key prune.'sparse'"),
+])
+def test_bad_values_say_what_is_allowed(make, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=message):
+        make()

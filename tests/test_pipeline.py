@@ -1,0 +1,102 @@
+"""The whole pipeline, end to end, on a reduced config with the real runtimes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgekd.config import BenchConfig, BuildConfig, DistillConfig, PruneConfig, TrainConfig
+from edgekd.pipeline import build
+from edgekd.report import sha256_of
+
+QUICK = BuildConfig(
+    teacher=TrainConfig(epochs=3), student=TrainConfig(epochs=3, lr=3e-3),
+    distill=DistillConfig(epochs=3), prune=PruneConfig(sparsity=0.5, finetune_epochs=1),
+    bench=BenchConfig(warmup=3, runs=20), min_agreement=0.9,
+)
+ARTIFACT_KEYS = {"path", "format", "precision", "runtime", "size_bytes", "sha256", "accuracy",
+                 "top1_agreement", "latency_ms", "peak_rss_mb"}
+
+
+@pytest.fixture(scope="module")
+def pi_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("build")
+    steps: list[str] = []
+    result = build("raspberrypi", out=root, config=QUICK, on_step=lambda n, d: steps.append(n))
+    assert "teacher" in steps and "quantize" in steps
+    return root, result.report
+
+
+@pytest.mark.slow
+def test_report_contract(pi_build) -> None:
+    root, report = pi_build
+    out = root / "raspberrypi"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report
+    assert report["target"] == "raspberrypi"
+    assert report["input"]["shape"] == [1, 1, 8, 8] and report["input"]["dtype"] == "float32"
+    assert {"scale", "mean", "std"} <= set(report["input"]["preprocessing"])
+    assert report["dataset"]["splits"]["test"] > 0 and report["dataset"]["seed"] == 0
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages) == ["teacher", "student_scratch", "student_distilled", "student_pruned"]
+    for s in stages.values():
+        assert {"params", "nonzero_params", "accuracy"} <= set(s)
+        assert 0.5 < s["accuracy"] <= 1.0
+    pruned = stages["student_pruned"]
+    assert pruned["nonzero_params"] < 0.6 * pruned["params"]
+    assert stages["teacher"]["params"] >= 20 * pruned["params"]
+
+    kinds = {(a["format"], a["precision"]) for a in report["artifacts"]}
+    assert kinds == {("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8")}
+    for a in report["artifacts"]:
+        assert set(a) >= ARTIFACT_KEYS
+        path = out / a["path"]
+        assert path.stat().st_size == a["size_bytes"]
+        assert sha256_of(path) == a["sha256"]
+        assert a["top1_agreement"] >= QUICK.min_agreement
+        lat = a["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert a["peak_rss_mb"] > 10
+    by = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    for fmt in ("tflite", "onnx"):
+        assert by[(fmt, "fp32")]["size_bytes"] >= 3 * by[(fmt, "int8")]["size_bytes"]
+
+
+@pytest.mark.slow
+def test_manifest_and_markdown(pi_build) -> None:
+    root, report = pi_build
+    out = root / "raspberrypi"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["versions"]["torch"].startswith("2.13")
+    assert manifest["versions"]["onnxruntime"] and manifest["versions"]["ai-edge-litert"]
+    assert manifest["seeds"]["build"] == 0
+    assert BuildConfig.from_dict(manifest["config"]) == QUICK
+    for a in report["artifacts"]:
+        assert manifest["sha256"][a["path"]] == a["sha256"]
+    md = (out / "report.md").read_text()
+    assert "| teacher |" in md and "student_int8.tflite" in md
+    # Nothing left over from staging; the teacher is cached for the next build.
+    assert sorted(p.name for p in root.iterdir()) == [".cache", "raspberrypi"]
+    assert len(list((root / ".cache").glob("teacher-*.safetensors"))) == 1
+
+
+@pytest.mark.slow
+def test_second_build_reuses_teacher_and_openvino_target(pi_build) -> None:
+    root, first = pi_build
+    steps: dict[str, str] = {}
+    result = build("intel-cpu", out=root, config=QUICK,
+                   on_step=lambda n, d: steps.__setitem__(n, d))
+    assert "(cached)" in steps["teacher"]
+    report = result.report
+    assert report["stages"][0]["accuracy"] == first["stages"][0]["accuracy"]
+    arts = {a["precision"]: a for a in report["artifacts"]}
+    assert {a["format"] for a in report["artifacts"]} == {"openvino"}
+    assert set(arts) == {"fp32", "int8"}
+    out = root / "intel-cpu"
+    assert (out / "student_int8.xml").is_file() and (out / "student_int8.bin").is_file()
+    # INT8 weights are >= 3x smaller; the IR's .xml is larger (see test_backends).
+    bins = [(out / f"student_{p}.bin").stat().st_size for p in ("fp32", "int8")]
+    assert bins[0] >= 3 * bins[1]
+    assert (root / "raspberrypi" / "report.json").is_file()  # the other target is untouched
