@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import edgekd
@@ -74,8 +76,6 @@ def _stage(name: str, model: nn.Module, acc: float, **extra: Any) -> dict[str, A
 
 def _teacher(data: Dataset, config: BuildConfig, cache_dir: Path) -> tuple[nn.Module, bool]:
     """Train the teacher, or load the one an earlier build trained on the same inputs."""
-    from safetensors.torch import load_file, save_file
-
     key = hashlib.sha256(json.dumps({
         "model": "teacher_cnn", "train": asdict(config.teacher), "seed": config.seed,
         "data": data.fingerprint(), "torch": torch.__version__,
@@ -210,11 +210,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                 "threads": bench["threads"],
             })
 
-        import shutil
-
         shutil.rmtree(work)
-        from safetensors.torch import save_file
-
         save_file(student.state_dict(), stage / "student.safetensors")
         report = _report(target, data, config, stages, artifacts, threads,
                          time.perf_counter() - started)
