@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import edgekd
+from edgekd.bench import BenchSpec
 from edgekd.errors import EdgekdError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,7 +27,7 @@ err_console = Console(stderr=True, highlight=False)
 def _fail(exc: EdgekdError, debug: bool) -> typer.Exit:
     if debug:
         err_console.print_exception()
-    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -57,6 +60,181 @@ def targets() -> None:
 
 
 
+def _bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
+                 threads: int | None, remote: bool, **kw: object) -> list[BenchSpec]:
+    from edgekd.backends import runtime_for_suffix
+    from edgekd.targets import load_target
+
+    t = load_target(target) if target else None
+    specs = []
+    for path in artifacts:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file; give the path of an .onnx, .xml or "
+                             ".tflite artifact")
+        rt = runtime or runtime_for_suffix(path)
+        if t and rt not in t.runtimes:
+            raise UsageError(f"{path.name} runs in {rt}, which target {t.name!r} does not "
+                             f"use ({', '.join(t.runtimes)}); pass --runtime or another target")
+        n = threads or (t.threads if t else (os.cpu_count() or 1))
+        if t and not remote:  # more threads than this host's cores only measure contention
+            n = min(n, os.cpu_count() or 1)
+        providers = t.providers if t else ("CPUExecutionProvider",)
+        specs.append(BenchSpec(path, rt, n, providers=providers, **kw))  # type: ignore[arg-type]
+    return specs
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact(s): .onnx, .xml (OpenVINO "
+                                                    "IR) or .tflite.", show_default=False)],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Take threads and "
+                                               "execution providers from this target.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tflite "
+                                                "(default: from the file suffix).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the "
+                                                "target's, else all cores).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 50,
+    runs: Annotated[int | None, typer.Option(help="Timed runs (at least).")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Time spent on timed runs (at "
+                                                  "least).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size of the input.")] = 1,
+    shape: Annotated[str | None, typer.Option(help="Full input shape, e.g. 1,3,224,224, for "
+                                              "models with dynamic dimensions.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the input tensors.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results to this "
+                                                  "JSON file.")] = None,
+    remote: Annotated[list[str] | None, typer.Option(help="Benchmark on user@host over SSH "
+                                                     "(repeat for several, run in parallel)."
+                                                     )] = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the remote device.")]
+    = "python3",
+    ssh_config: Annotated[Path | None, typer.Option(help="ssh -F FILE.")] = None,
+    accept_new_host_key: Annotated[bool, typer.Option(
+        help="Trust a host key seen for the first time (ssh accept-new).")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Measure latency and memory of artifacts, here or on devices over SSH (no torch needed)."""
+    from edgekd.bench import run_bench
+
+    try:
+        if runs is None and seconds is None:
+            runs, seconds = 200, 2.0  # at least 200 runs and 2 s, whichever takes longer
+        try:
+            input_shape = tuple(int(v) for v in shape.split(",")) if shape else None
+            specs = _bench_specs(artifacts, runtime, target, threads, bool(remote),
+                                 warmup=warmup, runs=runs, seconds=seconds, batch=batch,
+                                 input_shape=input_shape, seed=seed)
+        except ValueError as exc:
+            raise UsageError(f"bad option: {exc}") from exc
+        results: list[dict] = []
+        errors: list[str] = []
+        if remote:
+            from edgekd.remote import Remote, bench_hosts
+
+            try:
+                hosts = [Remote(h, remote_python, ssh_config, accept_new_host_key)
+                         for h in remote]
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            with console.status(f"benchmarking on {', '.join(remote)} …"):
+                for got in bench_hosts(hosts, specs).values():
+                    if isinstance(got, EdgekdError):
+                        errors.append(str(got))
+                    else:
+                        results += got
+        else:
+            with console.status("benchmarking …"):
+                results = [run_bench(s) for s in specs]
+    except EdgekdError as exc:
+        raise _fail(exc, debug) from exc
+    for r in results:
+        _print_bench(r)
+    if json_out:
+        from edgekd.report import write_json
+
+        write_json(json_out, {"benchmarks": results, "errors": errors})
+    for e in errors:
+        err_console.print(f"[bold red]error:[/] {escape(e)}", soft_wrap=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+def _print_bench(r: dict) -> None:
+    lat, mem, dev = r["latency_ms"], r["memory"], r["device"]
+    where = f" on {r['remote']}" if r.get("remote") else ""
+    console.print(f"[bold]{r['artifact']}[/] — {r['runtime']} {r['runtime_version']}{where}, "
+                  f"{dev.get('model') or dev['cpu']} ({dev['machine']}), {r['threads']} "
+                  f"thread(s), batch {r['batch']}, {r['runs']} runs after {r['warmup']} warm-up")
+    unit, scale = ("µs", 1000.0) if lat["p50"] < 1 else ("ms", 1.0)
+    keys = ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")
+    t = Table(*keys, "p50 95% CI", title=f"latency, {unit}", box=box.SIMPLE)
+    lo, hi = lat["p50_ci95"]
+    t.add_row(*(f"{lat[k] * scale:.3g}" for k in keys), f"{lo * scale:.3g}–{hi * scale:.3g}")
+    console.print(t)
+    console.print(f"load {r['load_ms']:.1f} ms, first inference {r['first_inference_ms']:.3f} "
+                  f"ms; peak RSS {mem['peak_rss_mb']:.1f} MiB, model + runtime "
+                  f"{mem['model_rss_mb']:.1f} MiB over an empty interpreter's "
+                  f"{mem['baseline_rss_mb']:.1f} MiB; file {r['file_size_bytes'] / 1024:.1f} KiB")
+    p = r.get("placement") or {}
+    if p.get("not_as_intended"):
+        console.print("[yellow]not as intended:[/] " + ", ".join(
+            f"{n['op']} {n['node']} ({n['ran']})" for n in p["not_as_intended"]))
+    elif "nodes" in p:
+        console.print(f"placement: all {p['nodes']} nodes as intended "
+                      f"({'INT8' if p['quantized'] else 'float'} model)")
+    console.print()
+
+
+@app.command()
+def check(
+    report: Annotated[Path, typer.Argument(help="report.json of a build (or edgekd bench "
+                                           "--json output).", show_default=False)],
+    budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table "
+                                                "(default: the target's budget recorded "
+                                                "in the report).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here.")] = None,
+) -> None:
+    """Compare a report against its budgets: exit 1 if any is broken, 0 if all hold."""
+    raise typer.Exit(_check(report, budget, junit))
+
+
+def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> int:
+    from edgekd.budget import Budget, evaluate, junit_xml, load_budget_file, load_report
+
+    try:
+        report = load_report(report_path)
+        if budget_path:
+            budget, source = load_budget_file(budget_path), str(budget_path)
+        else:
+            recorded = report.get("budget") or {}
+            budget = Budget(**recorded.get("limits", {}))
+            source = recorded.get("source", str(report_path))
+        if budget.empty:
+            raise UsageError(f"no budgets to check in {source}: add a [budget] table to the "
+                             "target file or pass --budget FILE")
+        checks = evaluate(report, budget)
+    except EdgekdError as exc:
+        raise _fail(exc, False) from exc
+    _print_checks([c.to_dict() for c in checks], source)
+    if junit:
+        junit.write_text(junit_xml(checks, source), encoding="utf-8")
+    return 1 if any(not c.ok for c in checks) else 0
+
+
+def _print_checks(checks: list[dict], source: str) -> None:
+    table = Table("budget", "artifact", "measured", "limit", "margin", "",
+                  title=f"Budgets ({escape(source)})", box=box.SIMPLE)
+    table.columns[1].overflow = "fold"
+    for c in checks:
+        mark = "[green]ok[/]" if c["ok"] else "[bold red]BROKEN[/]"
+        table.add_row(c["budget"], c["subject"], f"{c['measured']:.4g} {c['unit']}",
+                      f"{c['limit']:g} {c['unit']}", f"{c['margin']:+.4g}", mark)
+    console.print(table)
+    broken = sum(not c["ok"] for c in checks)
+    console.print(f"[bold red]{broken} of {len(checks)} budgets broken[/]" if broken
+                  else f"[green]all {len(checks)} budgets hold[/]")
+
+
 @app.command()
 def build(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (edgekd targets).")],
@@ -75,6 +253,20 @@ def build(
     min_agreement: Annotated[float | None, typer.Option(
         help="Fail if an artifact's top-1 agreement with PyTorch is below this.")] = None,
     runs: Annotated[int | None, typer.Option(help="Timed benchmark runs per artifact.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if a budget is broken "
+                                        "(the build and its reports are still written).")]
+    = False,
+    budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table; "
+                                                "replaces the target's.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="With --check: JUnit XML here.")] = None,
+    remote: Annotated[list[str] | None, typer.Option(help="Also benchmark the artifacts on "
+                                                     "user@host over SSH (repeatable).")]
+    = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the remote device.")]
+    = "python3",
+    ssh_config: Annotated[Path | None, typer.Option(help="ssh -F FILE.")] = None,
+    accept_new_host_key: Annotated[bool, typer.Option(
+        help="Trust a host key seen for the first time (ssh accept-new).")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
 ) -> None:
     """Run the whole pipeline for TARGET on the built-in digits default."""
@@ -100,8 +292,18 @@ def build(
             config = replace(config, min_agreement=min_agreement)
         if runs is not None:
             config = replace(config, bench=replace(config.bench, runs=runs))
+        from edgekd.remote import Remote
+
+        remotes = [Remote(h, remote_python, ssh_config, accept_new_host_key)
+                   for h in remote or []]
     except ValueError as exc:
         raise _fail(UsageError(f"bad option: {exc}"), debug) from exc
+    try:
+        from edgekd.budget import load_budget_file
+
+        limits = load_budget_file(budget) if budget else None
+    except EdgekdError as exc:
+        raise _fail(exc, debug) from exc
 
     from edgekd.pipeline import build as run_build
 
@@ -113,7 +315,9 @@ def build(
 
     try:
         with status:
-            result = run_build(target, out=out, config=config, on_step=on_step)
+            result = run_build(target, out=out, config=config, on_step=on_step,
+                               budget=limits, budget_source=str(budget) if budget else None,
+                               remotes=remotes)
     except EdgekdError as exc:
         raise _fail(exc, debug) from exc
     except KeyboardInterrupt:
@@ -121,6 +325,8 @@ def build(
                           "(if any) is untouched")
         raise typer.Exit(130) from None
     _summary(result.report, result.out_dir)
+    if check:
+        raise typer.Exit(_check(result.out_dir / "report.json", budget, junit))
 
 
 def _summary(report: dict, out_dir: Path) -> None:
@@ -129,20 +335,29 @@ def _summary(report: dict, out_dir: Path) -> None:
         stages.add_row(s["name"], f"{s['params']:,}", f"{s['nonzero_params']:,}",
                        f"{s['accuracy']:.2%}")
     console.print(stages)
-    arts = Table("artifact", "KiB", "acc.", "agree", "p50 ms", "p99 ms", "RSS MB",
+    arts = Table("artifact", "KiB", "acc.", "agree", "p50 ms", "p95 ms", "RSS MB",
                  title="Artifacts, verified in their runtimes", box=box.SIMPLE)
     arts.columns[0].no_wrap = True
     for a in report["artifacts"]:
         arts.add_row(a["path"], f"{a['size_bytes'] / 1024:.1f}", f"{a['accuracy']:.2%}",
-                     f"{a['top1_agreement']:.2%}", f"{a['latency_ms']['p50']:.3f}",
-                     f"{a['latency_ms']['p99']:.3f}", f"{a['peak_rss_mb']:.0f}")
+                     f"{a['top1_agreement']:.2%}", f"{a['latency_ms']['p50']:.4f}",
+                     f"{a['latency_ms']['p95']:.4f}", f"{a['memory']['peak_rss_mb']:.0f}")
+        for r in a.get("remote", []):
+            arts.add_row(f"  @ {r['remote']}", "", "", "", f"{r['latency_ms']['p50']:.4f}",
+                         f"{r['latency_ms']['p95']:.4f}", f"{r['memory']['peak_rss_mb']:.0f}")
     console.print(arts)
+    for row in report.get("payoff", []):
+        mark = "[yellow]⚠[/] " if row["verdict"] == "slower" else "• "
+        console.print(mark + escape(row["detail"]), soft_wrap=True)
+    for flag in report.get("flags", []):
+        if not flag.startswith("SLOWER"):
+            console.print("[yellow]⚠[/] " + escape(flag), soft_wrap=True)
     s = report["summary"]
     console.print(f"student: {s['compression']:.1f}× fewer parameters than the teacher; "
                   f"distillation {s['distillation_gain_points']:+.2f} points vs scratch; "
                   f"built in {report['build_seconds']:.0f} s")
-    console.print(f"reports: {out_dir / 'report.md'}, {out_dir / 'report.json'}, "
-                  f"{out_dir / 'manifest.json'}")
+    console.print(f"reports: {out_dir / 'report.md'}, {out_dir / 'report.html'}, "
+                  f"{out_dir / 'report.json'}, {out_dir / 'manifest.json'}")
 
 
 def main() -> None:

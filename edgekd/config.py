@@ -72,13 +72,18 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """Each artifact: ``warmup`` untimed runs, then at least ``runs`` timed runs and at least
+    ``seconds`` of timed runs (a microsecond model gets many more than ``runs``)."""
+
     warmup: int = 50
     runs: int = 300
+    seconds: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
         _check(self.runs >= 10, f"runs must be >= 10 for percentiles to mean anything, "
                                 f"got {self.runs}")
+        _check(self.seconds >= 0, f"seconds must be >= 0, got {self.seconds}")
 
 
 @dataclass(frozen=True)

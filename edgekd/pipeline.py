@@ -16,7 +16,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,17 @@ from torch import nn
 import edgekd
 from edgekd import prune as pruning
 from edgekd.backends import ExportSource, get_backend
-from edgekd.backends.onnxruntime import quantize_int8, to_onnx
+from edgekd.backends.onnxruntime import provider_options, quantize_int8, to_fp16, to_onnx
 from edgekd.bench import BenchSpec, run_bench
+from edgekd.budget import Budget, evaluate
 from edgekd.config import BuildConfig
 from edgekd.data import Dataset, load_digits
+from edgekd.html_report import render_html
 from edgekd.models import count_params, student_cnn, teacher_cnn
 from edgekd.output import staged_dir
-from edgekd.report import artifact_files, render_markdown, sha256_of, write_json
+from edgekd.payoff import flags, payoff
+from edgekd.remote import Remote, bench_hosts
+from edgekd.report import artifact_files, gzip_size, render_markdown, sha256_of, write_json
 from edgekd.resources import default_calibration_file
 from edgekd.targets import Target, load_target
 from edgekd.train import Schedule, accuracy, logits_of, set_seed, train
@@ -98,6 +102,55 @@ def _teacher(data: Dataset, config: BuildConfig, cache_dir: Path) -> tuple[nn.Mo
     return model, False
 
 
+def _describe(path: Path, runtime: str, precision: str) -> dict[str, Any]:
+    files = artifact_files(path)
+    return {"path": path.name, "files": [f.name for f in files],
+            "format": get_backend(runtime).FORMAT, "precision": precision, "runtime": runtime,
+            "runtime_version": get_backend(runtime).runtime_version(),
+            "size_bytes": sum(f.stat().st_size for f in files),
+            "size_gzip_bytes": gzip_size(files), "sha256": sha256_of(path)}
+
+
+def _spec(stage: Path, entry: dict[str, Any], threads: int, target: Target,
+          config: BuildConfig) -> BenchSpec:
+    folder = stage if entry["path"].startswith("student") else stage / "reference"
+    b = config.bench
+    return BenchSpec(folder / entry["path"], entry["runtime"], threads, b.warmup, b.runs,
+                     b.seconds or None, seed=config.seed,
+                     providers=_providers(target, entry["runtime"], entry["precision"]))
+
+
+def _providers(target: Target, runtime: str, precision: str) -> tuple[Any, ...]:
+    if runtime == "onnxruntime":
+        return provider_options(target.providers, precision)
+    return target.providers
+
+
+def _bench_entry(result: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a bench result that go into an artifact's report entry."""
+    keep = ("latency_ms", "memory", "load_ms", "first_inference_ms", "threads", "runs",
+            "placement", "device")
+    entry = {k: result[k] for k in keep if k in result}
+    entry["latency_samples_ms"] = result.get("samples_ms", [])
+    if "remote" in result:
+        entry["remote"] = result["remote"]
+        entry["runtime_version"] = result["runtime_version"]
+    return entry
+
+
+def _bench_remote(remotes: Sequence[Remote], stage: Path, entries: list[dict[str, Any]],
+                  target: Target, config: BuildConfig, step: _Steps) -> None:
+    """Every artifact on every device, at the target's own thread count."""
+    specs = [_spec(stage, e, target.threads, target, config) for e in entries]
+    with step(f"bench on {', '.join(r.host for r in remotes)}") as s:
+        for got in bench_hosts(list(remotes), specs).values():
+            if isinstance(got, Exception):
+                raise got
+            for entry, result in zip(entries, got, strict=True):
+                entry.setdefault("remote", []).append(_bench_entry(result))
+        s["detail"] = f"{len(specs)} artifacts on {len(remotes)} device(s)"
+
+
 def _threads(target: Target) -> int:
     # A target's thread count is for its own device; on a host with fewer cores, more
     # threads than cores only measure contention.
@@ -105,14 +158,22 @@ def _threads(target: Target) -> int:
 
 
 def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
-          config: BuildConfig | None = None, on_step: StepCallback | None = None
-          ) -> BuildResult:
-    """Run the whole pipeline for ``target``; artifacts and reports go to ``out/<target>``."""
+          config: BuildConfig | None = None, on_step: StepCallback | None = None,
+          budget: Budget | None = None, budget_source: str | None = None,
+          remotes: Sequence[Remote] = ()) -> BuildResult:
+    """Run the whole pipeline for ``target``; artifacts and reports go to ``out/<target>``.
+
+    ``budget`` replaces the target's ``[budget]``; its checks are recorded in the report
+    (``edgekd check`` or ``build --check`` turn them into an exit code). ``remotes`` are
+    devices the artifacts are also benchmarked on, over SSH.
+    """
     started = time.perf_counter()
     config = config or BuildConfig()
     target = load_target(target) if isinstance(target, str) else target
     for runtime in target.runtimes:  # fail now, not after minutes of training
         get_backend(runtime).check(target)
+    for remote in remotes:
+        remote.preflight()
     out = Path(out)
     step = _Steps(on_step)
     threads = _threads(target)
@@ -170,52 +231,67 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
             onnx_fp32 = to_onnx(student, example, work / "student_fp32.onnx")
             onnx_int8 = quantize_int8(onnx_fp32, work / "student_int8.onnx", calibration,
                                       per_channel=config.quant.per_channel)
+            onnx_files = {"fp32": onnx_fp32, "int8": onnx_int8}
+            if target.needs_gpu:  # GPUs also get FP16 (Tensor Cores)
+                onnx_files["fp16"] = to_fp16(onnx_fp32, work / "student_fp16.onnx")
             s["detail"] = f"INT8 static, {len(calibration)} calibration samples"
 
         source = ExportSource(model=student, example=example, calibration=calibration,
-                              onnx={"fp32": onnx_fp32, "int8": onnx_int8},
-                              per_channel=config.quant.per_channel)
+                              onnx=onnx_files, per_channel=config.quant.per_channel)
+        # The distilled student before pruning, FP32: the baseline that shows whether pruning
+        # changed latency or only size.
+        dense = ExportSource(model=distilled.eval(), example=example, calibration=calibration,
+                             onnx={"fp32": to_onnx(distilled, example, work / "dense.onnx")},
+                             stem="dense")
+        (stage / "reference").mkdir()
         exported: list[tuple[str, str, Path]] = []  # (runtime, precision, path)
+        reference: list[tuple[str, str, Path]] = []
         for runtime in target.runtimes:
             with step(f"export {runtime}") as s:
                 paths = get_backend(runtime).export(source, stage)
                 exported += [(runtime, prec, path) for prec, path in paths.items()]
+                refs = get_backend(runtime).export(dense, stage / "reference")
+                reference += [(runtime, prec, path) for prec, path in refs.items()]
                 s["detail"] = ", ".join(p.name for p in paths.values())
 
-        reference = logits_of(student, data.test.x).numpy()
+        expected = logits_of(student, data.test.x).numpy()
         artifacts = []
         for runtime, precision, path in exported:
             with step(f"verify {path.name}") as s:
                 v = verify_artifact(path, runtime, x=data.test.x, y=data.test.y,
-                                    reference_logits=reference, threads=threads,
-                                    providers=target.providers)
+                                    reference_logits=expected, threads=threads,
+                                    providers=_providers(target, runtime, precision))
                 s["detail"] = (f"accuracy {v.accuracy:.2%}, agreement {v.top1_agreement:.2%}")
             require_agreement(path.name, runtime, precision, v, config.min_agreement)
-            with step(f"bench {path.name}") as s:
-                bench = run_bench(BenchSpec(path, runtime, data.input_shape, threads,
-                                            config.bench.warmup, config.bench.runs,
-                                            target.providers, config.seed))
-                s["detail"] = f"p50 {bench['latency_ms']['p50']:.4f} ms"
-            files = artifact_files(path)
-            artifacts.append({
-                "path": path.name, "files": [f.name for f in files],
-                "format": get_backend(runtime).FORMAT, "precision": precision,
-                "runtime": runtime, "runtime_version": get_backend(runtime).runtime_version(),
-                "size_bytes": sum(f.stat().st_size for f in files),
-                "sha256": sha256_of(path),
-                "accuracy": v.accuracy, "top1_agreement": v.top1_agreement,
-                "max_abs_diff": v.max_abs_diff,
-                "latency_ms": bench["latency_ms"], "peak_rss_mb": bench["peak_rss_mb"],
-                "load_ms": bench["load_ms"], "first_inference_ms": bench["first_inference_ms"],
-                "threads": bench["threads"],
-            })
+            artifacts.append({**_describe(path, runtime, precision),
+                              "accuracy": v.accuracy, "top1_agreement": v.top1_agreement,
+                              "max_abs_diff": v.max_abs_diff})
+        references = [_describe(path, runtime, precision)
+                      for runtime, precision, path in reference]
+
+        for entry in artifacts + references:
+            with step(f"bench {entry['path']}") as s:
+                entry.update(_bench_entry(run_bench(_spec(stage, entry, threads, target,
+                                                          config))))
+                s["detail"] = f"p50 {entry['latency_ms']['p50']:.4f} ms"
+        if remotes:
+            _bench_remote(remotes, stage, artifacts + references, target, config, step)
 
         shutil.rmtree(work)
         save_file(student.state_dict(), stage / "student.safetensors")
         report = _report(target, data, config, stages, artifacts, threads,
                          time.perf_counter() - started)
+        report["references"] = references
+        report["payoff"] = payoff(artifacts, references)
+        report["flags"] = flags(report["payoff"], artifacts)
+        budget = budget if budget is not None else target.budget
+        if not budget.empty:
+            report["budget"] = {
+                "source": budget_source or f"target {target.name}", "limits": budget.to_dict(),
+                "checks": [c.to_dict() for c in evaluate(report, budget)]}
         write_json(stage / "report.json", report)
         (stage / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (stage / "report.html").write_text(render_html(report), encoding="utf-8")
         write_json(stage / "manifest.json", _manifest(target, data, config, stage, artifacts))
     return BuildResult(out / target.name, report)
 
@@ -249,8 +325,9 @@ def _report(target: Target, data: Dataset, config: BuildConfig, stages: list[dic
                                                      - by_name["student_scratch"]["accuracy"]), 2),
         },
         "artifacts": artifacts,
-        "bench": {"warmup": config.bench.warmup, "runs": config.bench.runs, "batch": 1,
-                  "threads": threads, "target_threads": target.threads},
+        "bench": {"warmup": config.bench.warmup, "runs": config.bench.runs,
+                  "seconds": config.bench.seconds, "batch": 1, "threads": threads,
+                  "target_threads": target.threads},
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                  "processor": platform.processor() or platform.machine()},
         "build_seconds": round(seconds, 2),

@@ -12,6 +12,7 @@ from pathlib import Path
 import tomllib
 
 from edgekd.backends import BACKENDS
+from edgekd.budget import Budget, parse_budget
 from edgekd.errors import UsageError
 from edgekd.resources import targets_dir
 
@@ -26,6 +27,7 @@ class Target:
     # ONNX Runtime execution providers, in order of preference. A GPU target lists only GPU
     # providers: the build fails when none of them is available instead of using the CPU.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    budget: Budget = Budget()  # the [budget] table (see edgekd.budget)
 
     def __post_init__(self) -> None:
         if not self.runtimes:
@@ -69,6 +71,8 @@ def parse_target(name: str, text: str, source: str) -> Target:
             if not isinstance(raw[key], list) or not all(isinstance(v, str) for v in raw[key]):
                 raise UsageError(f"{source}: {key} must be a list of strings")
             raw[key] = tuple(raw[key])
+    if "budget" in raw:
+        raw["budget"] = parse_budget(raw["budget"], source)
     if not isinstance(raw["threads"], int) or isinstance(raw["threads"], bool):
         raise UsageError(f"{source}: threads must be an integer")
     try:

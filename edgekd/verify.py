@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class Verification:
 
 def verify_artifact(path: Path, runtime: str, *, x: np.ndarray, y: np.ndarray,
                     reference_logits: np.ndarray, threads: int,
-                    providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Verification:
+                    providers: tuple[Any, ...] = ("CPUExecutionProvider",)) -> Verification:
     with quiet(f"loading {path.name}"):  # runtimes log delegate creation to stderr
         runner = get_backend(runtime).load(path, threads, providers)
     logits = predict_batches(runner, x)

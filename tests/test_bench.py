@@ -7,45 +7,119 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edgekd.bench import BenchSpec, run_bench
+from edgekd.bench import BenchError, BenchSpec, run_bench
+from edgekd.bench_worker import latency_stats
+
+TORCH_BLOCKER = (
+    "import sys\n"
+    "class _NoTorch:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ImportError('torch is not installed on this device')\n"
+    "sys.meta_path.insert(0, _NoTorch())\n"
+)
 
 
-def test_bench_reports_ordered_percentiles_and_memory(onnx_pair) -> None:
-    result = run_bench(BenchSpec(onnx_pair["int8"], "onnxruntime", (1, 1, 8, 8), threads=1,
-                                 warmup=5, runs=50))
+def test_bench_reports_ordered_statistics_and_memory(onnx_pair) -> None:
+    result = run_bench(BenchSpec(onnx_pair["int8"], "onnxruntime", threads=1, warmup=5,
+                                 runs=50))
     lat = result["latency_ms"]
-    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert lat["min"] <= lat["mean"] <= lat["max"]
-    assert result["runs"] == 50 and result["threads"] == 1
-    # A Python process with numpy and onnxruntime loaded: tens of MB, and nowhere near the
-    # ~800 MB of the torch process that launched it (ru_maxrss would report that).
-    assert 20 < result["peak_rss_mb"] < 400
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert lat["min"] <= lat["mean"] <= lat["max"] and lat["std"] >= 0
+    lo, hi = lat["p50_ci95"]
+    assert lo <= lat["p50"] <= hi
+    assert result["runs"] == 50 and result["threads"] == 1 and len(result["samples_ms"]) == 50
+    mem = result["memory"]
+    # A Python process with numpy and onnxruntime loaded: tens of MB, nowhere near the ~800 MB
+    # of the torch process that launched it (ru_maxrss would report that).
+    assert 20 < mem["peak_rss_mb"] < 400
+    assert 0 < mem["model_rss_mb"] < mem["peak_rss_mb"]
+    assert mem["baseline_rss_mb"] + mem["model_rss_mb"] <= mem["peak_rss_mb"] + 1
+    assert result["file_size_bytes"] == onnx_pair["int8"].stat().st_size
     assert result["load_ms"] > 0 and result["first_inference_ms"] > 0
+    assert result["placement"]["quantized"] is True
+    assert result["placement"]["not_as_intended"] == []
 
 
-def test_bench_failure_is_one_clear_line(tmp_path: Path) -> None:
-    from edgekd.errors import BuildError
+def test_seconds_mode_runs_at_least_that_long(onnx_pair) -> None:
+    result = run_bench(BenchSpec(onnx_pair["fp32"], "onnxruntime", threads=1, warmup=0,
+                                 runs=None, seconds=0.3))
+    assert result["timed_seconds"] >= 0.3 and result["runs"] >= 10
+    assert len(result["samples_ms"]) <= 2000
 
+
+def test_batch_changes_the_input(onnx_pair) -> None:
+    one = run_bench(BenchSpec(onnx_pair["fp32"], "onnxruntime", 1, warmup=2, runs=20))
+    many = run_bench(BenchSpec(onnx_pair["fp32"], "onnxruntime", 1, warmup=2, runs=20,
+                               batch=64))
+    assert one["batch"] == 1 and many["batch"] == 64
+
+
+def test_confidence_interval_of_the_median_covers_it() -> None:
+    rng = np.random.default_rng(0)
+    stats = latency_stats(rng.lognormal(0, 0.5, 1001))
+    lo, hi = stats["p50_ci95"]
+    assert lo < stats["p50"] < hi
+    assert hi - lo < 0.2  # sqrt(n) order statistics around the median, not the whole range
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"garbage", "could not load broken.onnx"),
+])
+def test_bench_failure_is_one_clear_line(tmp_path: Path, content: bytes, match: str) -> None:
     bad = tmp_path / "broken.onnx"
-    bad.write_bytes(b"garbage")
-    with pytest.raises(BuildError, match="benchmark of broken.onnx in onnxruntime failed"):
-        run_bench(BenchSpec(bad, "onnxruntime", (1, 1, 8, 8), 1, 1, 10))
+    bad.write_bytes(content)
+    with pytest.raises(BenchError, match=match):
+        run_bench(BenchSpec(bad, "onnxruntime", 1, 1, 10))
 
 
-def test_running_artifacts_never_imports_torch(onnx_pair, tmp_path: Path) -> None:
-    """What runs on a device (load, run, bench) must work where torch is not installed."""
-    spec = BenchSpec(onnx_pair["int8"], "onnxruntime", (1, 1, 8, 8), 1, 1, 10).to_json()
-    script = (
-        "import sys, json\n"
-        "from edgekd.bench_worker import measure\n"
-        "from edgekd.verify import verify_artifact\n"
-        f"r = measure(json.loads({spec!r}))\n"
-        "import edgekd.backends.openvino, edgekd.backends.tflite, edgekd.backends.onnxruntime\n"
-        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
-        "print(json.dumps(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+def test_bench_command_never_imports_torch(onnx_pair, tmp_path: Path) -> None:
+    """`edgekd bench` must work on a device where torch is not installed at all."""
+    out = tmp_path / "r.json"
+    script = TORCH_BLOCKER + (
+        "from edgekd.cli import app\n"
+        f"app([ 'bench', {str(onnx_pair['int8'])!r}, '--runs', '20', '--warmup', '2',"
+        f" '--json', {str(out)!r}], standalone_mode=False)\n"
+        "import edgekd.bench_worker, edgekd.remote, edgekd.budget, edgekd.targets\n"
+        "print([m for m in sys.modules if m.split('.')[0] == 'torch'])\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert json.loads(out.read_text())["benchmarks"][0]["runs"] == 20
+
+
+def test_worker_file_runs_on_its_own(onnx_pair, tmp_path: Path) -> None:
+    """The remote path copies only bench_worker.py: it must not need edgekd."""
+    from edgekd.bench import WORKER
+
+    copy = tmp_path / "bench_worker.py"
+    copy.write_text(WORKER.read_text())
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(BenchSpec(onnx_pair["int8"], "onnxruntime", 1, 1, 10).to_dict()))
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(TORCH_BLOCKER + TORCH_BLOCKER.replace("'torch'", "'edgekd'")
+                       .replace("'torch.'", "'edgekd.'").replace("_NoTorch", "_NoEdgekd"))
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, str(copy), str(spec)], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["runtime"] == "onnxruntime"
+
+
+def test_missing_runtime_is_named(onnx_pair, tmp_path: Path) -> None:
+    from edgekd.bench import WORKER
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(BenchSpec(onnx_pair["int8"], "onnxruntime", 1, 1, 10).to_dict()))
+    script = (TORCH_BLOCKER.replace("'torch'", "'onnxruntime'").replace("'torch.'",
+              "'onnxruntime.'") + f"sys.argv = ['w', {str(spec)!r}]\n"
+              f"exec(open({str(WORKER)!r}).read())\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 3
+    assert "onnxruntime is not installed" in json.loads(proc.stdout)["error"]
+    assert "pip install onnxruntime" in json.loads(proc.stdout)["error"]

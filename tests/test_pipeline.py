@@ -16,8 +16,9 @@ QUICK = BuildConfig(
     distill=DistillConfig(epochs=3), prune=PruneConfig(sparsity=0.5, finetune_epochs=1),
     bench=BenchConfig(warmup=3, runs=20), min_agreement=0.9,
 )
-ARTIFACT_KEYS = {"path", "format", "precision", "runtime", "size_bytes", "sha256", "accuracy",
-                 "top1_agreement", "latency_ms", "peak_rss_mb"}
+ARTIFACT_KEYS = {"path", "format", "precision", "runtime", "size_bytes", "size_gzip_bytes",
+                 "sha256", "accuracy", "top1_agreement", "latency_ms", "memory", "placement",
+                 "latency_samples_ms", "load_ms", "first_inference_ms"}
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +58,33 @@ def test_report_contract(pi_build) -> None:
         assert sha256_of(path) == a["sha256"]
         assert a["top1_agreement"] >= QUICK.min_agreement
         lat = a["latency_ms"]
-        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
-        assert a["peak_rss_mb"] > 10
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+        assert lat["p50_ci95"][0] <= lat["p50"] <= lat["p50_ci95"][1]
+        assert a["memory"]["peak_rss_mb"] > 10 and a["memory"]["model_rss_mb"] > 0
+        assert a["placement"]["quantized"] == (a["precision"] == "int8")
+        assert a["placement"]["not_as_intended"] == []
     by = {(a["format"], a["precision"]): a for a in report["artifacts"]}
     for fmt in ("tflite", "onnx"):
         assert by[(fmt, "fp32")]["size_bytes"] >= 3 * by[(fmt, "int8")]["size_bytes"]
+
+
+@pytest.mark.slow
+def test_payoff_references_and_budget(pi_build) -> None:
+    root, report = pi_build
+    refs = {(r["runtime"], r["precision"]) for r in report["references"]}
+    assert refs == {("tflite", "fp32"), ("onnxruntime", "fp32")}
+    assert all((root / "raspberrypi" / "reference" / r["path"]).is_file()
+               for r in report["references"])
+    steps = {(p["runtime"], p["step"]) for p in report["payoff"]}
+    assert steps == {(rt, st) for rt in ("tflite", "onnxruntime") for st in ("int8", "pruning")}
+    for p in report["payoff"]:
+        assert p["verdict"] in ("faster", "slower", "no measurable change")
+        if p["step"] == "pruning":  # same dense kernels: gzip shrinks, the file does not
+            assert p["gzip_size_ratio"] > 1.3 and 0.98 < p["size_ratio"] < 1.02
+        if p["verdict"] == "slower":
+            assert any(p["detail"] in f for f in report["flags"])
+    checks = report["budget"]["checks"]  # the raspberrypi target file has a [budget]
+    assert {c["budget"] for c in checks} >= {"max_size_kb", "max_p95_ms", "max_peak_rss_mb"}
 
 
 @pytest.mark.slow
@@ -77,6 +100,9 @@ def test_manifest_and_markdown(pi_build) -> None:
         assert manifest["sha256"][a["path"]] == a["sha256"]
     md = (out / "report.md").read_text()
     assert "| teacher |" in md and "student_int8.tflite" in md
+    assert "## Does each step pay off?" in md and "## What ran where" in md
+    html = (out / "report.html").read_text()
+    assert 'id="plot-accuracy-size"' in html and 'id="plot-latency"' in html
     # Nothing left over from staging; the teacher is cached for the next build.
     assert sorted(p.name for p in root.iterdir()) == [".cache", "raspberrypi"]
     assert len(list((root / ".cache").glob("teacher-*.safetensors"))) == 1

@@ -10,7 +10,8 @@ from edgekd.targets import all_targets, load_target, parse_target, target_names
 
 def test_shipped_targets_load() -> None:
     names = target_names()
-    assert {"raspberrypi", "x86-cpu", "intel-cpu", "nvidia-gpu"} <= set(names)
+    assert {"raspberrypi", "raspberrypi5", "x86-cpu", "intel-cpu", "nvidia-gpu",
+            "jetson-orin"} <= set(names)
     targets = {t.name: t for t in all_targets()}
     assert targets["raspberrypi"].runtimes == ("tflite", "onnxruntime")
     assert targets["intel-cpu"].runtimes == ("openvino",)
@@ -18,6 +19,18 @@ def test_shipped_targets_load() -> None:
     assert targets["nvidia-gpu"].needs_gpu
     assert not targets["raspberrypi"].needs_gpu
     assert all(t.description for t in targets.values())
+    assert targets["raspberrypi5"].cpu == "Cortex-A76"
+    assert targets["raspberrypi"].cpu == "Cortex-A72"
+    assert targets["jetson-orin"].needs_gpu
+    assert targets["raspberrypi"].budget.max_size_kb == 64
+
+
+def test_budget_table_in_a_target_file() -> None:
+    text = ('description = "x"\nruntimes = ["onnxruntime"]\nthreads = 2\n'
+            '[budget]\nmax_p95_ms = 1.5\n')
+    assert parse_target("t", text, "t.toml").budget.max_p95_ms == 1.5
+    with pytest.raises(UsageError, match="t.toml: unknown budget key 'p95'"):
+        parse_target("t", text.replace("max_p95_ms", "p95"), "t.toml")
 
 
 def test_unknown_key_is_rejected_with_the_allowed_keys() -> None:

@@ -56,6 +56,7 @@ class ExportSource:
     calibration: np.ndarray  # preprocessed calibration samples
     onnx: dict[str, Path]
     per_channel: bool = True
+    stem: str = "student"  # artifact file names: <stem>_<precision><suffix>
 
 
 def get_backend(name: str) -> ModuleType:

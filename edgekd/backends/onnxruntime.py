@@ -117,11 +117,43 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel
     return out
 
 
+def to_fp16(fp32: Path, out: Path) -> Path:
+    """FP16 weights and activations for GPU execution providers, with FP32 inputs and
+    outputs (ONNX Runtime's own converter; ops without an FP16 kernel stay FP32)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    onnx.save_model(model, str(out))
+    return out
+
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def provider_options(providers: tuple[str, ...], precision: str
+                     ) -> tuple[str | tuple[str, dict[str, str]], ...]:
+    """Execution providers with the options that make each precision run as named.
+
+    TensorRT builds an FP32 engine unless told otherwise: FP16 needs ``trt_fp16_enable``;
+    an INT8 QDQ model needs ``trt_int8_enable`` (TensorRT's explicit quantization follows the
+    Q/DQ nodes, no calibration table) plus FP16 for the layers left in float.
+    """
+    out: list[str | tuple[str, dict[str, str]]] = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            out.append((p, {"trt_fp16_enable": str(precision in ("fp16", "int8")),
+                            "trt_int8_enable": str(precision == "int8")}))
+        else:
+            out.append(p)
+    return tuple(out)
+
+
 def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
     """The ONNX files are made once by the pipeline (OpenVINO converts them too); copy them."""
     paths = {}
     for precision, src in source.onnx.items():
-        dst = out_dir / f"student_{precision}{SUFFIX}"
+        dst = out_dir / f"{source.stem}_{precision}{SUFFIX}"
         shutil.copyfile(src, dst)
         paths[precision] = dst
     return paths
@@ -130,7 +162,7 @@ def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
 class OrtRunner:
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int, providers: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, threads: int, providers: tuple[Any, ...]) -> None:
         ort = _ort()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -143,7 +175,8 @@ class OrtRunner:
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
             raise BuildError(f"{path}: ONNX Runtime cannot load it ({exc}); re-export the "
                              "model or check the file is complete") from exc
-        wanted = [p for p in providers if p != "CPUExecutionProvider"]
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        wanted = [p for p in names if p != "CPUExecutionProvider"]
         if wanted and not any(p in self.session.get_providers() for p in wanted):
             raise RuntimeMissingError(f"{path}: none of {', '.join(wanted)} could be "
                                       f"initialised (got {', '.join(self.session.get_providers())})"
@@ -155,6 +188,6 @@ class OrtRunner:
         return np.asarray(self.session.run(None, {self.input_name: x.astype(np.float32)})[0])
 
 
-def load(path: Path, threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",)
+def load(path: Path, threads: int, providers: tuple[Any, ...] = ("CPUExecutionProvider",)
          ) -> OrtRunner:
     return OrtRunner(path, threads, providers)

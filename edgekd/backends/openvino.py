@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends import ExportSource
+from edgekd.bench_worker import openvino_config
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
     ov = _ov()
     paths = {}
     for precision, onnx_path in source.onnx.items():
-        xml = out_dir / f"student_{precision}{SUFFIX}"
+        xml = out_dir / f"{source.stem}_{precision}{SUFFIX}"
         model = ov.Core().read_model(str(onnx_path))  # the ONNX frontend reads QDQ directly
         # FP32 stays FP32: save_model would otherwise compress float weights to FP16.
         ov.save_model(model, str(xml), compress_to_fp16=False)
@@ -77,11 +78,8 @@ class OpenVinoRunner:
     def __init__(self, path: Path, threads: int) -> None:
         ov = _ov()
         core = ov.Core()
-        # f32 hint: on CPUs with AVX512-BF16/AMX the plugin would otherwise run float layers
-        # in bf16, and an FP32 artifact would no longer be what was verified and reported.
-        # Quantized layers of an INT8 IR still execute in INT8.
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                  "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        # The same settings as the benchmarks (f32 precision hint: see openvino_config).
+        config = openvino_config(threads)
         try:
             self.compiled = core.compile_model(str(path), "CPU", config)
         except Exception as exc:  # OpenVINO raises RuntimeError for any read/compile problem

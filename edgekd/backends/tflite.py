@@ -69,10 +69,12 @@ def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
     from edgekd.quiet import quiet
 
     example = (torch.from_numpy(source.example),)
-    fp32 = out_dir / f"student_fp32{SUFFIX}"
-    int8 = out_dir / f"student_int8{SUFFIX}"
+    fp32 = out_dir / f"{source.stem}_fp32{SUFFIX}"
+    int8 = out_dir / f"{source.stem}_int8{SUFFIX}"
     with quiet("litert_torch.convert fp32"):
         litert_torch.convert(source.model.eval(), example).export(str(fp32))
+    if "int8" not in source.onnx:  # FP32 only (the dense reference for pruning's payoff)
+        return {"fp32": fp32}
 
     # LiteRT-Torch's documented static-INT8 recipe: PT2E prepare -> calibrate -> convert.
     quantizer = PT2EQuantizer().set_global(

@@ -1,0 +1,193 @@
+"""Budgets a build must meet, and the check that compares a report against them.
+
+A budget is a ``[budget]`` table in a target file or in a separate ``--budget FILE``::
+
+    [budget]
+    max_size_kb = 64          # each shipped artifact, KiB on disk (.xml + .bin for OpenVINO)
+    max_p95_ms = 2.0          # each shipped artifact, every measurement (host and devices)
+    max_peak_rss_mb = 120     # each shipped artifact, every measurement
+    max_accuracy_drop = 1.0   # points of test accuracy lost vs the teacher
+    min_int8_speedup = 1.0    # FP32 p50 / INT8 p50 on the same runtime and machine
+
+Shipped artifacts are the quantized ones (precision other than fp32); the FP32 artifacts
+are references. Every key is optional. Torch-free: ``edgekd check`` runs in any CI job.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from edgekd.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_size_kb: float | None = None
+    max_p95_ms: float | None = None
+    max_peak_rss_mb: float | None = None
+    max_accuracy_drop: float | None = None
+    min_int8_speedup: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    @property
+    def empty(self) -> bool:
+        return not self.to_dict()
+
+
+KEYS = tuple(f.name for f in fields(Budget))
+UNITS = {"max_size_kb": "KiB", "max_p95_ms": "ms", "max_peak_rss_mb": "MiB",
+         "max_accuracy_drop": "points", "min_int8_speedup": "×"}
+
+
+def parse_budget(table: Any, source: str) -> Budget:
+    """A :class:`Budget` from a TOML table; every problem is one :class:`UsageError` line."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{source}: [budget] must be a table of numbers")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise UsageError(f"{source}: unknown budget key {unknown[0]!r}; allowed: "
+                         f"{', '.join(KEYS)}")
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"{source}: budget {key} must be a number, got {value!r}")
+        if value < 0:
+            raise UsageError(f"{source}: budget {key} must be >= 0, got {value}")
+    return Budget(**{k: float(v) for k, v in table.items()})
+
+
+def load_budget_file(path: Path) -> Budget:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: budget file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the budget file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: TOML syntax error: {exc}") from exc
+    if "budget" not in raw:
+        raise UsageError(f"{path}: no [budget] table; keys go under [budget]: {', '.join(KEYS)}")
+    return parse_budget(raw["budget"], str(path))
+
+
+@dataclass(frozen=True)
+class Check:
+    budget: str
+    subject: str
+    measured: float
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        if self.budget.startswith("min_"):
+            return self.measured >= self.limit
+        return self.measured <= self.limit
+
+    @property
+    def margin(self) -> float:
+        """How far inside the budget (negative: how far over)."""
+        return (self.measured - self.limit if self.budget.startswith("min_")
+                else self.limit - self.measured)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "subject": self.subject,
+                "measured": round(self.measured, 4), "limit": self.limit,
+                "margin": round(self.margin, 4), "ok": self.ok, "unit": UNITS[self.budget]}
+
+
+def _measurements(artifact: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, bench result) for the host measurement and every remote device."""
+    found = [("", artifact)] if "latency_ms" in artifact else []
+    found += [(f" @ {r['remote']}", r) for r in artifact.get("remote", [])]
+    return found
+
+
+def evaluate(report: dict[str, Any], budget: Budget) -> list[Check]:
+    """Every budget against every shipped artifact (see the module docstring)."""
+    artifacts = report.get("artifacts", [])
+    shipped = [a for a in artifacts if a.get("precision", "int8") != "fp32"]
+    if not shipped:
+        raise UsageError("the report lists no quantized artifact to check")
+    teacher = next((s["accuracy"] for s in report.get("stages", [])
+                    if s["name"] == "teacher"), None)
+    checks = []
+    for a in shipped:
+        name = a["path"]
+        if budget.max_size_kb is not None:
+            checks.append(Check("max_size_kb", name, a["size_bytes"] / 1024,
+                                budget.max_size_kb))
+        for where, m in _measurements(a):
+            if budget.max_p95_ms is not None:
+                checks.append(Check("max_p95_ms", name + where, m["latency_ms"]["p95"],
+                                    budget.max_p95_ms))
+            if budget.max_peak_rss_mb is not None:
+                checks.append(Check("max_peak_rss_mb", name + where,
+                                    m["memory"]["peak_rss_mb"], budget.max_peak_rss_mb))
+        if budget.max_accuracy_drop is not None:
+            if teacher is None or a.get("accuracy") is None:
+                raise UsageError(f"max_accuracy_drop needs the teacher's and {name}'s "
+                                 "accuracy: check a build report, not a bench result")
+            checks.append(Check("max_accuracy_drop", name, 100 * (teacher - a["accuracy"]),
+                                budget.max_accuracy_drop))
+    if budget.min_int8_speedup is not None:
+        for a in [a for a in shipped if a.get("precision") == "int8"]:
+            ref = next((f for f in artifacts if f.get("runtime") == a.get("runtime")
+                        and f.get("precision") == "fp32"), None)
+            if ref is None:
+                raise UsageError(f"min_int8_speedup needs an FP32 artifact in {a['runtime']} "
+                                 f"beside {a['path']}")
+            pairs = [("", ref, a)] + [
+                (f" @ {r['remote']}", rr, r) for r in a.get("remote", [])
+                for rr in ref.get("remote", []) if rr["remote"] == r["remote"]]
+            for where, fp32, int8 in pairs:
+                checks.append(Check("min_int8_speedup", f"{a['path']}{where}",
+                                    fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"],
+                                    budget.min_int8_speedup))
+    return checks
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A build's report.json, or an ``edgekd bench --json`` file seen as one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: report not found; run edgekd build (it writes "
+                         "OUT/<target>/report.json) or edgekd bench --json FILE") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable JSON report ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("artifacts"), list):
+        return data
+    if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
+        return {"artifacts": [
+            {**b, "path": b["artifact"], "size_bytes": b["file_size_bytes"],
+             "precision": "int8" if (b.get("placement") or {}).get("quantized") else "fp32"}
+            for b in data["benchmarks"] if not b.get("remote")]}
+    raise UsageError(f"{path}: not an edgekd report (no 'artifacts' or 'benchmarks')")
+
+
+def junit_xml(checks: list[Check], source: str) -> str:
+    """JUnit XML: one test case per budget and subject, for CI test-report views."""
+    failures = sum(not c.ok for c in checks)
+    suite = ET.Element("testsuite", name="edgekd budgets", tests=str(len(checks)),
+                       failures=str(failures), errors="0", skipped="0")
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"edgekd.budget.{c.budget}",
+                             name=c.subject, time="0")
+        text = (f"{c.budget}: measured {c.measured:.4g} {UNITS[c.budget]}, limit {c.limit:g} "
+                f"{UNITS[c.budget]}, margin {c.margin:+.4g} ({source})")
+        if c.ok:
+            ET.SubElement(case, "system-out").text = text
+        else:
+            ET.SubElement(case, "failure", message=text, type="BudgetExceeded").text = text
+    suites = ET.Element("testsuites", tests=str(len(checks)), failures=str(failures))
+    suites.append(suite)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")

@@ -1,0 +1,135 @@
+"""Budgets: parsing, evaluation against a report, JUnit output and `edgekd check` exit codes."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekd.budget import Budget, evaluate, junit_xml, parse_budget
+from edgekd.cli import app
+from edgekd.errors import UsageError
+from edgekd.payoff import compare, flags, payoff
+
+
+def _lat(p50: float, half: float = 0.01) -> dict:
+    return {"p50": p50, "p90": p50 * 1.1, "p95": p50 * 1.2, "p99": p50 * 1.5, "mean": p50,
+            "std": 0.1, "min": p50 * 0.9, "max": p50 * 2, "p50_ci95": [p50 - half, p50 + half]}
+
+
+def _art(path: str, runtime: str, precision: str, p50: float, size: int, acc: float,
+         **extra: object) -> dict:
+    return {"path": path, "runtime": runtime, "precision": precision, "size_bytes": size,
+            "size_gzip_bytes": size // 2, "accuracy": acc, "latency_ms": _lat(p50),
+            "memory": {"peak_rss_mb": 50.0, "model_rss_mb": 15.0, "baseline_rss_mb": 33.0},
+            **extra}
+
+
+REPORT = {
+    "stages": [{"name": "teacher", "accuracy": 0.99}],
+    "artifacts": [
+        _art("m_fp32.onnx", "onnxruntime", "fp32", 2.0, 4000 * 1024, 0.985),
+        _art("m_int8.onnx", "onnxruntime", "int8", 1.0, 1000 * 1024, 0.98,
+             remote=[{"remote": "pi@pi5", "latency_ms": _lat(8.0),
+                      "memory": {"peak_rss_mb": 70.0}}]),
+    ],
+}
+
+
+def test_parse_budget_rejects_unknown_keys_and_bad_values() -> None:
+    assert parse_budget({"max_size_kb": 10}, "t").max_size_kb == 10.0
+    with pytest.raises(UsageError, match="unknown budget key 'max_latency'.*max_p95_ms"):
+        parse_budget({"max_latency": 1}, "t")
+    with pytest.raises(UsageError, match="must be a number"):
+        parse_budget({"max_p95_ms": "fast"}, "t")
+    with pytest.raises(UsageError, match=">= 0"):
+        parse_budget({"max_p95_ms": -1}, "t")
+
+
+def test_evaluate_covers_shipped_artifacts_and_every_device() -> None:
+    budget = Budget(max_size_kb=1500, max_p95_ms=5, max_peak_rss_mb=60,
+                    max_accuracy_drop=0.5, min_int8_speedup=1.5)
+    checks = {(c.budget, c.subject): c for c in evaluate(REPORT, budget)}
+    assert ("max_size_kb", "m_fp32.onnx") not in checks  # FP32 is a reference, not shipped
+    assert checks[("max_size_kb", "m_int8.onnx")].ok
+    assert checks[("max_p95_ms", "m_int8.onnx")].ok
+    assert not checks[("max_p95_ms", "m_int8.onnx @ pi@pi5")].ok  # 9.6 ms on the device
+    assert not checks[("max_peak_rss_mb", "m_int8.onnx @ pi@pi5")].ok
+    drop = checks[("max_accuracy_drop", "m_int8.onnx")]
+    assert drop.measured == pytest.approx(1.0) and not drop.ok and drop.margin < 0
+    speed = checks[("min_int8_speedup", "m_int8.onnx")]
+    assert speed.measured == pytest.approx(2.0) and speed.ok and speed.margin == pytest.approx(0.5)
+
+
+def test_junit_lists_every_check_and_failures() -> None:
+    checks = evaluate(REPORT, Budget(max_size_kb=1, max_p95_ms=100))
+    root = ET.fromstring(junit_xml(checks, "b.toml"))
+    cases = root.findall(".//testcase")
+    assert len(cases) == len(checks) == 3
+    assert root.get("failures") == "1"
+    assert cases[0].find("failure") is not None
+
+
+@pytest.fixture
+def report_file(tmp_path: Path) -> Path:
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({**REPORT, "budget": {"source": "target t",
+                                                     "limits": {"max_size_kb": 2000}}}))
+    return path
+
+
+def test_check_exit_codes(report_file: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    tight, loose = tmp_path / "tight.toml", tmp_path / "loose.toml"
+    tight.write_text("[budget]\nmax_size_kb = 100\nmax_p95_ms = 0.5\n")
+    loose.write_text("[budget]\nmax_size_kb = 4096\nmax_p95_ms = 50\nmin_int8_speedup = 1.2\n")
+    junit = tmp_path / "j.xml"
+    res = runner.invoke(app, ["check", str(report_file), "--budget", str(tight),
+                              "--junit", str(junit)])
+    assert res.exit_code == 1 and "BROKEN" in res.output
+    assert ET.parse(junit).getroot().get("failures") == "3"
+    res = runner.invoke(app, ["check", str(report_file), "--budget", str(loose)])
+    assert res.exit_code == 0 and "all 4 budgets hold" in res.output
+    res = runner.invoke(app, ["check", str(report_file)])  # the budget recorded in the report
+    assert res.exit_code == 0
+    for args, message in [
+        (["check", str(tmp_path / "nope.json")], "report not found"),
+        (["check", str(report_file), "--budget", str(tmp_path / "nope.toml")],
+         "budget file not found"),
+    ]:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and message in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[budget]\nmax_p95 = 1\n")
+    res = runner.invoke(app, ["check", str(report_file), "--budget", str(bad)])
+    assert res.exit_code == 2 and "unknown budget key 'max_p95'" in res.output
+    nobudget = tmp_path / "r2.json"
+    nobudget.write_text(json.dumps(REPORT))
+    res = runner.invoke(app, ["check", str(nobudget)])
+    assert res.exit_code == 2 and "[budget]" in res.output
+
+
+def test_compare_needs_separated_intervals_and_a_real_difference() -> None:
+    base = {"latency_ms": _lat(1.0, 0.01)}
+    assert compare(base, {"latency_ms": _lat(0.5, 0.01)}) == (2.0, "faster")
+    assert compare(base, {"latency_ms": _lat(2.0, 0.01)})[1] == "slower"
+    assert compare(base, {"latency_ms": _lat(0.9, 0.2)})[1] == "no measurable change"
+    assert compare(base, {"latency_ms": _lat(0.98, 0.001)})[1] == "no measurable change"
+
+
+def test_payoff_flags_a_slower_int8_and_ops_off_target() -> None:
+    arts = [_art("a_fp32.tflite", "tflite", "fp32", 1.0, 400, 0.9),
+            _art("a_int8.tflite", "tflite", "int8", 2.0, 100, 0.9, placement={
+                "not_as_intended": [{"node": "n", "op": "TRANSPOSE",
+                                     "ran": "builtin kernel (not XNNPACK)"}]})]
+    rows = payoff(arts, [_art("dense_fp32.tflite", "tflite", "fp32", 1.0, 400, 0.9)])
+    by = {r["step"]: r for r in rows}
+    assert by["int8"]["verdict"] == "slower" and by["int8"]["speedup"] == 0.5
+    assert by["pruning"]["verdict"] == "no measurable change"
+    assert "compressed size only" in by["pruning"]["detail"]
+    out = flags(rows, arts)
+    assert out[0].startswith("SLOWER: INT8 vs FP32 on tflite: 2.00× slower")
+    assert "TRANSPOSE" in out[1]
