@@ -6,6 +6,8 @@ Makes MobileNetV2 (width 1.0, SIZExSIZE, random weights: latency does not depend
 values) as FP32 and INT8 artifacts for OpenVINO and LiteRT, then for each artifact, back to
 back on the same machine:
 
+(``--repeat`` times, alternating, median of each):
+
 - edgekd's worker under ``/usr/bin/time -v`` (its p50 and peak RSS, and time's "Maximum
   resident set size" of the very same process);
 - the runtime's own tool under ``/usr/bin/time -v``: ``benchmark_app`` (openvino wheel;
@@ -114,6 +116,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=3, help="alternating runs of each tool")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "crosscheck")
     ap.add_argument("--digits", type=Path, help="a digits build folder (build/raspberrypi)")
     args = ap.parse_args()
@@ -127,9 +130,15 @@ def main() -> None:
             items.append(("openvino", p, [1, 1, 8, 8]))
     rows = []
     for runtime, path, shape in items:
-        ours, time_rss = edgekd_run(runtime, path, args.threads, args.runs, args.warmup)
-        tool_p50, tool_rss, tool = tool_run(runtime, path, shape, args.threads, args.runs,
-                                            args.warmup)
+        # Alternate the two tools --repeat times and take each one's median p50: this VM's
+        # speed drifts by tens of percent between runs a minute apart, so one run of each
+        # compares the drift, not the tools.
+        mine, theirs = [], []
+        for _ in range(args.repeat):
+            mine.append(edgekd_run(runtime, path, args.threads, args.runs, args.warmup))
+            theirs.append(tool_run(runtime, path, shape, args.threads, args.runs, args.warmup))
+        ours, time_rss = sorted(mine, key=lambda r: r[0]["latency_ms"]["p50"])[len(mine) // 2]
+        tool_p50, tool_rss, tool = sorted(theirs)[len(theirs) // 2]
         p50, peak = ours["latency_ms"]["p50"], ours["memory"]["peak_rss_mb"]
         rows.append({"artifact": path.name, "runtime": runtime, "tool": tool,
                      "edgekd_p50_ms": p50, "tool_p50_ms": tool_p50,
