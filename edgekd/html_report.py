@@ -211,8 +211,8 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
 
 def _cost(b: Sequence[float], own: Sequence[float], points: list[Any],
           taken: Sequence[Sequence[float]], frame: Sequence[float]) -> float:
-    """Area a label box covers of other labels and markers, or outside the axes; plus a whole
-    third of a box when it sits nearer another point than its own (it would be misread)."""
+    """Area a label box covers of other labels and markers, or outside the axes; plus a
+    third of its own area when it sits nearer another point than its own (misreadable)."""
     area = (b[2] - b[0]) * (b[3] - b[1])
     cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
     nearest = min(points, key=lambda q: (q[0] - cx) ** 2 + (q[1] - cy) ** 2)
