@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.bench import BenchSpec
-from edgekd.bench_worker import openvino_config
+from edgekd.bench_runtimes import openvino_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -18,6 +18,8 @@ from edgekd.errors import BuildError
 
 TIMEOUT_S = 900
 WORKER = Path(__file__).with_name("bench_worker.py")
+# What a device needs to run the worker: these two files, nothing else of edgekd.
+WORKER_FILES = (WORKER, WORKER.with_name("bench_runtimes.py"))
 
 
 class BenchError(BuildError):

@@ -60,6 +60,13 @@ def targets() -> None:
 
 
 
+# Options shared by `bench --remote` and `build --remote`.
+RemotePython = Annotated[str, typer.Option(help="Python on the remote device.")]
+SshConfig = Annotated[Path | None, typer.Option(help="ssh -F FILE.")]
+AcceptNewHostKey = Annotated[bool, typer.Option(
+    help="Trust a host key seen for the first time (ssh accept-new).")]
+
+
 def _bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
                  threads: int | None, remote: bool, **kw: object) -> list[BenchSpec]:
     from edgekd.backends import runtime_for_suffix
@@ -106,11 +113,9 @@ def bench(
     remote: Annotated[list[str] | None, typer.Option(help="Benchmark on user@host over SSH "
                                                      "(repeat for several, run in parallel)."
                                                      )] = None,
-    remote_python: Annotated[str, typer.Option(help="Python on the remote device.")]
-    = "python3",
-    ssh_config: Annotated[Path | None, typer.Option(help="ssh -F FILE.")] = None,
-    accept_new_host_key: Annotated[bool, typer.Option(
-        help="Trust a host key seen for the first time (ssh accept-new).")] = False,
+    remote_python: RemotePython = "python3",
+    ssh_config: SshConfig = None,
+    accept_new_host_key: AcceptNewHostKey = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
 ) -> None:
     """Measure latency and memory of artifacts, here or on devices over SSH (no torch needed)."""
@@ -262,11 +267,9 @@ def build(
     remote: Annotated[list[str] | None, typer.Option(help="Also benchmark the artifacts on "
                                                      "user@host over SSH (repeatable).")]
     = None,
-    remote_python: Annotated[str, typer.Option(help="Python on the remote device.")]
-    = "python3",
-    ssh_config: Annotated[Path | None, typer.Option(help="ssh -F FILE.")] = None,
-    accept_new_host_key: Annotated[bool, typer.Option(
-        help="Trust a host key seen for the first time (ssh accept-new).")] = False,
+    remote_python: RemotePython = "python3",
+    ssh_config: SshConfig = None,
+    accept_new_host_key: AcceptNewHostKey = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
 ) -> None:
     """Run the whole pipeline for TARGET on the built-in digits default."""

@@ -1,7 +1,7 @@
 """Benchmarks on the user's own devices over SSH.
 
 The device needs Python 3 with NumPy and one runtime; it does not need edgekd. For each host,
-one ``ssh`` call streams a tar archive (the self-contained :mod:`edgekd.bench_worker` file,
+one ``ssh`` call streams a tar archive (:mod:`edgekd.bench_worker` and its one companion,
 the artifacts and one JSON spec per artifact) into a fresh ``mktemp -d`` folder, runs the
 benchmarks one after another (never two at once on one device), prints one JSON line per
 artifact and removes the folder on exit. Several hosts run in parallel.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekd.bench import WORKER, BenchError, BenchSpec, parse_result
+from edgekd.bench import WORKER_FILES, BenchError, BenchSpec, parse_result
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ def _archive(specs: list[BenchSpec]) -> tuple[bytes, list[str]]:
     buf = io.BytesIO()
     names = []
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(WORKER, arcname="bench_worker.py")
+        for f in WORKER_FILES:
+            tar.add(f, arcname=f.name)
         for i, spec in enumerate(specs):
             files = ([spec.artifact, spec.artifact.with_suffix(".bin")]
                      if spec.artifact.suffix == ".xml" else [spec.artifact])

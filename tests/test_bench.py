@@ -94,10 +94,11 @@ def test_bench_command_never_imports_torch(onnx_pair, tmp_path: Path) -> None:
 
 def test_worker_file_runs_on_its_own(onnx_pair, tmp_path: Path) -> None:
     """The remote path copies only bench_worker.py: it must not need edgekd."""
-    from edgekd.bench import WORKER
+    from edgekd.bench import WORKER_FILES
 
+    for f in WORKER_FILES:
+        (tmp_path / f.name).write_text(f.read_text())
     copy = tmp_path / "bench_worker.py"
-    copy.write_text(WORKER.read_text())
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(BenchSpec(onnx_pair["int8"], "onnxruntime", 1, 1, 10).to_dict()))
     blocker = tmp_path / "sitecustomize.py"

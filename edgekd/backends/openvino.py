@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends import ExportSource
-from edgekd.bench_worker import openvino_config
+from edgekd.bench_runtimes import openvino_config
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
