@@ -17,6 +17,7 @@ from rich.table import Table
 
 from edgekd.config import BuildConfig
 from edgekd.data import load_digits
+from edgekd.distill import LogitDistillation
 from edgekd.models import student_cnn, teacher_cnn
 from edgekd.resources import default_calibration_file
 from edgekd.train import Schedule, accuracy, logits_of, set_seed, train
@@ -46,7 +47,8 @@ def main() -> None:
                         seed=seed)
         set_seed(seed)
         distilled = train(student_cnn(), data.train, Schedule(d.epochs, d.lr, d.batch_size),
-                          seed=seed, teacher_logits=soft, temperature=d.temperature, alpha=d.alpha)
+                          seed=seed, objective=LogitDistillation(soft, temperature=d.temperature,
+                                                               alpha=d.alpha))
         a_t, a_s, a_d = (accuracy(m, data.test) for m in (teacher, scratch, distilled))
         gains.append(100 * (a_d - a_s))
         table.add_row(str(seed), f"{a_t:.2%}", f"{a_s:.2%}", f"{a_d:.2%}", f"{gains[-1]:+.2f}")

@@ -33,6 +33,7 @@ from edgekd.bench import BenchSpec, run_bench
 from edgekd.budget import Budget, evaluate
 from edgekd.config import BuildConfig
 from edgekd.data import Dataset, load_digits
+from edgekd.distill import LogitDistillation
 from edgekd.html_report import render_html
 from edgekd.models import count_params, student_cnn, teacher_cnn
 from edgekd.output import staged_dir
@@ -200,12 +201,12 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
             s["detail"] = f"{stages[-1]['accuracy']:.2%}"
 
         d = config.distill
+        kd = LogitDistillation(teacher_logits, temperature=d.temperature, alpha=d.alpha)
         with step("student_distilled") as s:
             set_seed(config.seed)
             distilled = train(student_cnn(data.num_classes), data.train,
                               Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
-                              teacher_logits=teacher_logits, temperature=d.temperature,
-                              alpha=d.alpha)
+                              objective=kd)
             stages.append(_stage("student_distilled", distilled, accuracy(distilled, data.test),
                                  temperature=d.temperature, alpha=d.alpha))
             s["detail"] = f"{stages[-1]['accuracy']:.2%}"
@@ -215,8 +216,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
             student = pruning.apply_masks(copy.deepcopy(distilled), p.sparsity)
             if p.finetune_epochs:
                 train(student, data.train, Schedule(p.finetune_epochs, p.lr, d.batch_size),
-                      seed=config.seed + 1, teacher_logits=teacher_logits,
-                      temperature=d.temperature, alpha=d.alpha)
+                      seed=config.seed + 1, objective=kd)
             student = pruning.bake(student).eval()
             sparsity = pruning.weight_sparsity(student)
             stages.append(_stage("student_pruned", student, accuracy(student, data.test),

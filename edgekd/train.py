@@ -1,23 +1,30 @@
-"""Training steps: supervised training, Hinton distillation, evaluation.
+"""Training steps: one training loop for every stage (teacher, scratch student, distilled
+student, pruning fine-tune), evaluation, and data-parallel training under ``torchrun``.
 
-Distillation loss (Hinton et al., 2015)::
+What a stage learns from is an :class:`Objective`: plain cross-entropy, or a distillation
+objective (:mod:`edgekd.distill`) that compares the student with the teacher's cached outputs
+for the same samples. The loop only knows which samples are in the batch.
 
-    L = alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)
-
-The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones
-when T changes.
+Under ``torchrun`` (``torch.distributed`` initialised; gloo on CPU, nccl on GPU) the model is
+wrapped in ``DistributedDataParallel`` and every global batch is sharded across the ranks, so
+N processes take the same optimisation steps as one process with the same batch size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from edgekd.data import Split
+
+StepHook = Callable[[int, int], None]  # (optimizer steps done, total steps) after each step
 
 
 @dataclass(frozen=True)
@@ -28,50 +35,92 @@ class Schedule:
     weight_decay: float = 0.0
 
 
+class Objective(Protocol):
+    """The loss of one batch, given the student's logits, the batch's sample indices into the
+    training split and its labels. ``parameters`` are extra trainable tensors (e.g. FitNets
+    projections) that the optimiser must update with the model."""
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self) -> Iterable[nn.Parameter]: ...
+
+
+class CrossEntropy:
+    """Hard labels only: training from scratch."""
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return ()
+
+
 def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            *, temperature: float, alpha: float) -> torch.Tensor:
-    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
-                    F.log_softmax(teacher_logits / temperature, dim=1),
-                    reduction="batchmean", log_target=True)
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside ``torchrun``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
 
-def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
-          teacher_logits: torch.Tensor | None = None, temperature: float = 1.0,
-          alpha: float = 0.0) -> nn.Module:
-    """Train in place with Adam and a cosine learning rate; distil when teacher logits are given.
+class _Trainable(nn.Module):
+    """The student and the objective's own parameters as one module, so that
+    DistributedDataParallel averages the gradients of both."""
 
-    ``teacher_logits`` are the teacher's outputs for every sample of ``data`` (computed once,
-    since the inputs are not augmented, the teacher's answer never changes between epochs).
+    def __init__(self, model: nn.Module, extra: Iterable[nn.Parameter]) -> None:
+        super().__init__()
+        self.model = model
+        self.extra = nn.ParameterList(list(extra))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
+          objective: Objective | None = None, on_step: StepHook | None = None) -> nn.Module:
+    """Train ``model`` in place with Adam and a cosine learning rate.
+
+    Every rank draws the same permutation (same seed) and takes its own slice of each global
+    batch (the sharding a ``DistributedSampler`` does per epoch, done per batch so that the
+    number of steps and the learning-rate schedule are the same for any number of ranks).
     """
+    objective = objective or CrossEntropy()
+    rank, size = world()
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    opt = torch.optim.Adam(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    trainable = _Trainable(model, objective.parameters())
+    params = list(trainable.parameters())
+    opt = torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     steps = schedule.epochs * -(-len(y) // schedule.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    net: nn.Module = trainable
+    if size > 1:
+        net = nn.parallel.DistributedDataParallel(trainable, broadcast_buffers=False)
     model.train()
+    done = 0
     for _ in range(schedule.epochs):
-        for idx in _batches(len(y), schedule.batch_size, gen):
-            logits = model(x[idx])
-            if teacher_logits is None:
-                loss = F.cross_entropy(logits, y[idx])
-            else:
-                loss = kd_loss(logits, teacher_logits[idx], y[idx],
-                               temperature=temperature, alpha=alpha)
+        for batch in _batches(len(y), schedule.batch_size, gen):
+            idx = batch[rank::size] if size > 1 else batch
+            if len(idx) == 0:  # a last batch smaller than the world: nothing for this rank
+                idx = batch[:1]
+            loss = objective(net(x[idx]), idx, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            done += 1
+            if on_step:
+                on_step(done, steps)
     model.eval()
     return model
 

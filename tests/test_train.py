@@ -5,8 +5,8 @@ import math
 import torch
 
 from edgekd import prune
+from edgekd.distill import kd_loss
 from edgekd.models import count_params, student_cnn, teacher_cnn
-from edgekd.train import kd_loss
 
 
 def test_student_is_over_20x_smaller_than_teacher() -> None:
