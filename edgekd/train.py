@@ -12,7 +12,9 @@ N processes take the same optimisation steps as one process with the same batch 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +71,31 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def device() -> torch.device:
+    """Where training runs: this rank's GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+@contextmanager
+def distributed() -> Iterator[tuple[int, int]]:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE``,
+    ``RANK``, ``MASTER_ADDR``...): nccl with GPUs, gloo on CPU. Yields (rank, world size);
+    a no-op for a plain single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        yield world()
+        return
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(device())
+    dist.init_process_group("nccl" if gpu else "gloo")
+    try:
+        yield world()
+    finally:
+        dist.destroy_process_group()
+
+
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=gen).split(batch_size))
 
@@ -96,16 +123,18 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     """
     objective = objective or CrossEntropy()
     rank, size = world()
+    dev = device()
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    trainable = _Trainable(model, objective.parameters())
+    trainable = _Trainable(model, objective.parameters()).to(dev)
     params = list(trainable.parameters())
     opt = torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     steps = schedule.epochs * -(-len(y) // schedule.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     net: nn.Module = trainable
     if size > 1:
-        net = nn.parallel.DistributedDataParallel(trainable, broadcast_buffers=False)
+        net = nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False)
     model.train()
     done = 0
     for _ in range(schedule.epochs):
@@ -113,7 +142,7 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
             idx = batch[rank::size] if size > 1 else batch
             if len(idx) == 0:  # a last batch smaller than the world: nothing for this rank
                 idx = batch[:1]
-            loss = objective(net(x[idx]), idx, y[idx])
+            loss = objective(net(x[idx].to(dev)), idx, y[idx].to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -121,6 +150,7 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
             done += 1
             if on_step:
                 on_step(done, steps)
+    trainable.to("cpu")
     model.eval()
     return model
 
