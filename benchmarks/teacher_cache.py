@@ -72,9 +72,9 @@ def main() -> None:
                       f"{base / med:.2f}x")
     console = Console()
     console.print(table)
-    console.print(f"Filling the cache once: {fill:.2f} s for {size_mb:.1f} MB "
-                  f"(logits + {', '.join(layers)}); it pays for itself within the first epoch "
-                  "when it is faster per epoch by more than that.")
+    console.print(f"Filling the cache once took {fill:.2f} s and {size_mb:.1f} MB on disk "
+                  f"(logits + layer {', '.join(layers)}); it saves "
+                  f"{base - statistics.median(seconds['memory-mapped cache']):.3f} s per epoch.")
 
 
 if __name__ == "__main__":
