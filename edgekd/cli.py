@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -258,6 +259,10 @@ def build(
     min_agreement: Annotated[float | None, typer.Option(
         help="Fail if an artifact's top-1 agreement with PyTorch is below this.")] = None,
     runs: Annotated[int | None, typer.Option(help="Timed benchmark runs per artifact.")] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any config setting, section.key=value (repeatable), e.g. "
+        "prune.method=structured, distill.views=16, quant.calibration=entropy, "
+        "student_model=student_convnet.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if a budget is broken "
                                         "(the build and its reports are still written).")]
     = False,
@@ -275,7 +280,7 @@ def build(
     """Run the whole pipeline for TARGET on the built-in digits default."""
     from dataclasses import replace
 
-    from edgekd.config import BuildConfig
+    from edgekd.config import BuildConfig, apply_overrides
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -295,6 +300,7 @@ def build(
             config = replace(config, min_agreement=min_agreement)
         if runs is not None:
             config = replace(config, bench=replace(config.bench, runs=runs))
+        config = apply_overrides(config, settings or [])
         from edgekd.remote import Remote
 
         remotes = [Remote(h, remote_python, ssh_config, accept_new_host_key)
@@ -311,14 +317,15 @@ def build(
     from edgekd.pipeline import build as run_build
 
     status = console.status(f"building for [bold]{target}[/] …", spinner="dots")
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 shows the progress
 
     def on_step(name: str, detail: str) -> None:
         console.print(f"[green]✓[/] [bold]{name}[/] {detail}")
         status.update(f"building for [bold]{target}[/] … (done: {name})")
 
     try:
-        with status:
-            result = run_build(target, out=out, config=config, on_step=on_step,
+        with status if lead else contextlib.nullcontext():
+            result = run_build(target, out=out, config=config, on_step=on_step if lead else None,
                                budget=limits, budget_source=str(budget) if budget else None,
                                remotes=remotes)
     except EdgekdError as exc:
@@ -327,6 +334,8 @@ def build(
         err_console.print("[bold red]interrupted:[/] nothing was written; the previous build "
                           "(if any) is untouched")
         raise typer.Exit(130) from None
+    if not result.report:  # another rank under torchrun; rank 0 reports
+        return
     _summary(result.report, result.out_dir)
     if check:
         raise typer.Exit(_check(result.out_dir / "report.json", budget, junit))

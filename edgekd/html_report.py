@@ -173,6 +173,20 @@ def _placement(r: dict[str, Any]) -> str:
     return _table("What ran where", ["file", "quantized", "nodes", "not as intended"], rows)
 
 
+def _robustness(r: dict[str, Any]) -> str:
+    rob = _dict(r.get("robustness"))
+    models = [str(m) for m in rob.get("models") or []] if isinstance(rob.get("models"), list) \
+        else []
+    rows = [("", [_e(c.get("name"))] + [_f(_dict(c.get("accuracy")).get(m), ".2f", 100, " %")
+                                         for m in models]
+             + [_f(c.get("distilled_minus_scratch_points"), "+.2f")])
+            for c in _dicts(rob.get("conditions"))]
+    finding = _dict(rob.get("summary")).get("finding")
+    return _table("Robustness: accuracy under input corruptions",
+                  ["condition", *map(_e, models), "distilled − scratch (points)"], rows,
+                  f"{_e(rob.get('pixel_units'))}. {_e(finding) if finding else ''}")
+
+
 def _svg(fig: Any, name: str) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata=_NO_METADATA)
@@ -362,7 +376,7 @@ def render_html(report: dict[str, Any]) -> str:
         plots = (f'<figure class="plot" id="plot-accuracy-size">{_plot_accuracy_size(r)}'
                  f'</figure><figure class="plot" id="plot-latency">{_plot_latency(r)}</figure>')
     body = (_header(r) + _flags(r) + _budget(r) + plots + _stages(r) + _artifacts(r)
-            + _payoff(r) + _placement(r))
+            + _robustness(r) + _payoff(r) + _placement(r))
     title = f"edgekd build: {_e(r.get('target', 'unknown target'))}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{title}</title><style>{_CSS}</style></head>\n"

@@ -8,7 +8,6 @@ verification in the real runtimes -> benchmarks in separate processes -> reports
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import logging
@@ -27,22 +26,29 @@ from torch import nn
 
 import edgekd
 from edgekd import prune as pruning
+from edgekd.augment import SoftTargets, training_views
 from edgekd.backends import ExportSource, get_backend
-from edgekd.backends.onnxruntime import provider_options, quantize_int8, to_fp16, to_onnx
+from edgekd.backends.onnxruntime import provider_options, to_fp16, to_onnx
 from edgekd.bench import BenchSpec, run_bench
 from edgekd.budget import Budget, evaluate
-from edgekd.config import BuildConfig
+from edgekd.config import BuildConfig, DistillConfig
 from edgekd.data import Dataset, load_digits
-from edgekd.distill import LogitDistillation
+from edgekd.distill import Distillation, LayerPair, auto_pairs
+from edgekd.equalize import equalize
+from edgekd.errors import UsageError
 from edgekd.html_report import render_html
-from edgekd.models import count_params, student_cnn, teacher_cnn
+from edgekd.models import count_params, student_model, teacher_cnn
 from edgekd.output import staged_dir
 from edgekd.payoff import flags, payoff
+from edgekd.quantize import quantize
 from edgekd.remote import Remote, bench_hosts
 from edgekd.report import artifact_files, gzip_size, render_markdown, sha256_of, write_json
 from edgekd.resources import default_calibration_file
+from edgekd.robustness import artifact_predictor, model_predictor
+from edgekd.robustness import measure as measure_robustness
 from edgekd.targets import Target, load_target
-from edgekd.train import Schedule, accuracy, logits_of, set_seed, train
+from edgekd.teacher_cache import teacher_outputs
+from edgekd.train import Schedule, accuracy, distributed, logits_of, set_seed, train, world
 from edgekd.verify import require_agreement, verify_artifact
 from edgekd.versions import versions
 
@@ -82,10 +88,11 @@ def _stage(name: str, model: nn.Module, acc: float, **extra: Any) -> dict[str, A
 def _teacher(data: Dataset, config: BuildConfig, cache_dir: Path) -> tuple[nn.Module, bool]:
     """Train the teacher, or load the one an earlier build trained on the same inputs."""
     key = hashlib.sha256(json.dumps({
-        "model": "teacher_cnn", "train": asdict(config.teacher), "seed": config.seed,
+        "model": "teacher_cnn", "train": asdict(config.teacher), "seed": config.seed, "v": 2,
         "data": data.fingerprint(), "torch": torch.__version__,
     }, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"teacher-{key}.safetensors"
+    set_seed(config.seed)  # before the weights are initialised: the same seed, the same teacher
     model = teacher_cnn(data.num_classes)
     if path.is_file():
         try:
@@ -93,14 +100,29 @@ def _teacher(data: Dataset, config: BuildConfig, cache_dir: Path) -> tuple[nn.Mo
             return model.eval(), True
         except (OSError, RuntimeError, ValueError) as exc:  # damaged cache: retrain
             log.warning("ignoring unreadable teacher cache %s: %s", path, exc)
-    set_seed(config.seed)
     t = config.teacher
     train(model, data.train, Schedule(t.epochs, t.lr, t.batch_size), seed=config.seed)
+    if world()[0] != 0:  # under torchrun, rank 0 keeps the cache
+        return model, False
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(model.state_dict(), tmp)
     tmp.replace(path)
     return model, False
+
+
+def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
+           example: torch.Tensor) -> list[LayerPair]:
+    """The layer pairs feature/attention distillation use: the configured ones, else the
+    automatic default; none when neither term is on."""
+    if not (d.feature_weight or d.attention_weight):
+        return []
+    if d.pairs:
+        return [LayerPair(s, t) for s, t in d.pairs]
+    try:
+        return auto_pairs(student, teacher, example)
+    except ValueError as exc:
+        raise UsageError(f"distill: {exc}") from exc
 
 
 def _describe(path: Path, runtime: str, precision: str) -> dict[str, Any]:
@@ -184,59 +206,96 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
         s["detail"] = (f"{data.name}: train {len(data.train)}, test {len(data.test)}, "
                        f"calibration {len(data.calibration)}")
 
-    with staged_dir(out / target.name) as stage:
+    with distributed() as (rank, _size):  # under torchrun, every rank trains
         with step("teacher") as s:
             teacher, cached = _teacher(data, config, out / ".cache")
             teacher_acc = accuracy(teacher, data.test)
             s["detail"] = f"{teacher_acc:.2%}" + (" (cached)" if cached else "")
         stages = [_stage("teacher", teacher, teacher_acc, cached=cached)]
-        teacher_logits = logits_of(teacher, data.train.x)
 
+        d = config.distill
+        # Scratch and distilled students train on the same inputs: the training split, plus
+        # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
+        split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
+                                            num_classes=data.num_classes, seed=config.seed)
         st = config.student
         with step("student_scratch") as s:
             set_seed(config.seed)
-            scratch = train(student_cnn(data.num_classes), data.train,
-                            Schedule(st.epochs, st.lr, st.batch_size), seed=config.seed)
+            scratch = train(student_model(config.student_model, data.num_classes), split,
+                            Schedule(st.epochs, st.lr, st.batch_size), seed=config.seed,
+                            objective=SoftTargets(soft_labels) if d.views else None)
             stages.append(_stage("student_scratch", scratch, accuracy(scratch, data.test)))
             s["detail"] = f"{stages[-1]['accuracy']:.2%}"
 
-        d = config.distill
-        kd = LogitDistillation(teacher_logits, temperature=d.temperature, alpha=d.alpha)
+        example_t = torch.from_numpy(data.train.x[:1])
+        pairs = _pairs(d, student_model(config.student_model, data.num_classes), teacher,
+                       example_t)
+        with step("teacher outputs") as s:
+            outputs, hit = teacher_outputs(teacher, split.x, [p.teacher for p in pairs],
+                                           out / ".cache")
+            s["detail"] = (f"{len(split)} samples, logits + {len(pairs)} layer(s), "
+                           "memory-mapped" + (" (cached)" if hit else ""))
+
+        def objective_for(model: nn.Module) -> Distillation:
+            return Distillation(model, outputs, pairs, example_t, temperature=d.temperature,
+                                alpha=d.alpha, feature_weight=d.feature_weight,
+                                attention_weight=d.attention_weight)
+
         with step("student_distilled") as s:
             set_seed(config.seed)
-            distilled = train(student_cnn(data.num_classes), data.train,
-                              Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
-                              objective=kd)
+            distilled = student_model(config.student_model, data.num_classes)
+            kd = objective_for(distilled)
+            train(distilled, split, Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
+                  objective=kd)
+            kd.close()
             stages.append(_stage("student_distilled", distilled, accuracy(distilled, data.test),
-                                 temperature=d.temperature, alpha=d.alpha))
+                                 temperature=d.temperature, alpha=d.alpha,
+                                 feature_weight=d.feature_weight,
+                                 attention_weight=d.attention_weight,
+                                 pairs=[[p.student, p.teacher] for p in pairs],
+                                 views=d.views))
             s["detail"] = f"{stages[-1]['accuracy']:.2%}"
 
         p = config.prune
         with step("student_pruned") as s:
-            student = pruning.apply_masks(copy.deepcopy(distilled), p.sparsity)
-            if p.finetune_epochs:
-                train(student, data.train, Schedule(p.finetune_epochs, p.lr, d.batch_size),
-                      seed=config.seed + 1, objective=kd)
-            student = pruning.bake(student).eval()
-            sparsity = pruning.weight_sparsity(student)
+            student, pruned_info = pruning.prune_model(
+                distilled, p, data.train, objective_for=objective_for,
+                example=torch.from_numpy(data.test.x[:1]), seed=config.seed + 1,
+                batch_size=d.batch_size)
             stages.append(_stage("student_pruned", student, accuracy(student, data.test),
-                                 weight_sparsity=round(sparsity, 4)))
-            s["detail"] = f"{stages[-1]['accuracy']:.2%} at {sparsity:.0%} weight sparsity"
+                                 **pruned_info))
+            s["detail"] = (f"{stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
+                           f"{pruned_info['weight_sparsity']:.0%} weight sparsity")
 
+    if rank != 0:  # the other ranks only helped train; rank 0 exports, verifies, benchmarks
+        return BuildResult(out / target.name, {})
+
+    with staged_dir(out / target.name) as stage:
         with step("quantize") as s:
             work = stage / ".work"
             work.mkdir()
             calibration = data.calibration.x[:config.quant.calibration_samples]
             example = data.test.x[:1]
-            onnx_fp32 = to_onnx(student, example, work / "student_fp32.onnx")
-            onnx_int8 = quantize_int8(onnx_fp32, work / "student_int8.onnx", calibration,
-                                      per_channel=config.quant.per_channel)
-            onnx_files = {"fp32": onnx_fp32, "int8": onnx_int8}
+            # Cross-layer equalisation changes the weights, not the function: the artifacts
+            # come from the equalised copy, student.safetensors stays the trained model.
+            deployed = equalize(student) if config.quant.equalize else student
+            onnx_fp32 = to_onnx(deployed, example, work / "student_fp32.onnx")
+            # The accuracy-aware search judges INT8 on the calibration split's labels, never
+            # on the test split the report's accuracies come from.
+            quantized = quantize(onnx_fp32, work / "student_int8.onnx", calibration,
+                                 config.quant, validation=(data.calibration.x, data.calibration.y),
+                                 tensorrt="TensorrtExecutionProvider" in target.providers)
+            onnx_files = {"fp32": onnx_fp32, "int8": quantized.path}
             if target.needs_gpu:  # GPUs also get FP16 (Tensor Cores)
                 onnx_files["fp16"] = to_fp16(onnx_fp32, work / "student_fp16.onnx")
-            s["detail"] = f"INT8 static, {len(calibration)} calibration samples"
+            q = config.quant
+            s["detail"] = (f"INT8 static ({q.method}, "
+                           f"{'per-channel' if q.per_channel else 'per-tensor'}), "
+                           f"{len(calibration)} calibration samples"
+                           + (f", kept in float: {', '.join(quantized.float_layers)}"
+                              if quantized.float_layers else ""))
 
-        source = ExportSource(model=student, example=example, calibration=calibration,
+        source = ExportSource(model=deployed, example=example, calibration=calibration,
                               onnx=onnx_files, per_channel=config.quant.per_channel)
         # The distilled student before pruning, FP32: the baseline that shows whether pruning
         # changed latency or only size.
@@ -269,6 +328,18 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
         references = [_describe(path, runtime, precision)
                       for runtime, precision, path in reference]
 
+        with step("robustness") as s:  # same corrupted test inputs for every model
+            models = {name: model_predictor(m) for name, m in
+                      (("teacher", teacher), ("student_scratch", scratch),
+                       ("student_distilled", distilled))}
+            models |= {path.name: artifact_predictor(path, runtime, threads,
+                                                     _providers(target, runtime, precision))
+                       for runtime, precision, path in exported if precision == "int8"}
+            robust = measure_robustness(data, config.robustness, models, seed=config.seed)
+            s["detail"] = (f"{len(robust['conditions'])} conditions, distilled more accurate "
+                           f"than scratch in {robust['summary']['distilled_more_accurate']} of "
+                           f"{robust['summary']['conditions']}")
+
         for entry in artifacts + references:
             with step(f"bench {entry['path']}") as s:
                 entry.update(_bench_entry(run_bench(_spec(stage, entry, threads, target,
@@ -282,6 +353,8 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
         report = _report(target, data, config, stages, artifacts, threads,
                          time.perf_counter() - started)
         report["references"] = references
+        report["quantization"] = quantized.to_dict()
+        report["robustness"] = robust
         report["payoff"] = payoff(artifacts, references)
         report["flags"] = flags(report["payoff"], artifacts)
         budget = budget if budget is not None else target.budget

@@ -134,7 +134,7 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     net: nn.Module = trainable
     if size > 1:
         net = nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False)
+            trainable, device_ids=[dev] if dev.type == "cuda" else None)
     model.train()
     done = 0
     for _ in range(schedule.epochs):
@@ -150,6 +150,9 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
             done += 1
             if on_step:
                 on_step(done, steps)
+    if size > 1:  # BatchNorm statistics saw each rank's last batch: make rank 0's everyone's
+        for buffer in trainable.buffers():
+            dist.broadcast(buffer, src=0)
     trainable.to("cpu")
     model.eval()
     return model

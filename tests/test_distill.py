@@ -94,7 +94,7 @@ def test_distillation_terms(teacher: nn.Module, digits: Dataset, tmp_path: Path)
     assert isinstance(proj, nn.Conv2d) and (proj.in_channels, proj.out_channels) == (4, 128)
     logits = student(torch.from_numpy(x[:16]))
     loss = both(logits, idx, y[:16])
-    assert float(loss) > float(expected.detach())  # the feature and attention terms add
+    assert float(loss.detach()) > float(expected.detach())  # the feature and attention terms add
     loss.backward()
     assert proj.weight.grad is not None and float(proj.weight.grad.abs().sum()) > 0
     assert student[0].weight.grad is not None  # features reach the student's conv

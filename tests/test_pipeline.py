@@ -45,8 +45,15 @@ def test_report_contract(pi_build) -> None:
     for s in stages.values():
         assert {"params", "nonzero_params", "accuracy"} <= set(s)
         assert 0.5 < s["accuracy"] <= 1.0
+    distilled = stages["student_distilled"]
+    assert distilled["pairs"] == [["2", "5"]]  # attention transfer on the automatic pair
+    assert distilled["attention_weight"] > 0
     pruned = stages["student_pruned"]
     assert pruned["nonzero_params"] < 0.6 * pruned["params"]
+    assert report["quantization"]["method"] == "minmax"
+    assert report["quantization"]["int8_accuracy"] is not None  # judged on calibration labels
+    conditions = report["robustness"]["conditions"]
+    assert conditions and all("student_int8.onnx" in c["accuracy"] for c in conditions)
     assert stages["teacher"]["params"] >= 20 * pruned["params"]
 
     kinds = {(a["format"], a["precision"]) for a in report["artifacts"]}

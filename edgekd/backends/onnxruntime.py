@@ -2,21 +2,19 @@
 quantization tools), and an ORT session runner.
 
 The INT8 model is made *after* conversion with the runtime's own tool (as Olive does): ORT's
-``quantize_static`` in QDQ format with per-channel signed INT8 weights, calibrated with
-min-max on the calibration split. OpenVINO reads the same QDQ file.
+``quantize_static`` in QDQ format (:mod:`edgekd.quantize`). OpenVINO reads the same QDQ file.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekd.backends import ExportSource
+from edgekd.config import QuantConfig
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
@@ -79,42 +77,14 @@ def to_onnx(model: Any, example: np.ndarray, path: Path) -> Path:
     return path
 
 
-class _Calibration:
-    """ORT's CalibrationDataReader over preprocessed samples, one at a time."""
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True,
+                  config: QuantConfig | None = None) -> Path:
+    """Static INT8 QDQ model of ``fp32`` (see :func:`edgekd.quantize.quantize`; this form
+    skips the accuracy check, which needs a validation split)."""
+    from edgekd.quantize import quantize
 
-    def __init__(self, samples: np.ndarray) -> None:
-        self._it: Iterator[np.ndarray] = iter(samples)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        x = next(self._it, None)
-        return None if x is None else {INPUT_NAME: x[None].astype(np.float32)}
-
-    def rewind(self) -> None:  # required by newer ORT readers; one pass is all we use
-        pass
-
-
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool) -> Path:
-    """Static INT8 post-training quantization (QDQ), following ORT's recommended recipe:
-    pre-process (shape inference + graph optimisation, which folds BatchNorm), then
-    quantize_static with signed INT8 activations and weights."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from edgekd.quiet import quiet
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        with quiet("onnxruntime.quantization"):
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(out), _Calibration(calibration),
-                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    # Shape annotations from pre-processing are re-derived by every runtime at load time.
-    model = onnx.load(str(out))
-    model.graph.ClearField("value_info")
-    onnx.save_model(model, str(out))
-    return out
+    config = config or QuantConfig(per_channel=per_channel)
+    return quantize(fp32, out, calibration, config).path
 
 
 def to_fp16(fp32: Path, out: Path) -> Path:

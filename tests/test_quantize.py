@@ -1,0 +1,113 @@
+"""INT8 quantization with ONNX Runtime's tools, run in the real ONNX Runtime: calibration
+methods, per-channel vs per-tensor weights, and the accuracy-aware mixed-precision search."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgekd.backends.onnxruntime import to_onnx
+from edgekd.config import QuantConfig
+from edgekd.data import Dataset
+from edgekd.quantize import evaluate, layers, quantize
+
+
+def _weight_scales(path: Path) -> list[tuple[int, ...]]:
+    """Shapes of the scales of the weight DequantizeLinear nodes (inputs that are
+    initializers)."""
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    shapes = []
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            shapes.append(tuple(numpy_helper.to_array(inits[node.input[1]]).shape))
+    return shapes
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_each_calibration_method_agrees_with_fp32(method: str, onnx_pair: dict[str, Path],
+                                                   digits: Dataset, tmp_path: Path) -> None:
+    out = quantize(onnx_pair["fp32"], tmp_path / f"{method}.onnx", digits.calibration.x[:64],
+                   QuantConfig(method=method, max_accuracy_drop=None))
+    fp_acc, fp_logits = evaluate(onnx_pair["fp32"], digits.test.x, digits.test.y)
+    agree, _ = evaluate(out.path, digits.test.x, None, fp_logits)
+    q_acc, _ = evaluate(out.path, digits.test.x, digits.test.y)
+    assert agree >= 0.97, (method, agree)
+    assert q_acc >= fp_acc - 0.02, (method, q_acc, fp_acc)
+
+
+def test_per_tensor_and_per_channel_weight_scales(onnx_pair: dict[str, Path], digits: Dataset,
+                                                  tmp_path: Path) -> None:
+    per_channel = quantize(onnx_pair["fp32"], tmp_path / "pc.onnx", digits.calibration.x[:32],
+                           QuantConfig(per_channel=True, max_accuracy_drop=None)).path
+    per_tensor = quantize(onnx_pair["fp32"], tmp_path / "pt.onnx", digits.calibration.x[:32],
+                          QuantConfig(per_channel=False, max_accuracy_drop=None)).path
+    assert any(len(s) == 1 and s[0] > 1 for s in _weight_scales(per_channel))
+    assert all(s in ((), (1,)) for s in _weight_scales(per_tensor))
+
+
+def test_mixed_precision_keeps_the_damaged_layer_in_float(trained_student, digits: Dataset,
+                                                          tmp_path: Path) -> None:
+    # One huge weight in the first hidden layer: per-tensor INT8 then has a step size far
+    # too coarse for all its other weights, and that layer alone ruins the INT8 model.
+    model = copy.deepcopy(trained_student)
+    with torch.no_grad():
+        model[4].weight[0, 0] = 60.0
+    fp32 = to_onnx(model, digits.test.x[:1], tmp_path / "fp32.onnx")
+    config = QuantConfig(per_channel=False, max_accuracy_drop=1.0)
+    validation = (digits.calibration.x, digits.calibration.y)
+    plain = quantize(fp32, tmp_path / "plain.onnx", digits.calibration.x,
+                     QuantConfig(per_channel=False, max_accuracy_drop=None))
+    fp_acc, _ = evaluate(fp32, *validation)
+    plain_acc, _ = evaluate(plain.path, *validation)
+    assert fp_acc - plain_acc > 0.05, (fp_acc, plain_acc)  # the damage is real
+
+    q = quantize(fp32, tmp_path / "mixed.onnx", digits.calibration.x, config,
+                 validation=validation)
+    assert q.float_layers and len(q.float_layers) < len(layers(fp32))
+    assert q.fp32_accuracy is not None and q.int8_accuracy is not None
+    assert q.fp32_accuracy - q.int8_accuracy <= 0.01
+    assert q.steps[0]["float_layers"] == [] and q.steps[-1]["float_layers"] == list(
+        q.float_layers)
+    # the layers kept in float have no QDQ on their weights in the written model
+    graph = onnx.load(str(q.path)).graph
+    kept = [n for n in graph.node if n.name in q.float_layers]
+    assert kept and all(n.op_type in ("Gemm", "MatMul", "Conv") for n in kept)
+    test_acc, _ = evaluate(q.path, digits.test.x, digits.test.y)
+    assert test_acc > plain_acc
+
+
+def test_config_rejects_unknown_method() -> None:
+    with pytest.raises(ValueError, match="minmax, percentile, entropy"):
+        QuantConfig(method="kl")
+
+
+def test_cross_layer_equalisation_keeps_the_function_and_evens_the_ranges() -> None:
+    from torch import nn
+
+    from edgekd.equalize import equalize, out_ranges, pairs
+
+    torch.manual_seed(0)
+    block = nn.Sequential(  # expand -> depthwise -> project, joined by ReLU
+        nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 4, 1))
+    for bn in (block[1], block[4]):  # trained BatchNorm spreads channel scales widely
+        bn.weight.data = torch.logspace(-2, 1, 8)[torch.randperm(8)]
+        bn.running_var.data = torch.rand(8) + 0.1
+        bn.running_mean.data = torch.randn(8)
+    block.eval()
+    x = torch.randn(4, 3, 6, 6)
+    eq = equalize(block)
+    assert len(pairs(eq)) == 2
+    torch.testing.assert_close(eq(x), block(x), rtol=1e-4, atol=1e-4)
+    depthwise = eq[3]
+    spread = float(out_ranges(depthwise).max() / out_ranges(depthwise).min())
+    before = nn.utils.fusion.fuse_conv_bn_eval(block[3], block[4])
+    spread_before = float(out_ranges(before).max() / out_ranges(before).min())
+    assert spread < spread_before / 5, (spread, spread_before)
