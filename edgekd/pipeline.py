@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,7 +23,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import edgekd
 from edgekd import prune as pruning
 from edgekd.augment import SoftTargets, training_views
 from edgekd.backends import ExportSource, get_backend
@@ -42,7 +40,15 @@ from edgekd.output import staged_dir
 from edgekd.payoff import flags, payoff
 from edgekd.quantize import quantize
 from edgekd.remote import Remote, bench_hosts
-from edgekd.report import artifact_files, gzip_size, render_markdown, sha256_of, write_json
+from edgekd.report import (
+    artifact_files,
+    build_manifest,
+    build_report,
+    gzip_size,
+    render_markdown,
+    sha256_of,
+    write_json,
+)
 from edgekd.resources import default_calibration_file
 from edgekd.robustness import artifact_predictor, model_predictor
 from edgekd.robustness import measure as measure_robustness
@@ -50,7 +56,6 @@ from edgekd.targets import Target, load_target
 from edgekd.teacher_cache import teacher_outputs
 from edgekd.train import Schedule, accuracy, distributed, logits_of, set_seed, train, world
 from edgekd.verify import require_agreement, verify_artifact
-from edgekd.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +355,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
 
         shutil.rmtree(work)
         save_file(student.state_dict(), stage / "student.safetensors")
-        report = _report(target, data, config, stages, artifacts, threads,
+        report = build_report(target, data, config, stages, artifacts, threads,
                          time.perf_counter() - started)
         report["references"] = references
         report["quantization"] = quantized.to_dict()
@@ -365,59 +370,6 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
         write_json(stage / "report.json", report)
         (stage / "report.md").write_text(render_markdown(report), encoding="utf-8")
         (stage / "report.html").write_text(render_html(report), encoding="utf-8")
-        write_json(stage / "manifest.json", _manifest(target, data, config, stage, artifacts))
+        write_json(stage / "manifest.json",
+                   build_manifest(target, data, config, stage, artifacts))
     return BuildResult(out / target.name, report)
-
-
-def _report(target: Target, data: Dataset, config: BuildConfig, stages: list[dict[str, Any]],
-            artifacts: list[dict[str, Any]], threads: int, seconds: float) -> dict[str, Any]:
-    by_name = {s["name"]: s for s in stages}
-    prep = data.preprocessing
-    return {
-        "edgekd_version": edgekd.__version__,
-        "target": target.name,
-        "target_description": target.description,
-        "input": {
-            "name": "input", "shape": list(data.input_shape), "dtype": "float32",
-            "layout": prep.layout,
-            "preprocessing": {
-                "raw": "8x8 grayscale digit, integer pixels 0..16 (scikit-learn digits)",
-                "scale": prep.scale, "mean": prep.mean, "std": prep.std,
-                "formula": "x = (raw * scale - mean) / std",
-            },
-            "output": {"name": "logits", "shape": [1, data.num_classes], "dtype": "float32"},
-        },
-        "dataset": data.summary(),
-        "stages": stages,
-        "summary": {
-            "compression": round(by_name["teacher"]["params"]
-                                 / by_name["student_pruned"]["params"], 2),
-            "scratch_accuracy": by_name["student_scratch"]["accuracy"],
-            "distilled_accuracy": by_name["student_distilled"]["accuracy"],
-            "distillation_gain_points": round(100 * (by_name["student_distilled"]["accuracy"]
-                                                     - by_name["student_scratch"]["accuracy"]), 2),
-        },
-        "artifacts": artifacts,
-        "bench": {"warmup": config.bench.warmup, "runs": config.bench.runs,
-                  "seconds": config.bench.seconds, "batch": 1, "threads": threads,
-                  "target_threads": target.threads},
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                 "processor": platform.processor() or platform.machine()},
-        "build_seconds": round(seconds, 2),
-    }
-
-
-def _manifest(target: Target, data: Dataset, config: BuildConfig, stage: Path,
-              artifacts: list[dict[str, Any]]) -> dict[str, Any]:
-    files = {f: sha256_of(stage / f) for a in artifacts for f in a["files"]}
-    files["student.safetensors"] = sha256_of(stage / "student.safetensors")
-    return {
-        "edgekd_version": edgekd.__version__,
-        "versions": versions(),
-        "seeds": {"build": config.seed, "calibration_sample": data.seed},
-        "config": config.to_dict(),
-        "target": asdict(target),
-        "dataset": data.summary(),
-        "sha256": files,
-        "input_example_sha256": hashlib.sha256(data.test.x[:1].tobytes()).hexdigest(),
-    }

@@ -5,8 +5,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import platform
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import edgekd
+from edgekd.versions import versions
+
+if TYPE_CHECKING:
+    from edgekd.config import BuildConfig
+    from edgekd.data import Dataset
+    from edgekd.targets import Target
 
 
 def sha256_of(path: Path) -> str:
@@ -240,3 +251,57 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"Built in {report['build_seconds']:.1f} s on {report['host']['machine']} "
               f"({report['host']['cpus']} CPUs).", ""]
     return "\n".join(lines)
+
+
+def build_report(target: Target, data: Dataset, config: BuildConfig, stages: list[dict[str, Any]],
+            artifacts: list[dict[str, Any]], threads: int, seconds: float) -> dict[str, Any]:
+    by_name = {s["name"]: s for s in stages}
+    prep = data.preprocessing
+    return {
+        "edgekd_version": edgekd.__version__,
+        "target": target.name,
+        "target_description": target.description,
+        "input": {
+            "name": "input", "shape": list(data.input_shape), "dtype": "float32",
+            "layout": prep.layout,
+            "preprocessing": {
+                "raw": "8x8 grayscale digit, integer pixels 0..16 (scikit-learn digits)",
+                "scale": prep.scale, "mean": prep.mean, "std": prep.std,
+                "formula": "x = (raw * scale - mean) / std",
+            },
+            "output": {"name": "logits", "shape": [1, data.num_classes], "dtype": "float32"},
+        },
+        "dataset": data.summary(),
+        "stages": stages,
+        "summary": {
+            "compression": round(by_name["teacher"]["params"]
+                                 / by_name["student_pruned"]["params"], 2),
+            "scratch_accuracy": by_name["student_scratch"]["accuracy"],
+            "distilled_accuracy": by_name["student_distilled"]["accuracy"],
+            "distillation_gain_points": round(100 * (by_name["student_distilled"]["accuracy"]
+                                                     - by_name["student_scratch"]["accuracy"]), 2),
+        },
+        "artifacts": artifacts,
+        "bench": {"warmup": config.bench.warmup, "runs": config.bench.runs,
+                  "seconds": config.bench.seconds, "batch": 1, "threads": threads,
+                  "target_threads": target.threads},
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                 "processor": platform.processor() or platform.machine()},
+        "build_seconds": round(seconds, 2),
+    }
+
+
+def build_manifest(target: Target, data: Dataset, config: BuildConfig, stage: Path,
+              artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    files = {f: sha256_of(stage / f) for a in artifacts for f in a["files"]}
+    files["student.safetensors"] = sha256_of(stage / "student.safetensors")
+    return {
+        "edgekd_version": edgekd.__version__,
+        "versions": versions(),
+        "seeds": {"build": config.seed, "calibration_sample": data.seed},
+        "config": config.to_dict(),
+        "target": asdict(target),
+        "dataset": data.summary(),
+        "sha256": files,
+        "input_example_sha256": hashlib.sha256(data.test.x[:1].tobytes()).hexdigest(),
+    }
