@@ -123,6 +123,13 @@ def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
     if not (d.feature_weight or d.attention_weight):
         return []
     if d.pairs:
+        for label, module, names in (("student", student, [s for s, _ in d.pairs]),
+                                     ("teacher", teacher, [t for _, t in d.pairs])):
+            known = dict(module.named_modules())
+            for name in names:
+                if name not in known:
+                    raise UsageError(f"distill.pairs: the {label} has no layer {name!r}; its "
+                                     f"layers: {', '.join(n for n in known if n)}")
         return [LayerPair(s, t) for s, t in d.pairs]
     try:
         return auto_pairs(student, teacher, example)
@@ -242,9 +249,12 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                            "memory-mapped" + (" (cached)" if hit else ""))
 
         def objective_for(model: nn.Module) -> Distillation:
-            return Distillation(model, outputs, pairs, example_t, temperature=d.temperature,
-                                alpha=d.alpha, feature_weight=d.feature_weight,
-                                attention_weight=d.attention_weight)
+            try:
+                return Distillation(model, outputs, pairs, example_t, temperature=d.temperature,
+                                    alpha=d.alpha, feature_weight=d.feature_weight,
+                                    attention_weight=d.attention_weight)
+            except ValueError as exc:  # a pair whose features cannot be compared
+                raise UsageError(f"distill.pairs: {exc}") from exc
 
         with step("student_distilled") as s:
             set_seed(config.seed)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
 from edgekd.cli import app
@@ -43,3 +46,30 @@ def test_gpu_target_without_provider_exits_1_before_any_work(tmp_path) -> None: 
 def test_version() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and "edgekd" in result.output
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("foo", "expected section.key=value"),
+    ("prune.metod=x", "unknown key 'metod'; allowed: method, schedule"),
+    ("nosection.x=1", "no config section 'nosection'"),
+    ("distill.views=-1", "views must be >= 0"),
+    ('distill.pairs=[["2"]]', "pairs must be [[student_layer, teacher_layer]"),
+    ("prune.method=channels", "allowed: unstructured, structured"),
+])
+def test_bad_setting_exits_2_before_any_work(setting: str, message: str,
+                                             tmp_path: Path) -> None:
+    result = runner.invoke(app, ["build", "--target", "x86-cpu", "--out", str(tmp_path),
+                                 "--set", setting])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pair_naming_a_missing_layer_exits_2_and_writes_no_build(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["build", "--target", "x86-cpu", "--out", str(tmp_path),
+                                 "--epochs", "1", "--set", "teacher.epochs=1",
+                                 "--set", 'distill.pairs=[["9", "5"]]'])
+    assert result.exit_code == 2, result.output
+    assert "the student has no layer '9'" in " ".join(result.output.split())
+    assert not (tmp_path / "x86-cpu").exists()
