@@ -76,9 +76,11 @@ def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
     if "int8" not in source.onnx:  # FP32 only (the dense reference for pruning's payoff)
         return {"fp32": fp32}
 
-    # LiteRT-Torch's documented static-INT8 recipe: PT2E prepare -> calibrate -> convert.
-    quantizer = PT2EQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=source.per_channel, is_dynamic=False))
+    # LiteRT-Torch's documented static-INT8 recipe: PT2E prepare -> calibrate -> convert,
+    # with residual adds annotated too (see _with_adds).
+    config = get_symmetric_quantization_config(is_per_channel=source.per_channel,
+                                               is_dynamic=False)
+    quantizer = _with_adds(PT2EQuantizer, config)().set_global(config)
     with quiet("litert_torch.convert int8"), torch.no_grad():
         graph = torch.export.export(source.model.eval(), example).module()
         prepared = prepare_pt2e(graph, quantizer)
@@ -88,6 +90,38 @@ def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
         litert_torch.convert(converted, example,
                              quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(int8))
     return {"fp32": fp32, "int8": int8}
+
+
+def _with_adds(base: Any, config: Any) -> Any:
+    """LiteRT-Torch's PT2E quantizer, also annotating ``aten.add.Tensor``.
+
+    Its ``add`` annotator finds adds through the nodes' ``source_fn_stack`` metadata, which
+    ``torch.export`` (torch 2.13) no longer records for a plain ``x + y``, so every residual
+    add of a MobileNetV2 stayed float: DEQUANTIZE -> float ADD -> QUANTIZE around each one in
+    the .tflite (13 DEQUANTIZE + 9 QUANTIZE ops). This annotates the adds it missed exactly
+    as its own annotator would (input and output activation specs of the same config).
+    """
+    from litert_torch.quantize import pt2e_quantizer_utils as utils
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    class AddAwarePT2EQuantizer(base):  # type: ignore[misc,valid-type]
+        def annotate(self, model: Any) -> Any:
+            import torch
+
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                if (node.op != "call_function" or node.target != torch.ops.aten.add.Tensor
+                        or "quantization_annotation" in node.meta):
+                    continue
+                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+                if len(inputs) != 2:  # adding a constant: leave it to the converter
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={a: utils.get_input_act_qspec(config) for a in inputs},
+                    output_qspec=utils.get_output_act_qspec(config), _annotated=True)
+            return model
+
+    return AddAwarePT2EQuantizer
 
 
 class TfliteRunner:
