@@ -242,12 +242,68 @@ def _print_checks(checks: list[dict], source: str) -> None:
 
 
 @app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the project file.")]
+    = Path("edgekd.toml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter project file (edgekd.toml) to fill in."""
+    from edgekd.project import STARTER
+
+    if path.exists() and not force:
+        raise _fail(UsageError(f"{path} already exists: edit it, or pass --force to replace it"),
+                    False)
+    try:
+        path.write_text(STARTER, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(UsageError(f"cannot write {path} ({exc.strerror}): choose another path"),
+                    False) from exc
+    console.print(f"wrote {path}: name your model and data in it, then run `edgekd build`")
+
+
+def _legacy(seed: int | None, temperature: float | None, alpha: float | None,
+            epochs: int | None, sparsity: float | None, min_agreement: float | None,
+            runs: int | None) -> list[str]:
+    """The named build flags as ``section.key=value`` settings."""
+    pairs = [("seed", seed), ("distill.temperature", temperature), ("distill.alpha", alpha),
+             ("distill.epochs", epochs), ("student.epochs", epochs),
+             ("prune.sparsity", sparsity), ("min_agreement", min_agreement),
+             ("bench.runs", runs)]
+    return [f"{k}={v}" for k, v in pairs if v is not None]
+
+
+def _os_error(exc: OSError) -> EdgekdError:
+    """A failed write (full disk, quota, permissions) as one line; the staging folder is gone
+    by now and an earlier build is untouched."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return EdgekdError(f"no space left on the device{where}: free some disk space or "
+                           "choose another --out; nothing was written and the previous build "
+                           "is untouched")
+    return EdgekdError(f"{exc.strerror or exc}{where}: check the path and its permissions "
+                       "(--debug shows where it happened)")
+
+
+@app.command()
 def build(
-    target: Annotated[str, typer.Option("--target", "-t", help="Target name (edgekd targets).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output root; artifacts go to "
-                                      "OUT/<target>.")] = Path("build"),
-    seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and "
-                                      "shuffling.")] = 0,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target name (edgekd "
+                                               "targets); default: the project file's, else "
+                                               "raspberrypi.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Project file "
+                                                "(default: ./edgekd.toml if present, else the "
+                                                "built-in digits demonstration).")] = None,
+    model: Annotated[str | None, typer.Option(help="Build this finished model instead: an "
+                                              ".onnx file, or file.py:factory with --weights "
+                                              "(no distillation).")] = None,
+    weights: Annotated[str | None, typer.Option(help="Weights for --model (.safetensors or "
+                                                "a state dict).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output root; artifacts go "
+                                             "to OUT/<target> (default: the project's, else "
+                                             "build).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, initialisation and "
+                                             "shuffling.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Distillation temperature T.")]
     = None,
     alpha: Annotated[float | None, typer.Option(help="Weight of the soft-target loss (0..1).")]
@@ -260,9 +316,14 @@ def build(
         help="Fail if an artifact's top-1 agreement with PyTorch is below this.")] = None,
     runs: Annotated[int | None, typer.Option(help="Timed benchmark runs per artifact.")] = None,
     settings: Annotated[list[str] | None, typer.Option(
-        "--set", help="Any config setting, section.key=value (repeatable), e.g. "
-        "prune.method=structured, distill.views=16, quant.calibration=entropy, "
+        "--set", help="Any setting, section.key=value (repeatable), e.g. "
+        "prune.method=structured, distill.views=16, data.train=data/train, "
         "student_model=student_convnet.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore the stage cache of earlier builds "
+                                        "(retrain everything).")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow weights files that are full "
+                                               "pickles (they can run code when loaded).")]
+    = False,
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if a budget is broken "
                                         "(the build and its reports are still written).")]
     = False,
@@ -277,63 +338,43 @@ def build(
     accept_new_host_key: AcceptNewHostKey = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
 ) -> None:
-    """Run the whole pipeline for TARGET on the built-in digits default."""
-    from dataclasses import replace
-
-    from edgekd.config import BuildConfig, apply_overrides
+    """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
+    (or --config, or --model), else the built-in digits demonstration."""
+    from edgekd.api import build as run_build
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
     try:
-        config = BuildConfig(seed=seed)
-        if temperature is not None or alpha is not None or epochs is not None:
-            config = replace(config, distill=replace(
-                config.distill,
-                temperature=config.distill.temperature if temperature is None else temperature,
-                alpha=config.distill.alpha if alpha is None else alpha,
-                epochs=config.distill.epochs if epochs is None else epochs))
-        if epochs is not None:
-            config = replace(config, student=replace(config.student, epochs=epochs))
-        if sparsity is not None:
-            config = replace(config, prune=replace(config.prune, sparsity=sparsity))
-        if min_agreement is not None:
-            config = replace(config, min_agreement=min_agreement)
-        if runs is not None:
-            config = replace(config, bench=replace(config.bench, runs=runs))
-        config = apply_overrides(config, settings or [])
         from edgekd.remote import Remote
 
         remotes = [Remote(h, remote_python, ssh_config, accept_new_host_key)
                    for h in remote or []]
     except ValueError as exc:
         raise _fail(UsageError(f"bad option: {exc}"), debug) from exc
-    try:
-        from edgekd.budget import load_budget_file
 
-        limits = load_budget_file(budget) if budget else None
-    except EdgekdError as exc:
-        raise _fail(exc, debug) from exc
-
-    from edgekd.pipeline import build as run_build
-
-    status = console.status(f"building for [bold]{target}[/] …", spinner="dots")
+    name = target or "the target"
+    status = console.status(f"building for [bold]{name}[/] …", spinner="dots")
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 shows the progress
 
-    def on_step(name: str, detail: str) -> None:
-        console.print(f"[green]✓[/] [bold]{name}[/] {detail}")
-        status.update(f"building for [bold]{target}[/] … (done: {name})")
+    def on_step(step: str, detail: str) -> None:
+        console.print(f"[green]✓[/] [bold]{step}[/] {escape(detail)}")
+        status.update(f"building for [bold]{name}[/] … (done: {step})")
 
     try:
         with status if lead else contextlib.nullcontext():
-            result = run_build(target, out=out, config=config, on_step=on_step if lead else None,
-                               budget=limits, budget_source=str(budget) if budget else None,
-                               remotes=remotes)
+            result = run_build(target, config=config, out=out, settings=items + (settings or []),
+                               model=model, weights=weights, budget=budget, fresh=fresh,
+                               trust_pickle=trust_pickle, remotes=remotes,
+                               on_step=on_step if lead else None)
     except EdgekdError as exc:
         raise _fail(exc, debug) from exc
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted:[/] nothing was written; the previous build "
                           "(if any) is untouched")
         raise typer.Exit(130) from None
+    except OSError as exc:
+        raise _fail(_os_error(exc), debug) from exc
     if not result.report:  # another rank under torchrun; rank 0 reports
         return
     _summary(result.report, result.out_dir)
@@ -341,21 +382,27 @@ def build(
         raise typer.Exit(_check(result.out_dir / "report.json", budget, junit))
 
 
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2%}"
+
+
 def _summary(report: dict, out_dir: Path) -> None:
     stages = Table("stage", "params", "non-zero", "accuracy", title="Models", box=box.SIMPLE)
     for s in report["stages"]:
         stages.add_row(s["name"], f"{s['params']:,}", f"{s['nonzero_params']:,}",
-                       f"{s['accuracy']:.2%}")
-    console.print(stages)
-    arts = Table("artifact", "KiB", "acc.", "agree", "p50 ms", "p95 ms", "RSS MB",
+                       _pct(s["accuracy"]))
+    if report["stages"]:
+        console.print(stages)
+    arts = Table("artifact", "KiB", "acc.", "agree", "cos min", "p50 ms", "p95 ms", "RSS MB",
                  title="Artifacts, verified in their runtimes", box=box.SIMPLE)
     arts.columns[0].no_wrap = True
     for a in report["artifacts"]:
-        arts.add_row(a["path"], f"{a['size_bytes'] / 1024:.1f}", f"{a['accuracy']:.2%}",
-                     f"{a['top1_agreement']:.2%}", f"{a['latency_ms']['p50']:.4f}",
-                     f"{a['latency_ms']['p95']:.4f}", f"{a['memory']['peak_rss_mb']:.0f}")
+        arts.add_row(a["path"], f"{a['size_bytes'] / 1024:.1f}", _pct(a["accuracy"]),
+                     _pct(a["top1_agreement"]), f"{a['cosine_min']:.4f}",
+                     f"{a['latency_ms']['p50']:.4f}", f"{a['latency_ms']['p95']:.4f}",
+                     f"{a['memory']['peak_rss_mb']:.0f}")
         for r in a.get("remote", []):
-            arts.add_row(f"  @ {r['remote']}", "", "", "", f"{r['latency_ms']['p50']:.4f}",
+            arts.add_row(f"  @ {r['remote']}", "", "", "", "", f"{r['latency_ms']['p50']:.4f}",
                          f"{r['latency_ms']['p95']:.4f}", f"{r['memory']['peak_rss_mb']:.0f}")
     console.print(arts)
     for row in report.get("payoff", []):
@@ -364,10 +411,14 @@ def _summary(report: dict, out_dir: Path) -> None:
     for flag in report.get("flags", []):
         if not flag.startswith("SLOWER"):
             console.print("[yellow]⚠[/] " + escape(flag), soft_wrap=True)
-    s = report["summary"]
-    console.print(f"student: {s['compression']:.1f}× fewer parameters than the teacher; "
-                  f"distillation {s['distillation_gain_points']:+.2f} points vs scratch; "
-                  f"built in {report['build_seconds']:.0f} s")
+    s = report.get("summary", {})
+    parts = []
+    if "compression" in s:
+        parts.append(f"student: {s['compression']:.1f}× fewer parameters than the teacher")
+    if "distillation_gain_points" in s:
+        parts.append(f"distillation {s['distillation_gain_points']:+.2f} points vs scratch")
+    parts.append(f"built in {report['build_seconds']:.0f} s")
+    console.print("; ".join(parts))
     console.print(f"reports: {out_dir / 'report.md'}, {out_dir / 'report.html'}, "
                   f"{out_dir / 'report.json'}, {out_dir / 'manifest.json'}")
 

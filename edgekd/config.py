@@ -220,12 +220,21 @@ class BuildConfig:
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     # Minimum top-1 agreement between an artifact and the PyTorch model it came from.
     min_agreement: float = 0.98
-    # The student architecture, a name in edgekd.models.STUDENTS.
+    # Minimum cosine similarity between an artifact's outputs and its PyTorch model's, per
+    # sample (the worst sample counts): the check for models that are not classifiers.
+    min_cosine: float = 0.99
+    # The built-in student architecture, a name in edgekd.models.STUDENTS.
     student_model: str = "student_cnn"
+    # Train the student from scratch too, to measure what distillation bought.
+    baseline: bool = True
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.min_agreement <= 1.0,
                f"min_agreement must be in [0, 1], got {self.min_agreement}")
+        _check(-1.0 <= self.min_cosine <= 1.0,
+               f"min_cosine must be in [-1, 1], got {self.min_cosine}")
+        _check(isinstance(self.baseline, bool), f"baseline must be true or false, got "
+                                                f"{self.baseline!r}")
         _check(self.student_model in STUDENT_MODELS,
                f"unknown student_model {self.student_model!r}; "
                f"allowed: {', '.join(STUDENT_MODELS)}")
@@ -255,13 +264,28 @@ class BuildConfig:
         return cls(**values)
 
 
-def apply_overrides(config: BuildConfig, items: list[str]) -> BuildConfig:
-    """``section.key=value`` settings (``--set prune.method=structured``) on top of ``config``.
+def config_schema() -> dict[str, list[str]]:
+    """Keys :func:`set_items` accepts: ``""`` holds the top-level keys, every other entry a
+    section's."""
+    top, schema = [], {}
+    for f in fields(BuildConfig):
+        default = getattr(BuildConfig(), f.name)
+        if hasattr(default, "__dataclass_fields__"):
+            schema[f.name] = [g.name for g in fields(default)]
+        else:
+            top.append(f.name)
+    return {"": top, **schema}
+
+
+def set_items(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]]
+              ) -> dict[str, Any]:
+    """``raw`` with ``section.key=value`` items set (``--set prune.method=structured``).
 
     Values are read as JSON when they parse (numbers, ``true``, ``[["2", "5"]]``), else taken
-    as strings; the result is validated like any config.
+    as strings. Keys are checked against ``schema`` (see :func:`config_schema`); the caller
+    validates the values by parsing the result.
     """
-    raw = config.to_dict()
+    raw = json.loads(json.dumps(raw))  # a deep copy; the input stays as it was
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -272,15 +296,23 @@ def apply_overrides(config: BuildConfig, items: list[str]) -> BuildConfig:
         except json.JSONDecodeError:
             value = text
         *path, leaf = key.split(".")
-        node = raw
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"--set {item!r}: no config section {part!r}; sections: "
-                                 f"{', '.join(k for k, v in raw.items() if isinstance(v, dict))}")
-            node = node[part]
-        if leaf not in node:
-            raise ValueError(f"--set {item!r}: unknown key {leaf!r}; allowed: {', '.join(node)}")
+        section = path[0] if len(path) == 1 else ""
+        if len(path) > 1 or (path and (not section or section not in schema)):
+            raise ValueError(f"--set {item!r}: no config section {'.'.join(path)!r}; "
+                             f"sections: {', '.join(k for k in schema if k)}")
+        if leaf not in schema[section]:
+            raise ValueError(f"--set {item!r}: unknown key {leaf!r}; allowed: "
+                             f"{', '.join(schema[section])}")
+        node = raw.setdefault(section, {}) if section else raw
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {item!r}: {section} is not a section")
         node[leaf] = value
+    return raw
+
+
+def apply_overrides(config: BuildConfig, items: list[str]) -> BuildConfig:
+    """``section.key=value`` settings on top of ``config``, validated like any config."""
+    raw = set_items(config.to_dict(), items, config_schema())
     try:
         return BuildConfig.from_dict(raw)
     except TypeError as exc:  # a value of the wrong kind where a section was expected

@@ -5,6 +5,8 @@ half-written artifacts and never replaces an earlier good build."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -23,6 +25,27 @@ def _writable_dir(path: Path) -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"output folder {path} is not writable: choose another --out or fix "
                          "its permissions")
+
+
+@contextlib.contextmanager
+def build_lock(final: Path) -> Iterator[None]:
+    """Hold ``.cache/<name>.lock`` beside ``final`` for the whole build: a second build into the same
+    folder fails at once instead of racing it. Holding the lock also proves that staging
+    folders left beside ``final`` (a build killed with SIGKILL) are stale: they go."""
+    _writable_dir(final.parent)
+    lock = final.parent / ".cache" / f"{final.name}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"another edgekd build is writing {final} right now: wait for "
+                                 "it, or choose another --out") from exc
+            raise
+        for stale in final.parent.glob(f".{final.name}.staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
 """``build``: the whole pipeline, top to bottom.
 
-teacher -> student from scratch (the baseline) -> distilled student -> pruned + fine-tuned
-student -> ONNX FP32 + INT8 (QDQ) -> each target runtime's FP32 + INT8 artifacts ->
-verification in the real runtimes -> benchmarks in separate processes -> reports.
+project inputs (data, models) -> [teacher -> student from scratch (the baseline) ->
+distilled student -> pruned + fine-tuned student, each cached: edgekd.stages] -> ONNX FP32 +
+INT8 (QDQ) -> each target runtime's FP32 + INT8 artifacts -> verification in the real
+runtimes -> benchmarks in separate processes -> reports. A finished model (trained weights
+or an ONNX file) skips the training stages.
 """
 
 from __future__ import annotations
@@ -15,30 +17,26 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+import numpy as np
+from safetensors.torch import save_file
 
-from edgekd import prune as pruning
-from edgekd.augment import SoftTargets, training_views
 from edgekd.backends import ExportSource, get_backend
 from edgekd.backends.onnxruntime import provider_options, to_fp16, to_onnx
 from edgekd.bench import BenchSpec, run_bench
 from edgekd.budget import Budget, evaluate
-from edgekd.config import BuildConfig, DistillConfig
-from edgekd.data import Dataset, load_digits
-from edgekd.distill import Distillation, LayerPair, auto_pairs
+from edgekd.config import BuildConfig
 from edgekd.equalize import equalize
-from edgekd.errors import UsageError
+from edgekd.errors import BuildError, UsageError
 from edgekd.html_report import render_html
-from edgekd.models import count_params, student_model, teacher_cnn
-from edgekd.output import staged_dir
+from edgekd.inputs import Inputs, resolve
+from edgekd.output import build_lock, staged_dir
 from edgekd.payoff import flags, payoff
-from edgekd.quantize import quantize
+from edgekd.project import Project
+from edgekd.quantize import Quantized, quantize
 from edgekd.remote import Remote, bench_hosts
 from edgekd.report import (
     artifact_files,
@@ -49,12 +47,11 @@ from edgekd.report import (
     sha256_of,
     write_json,
 )
-from edgekd.resources import default_calibration_file
 from edgekd.robustness import artifact_predictor, model_predictor
 from edgekd.robustness import measure as measure_robustness
+from edgekd.stages import StageCache, Trained, digest, run_training, stage_entry
 from edgekd.targets import Target, load_target
-from edgekd.teacher_cache import teacher_outputs
-from edgekd.train import Schedule, accuracy, distributed, logits_of, set_seed, train, world
+from edgekd.train import accuracy, distributed, logits_of
 from edgekd.verify import require_agreement, verify_artifact
 
 log = logging.getLogger(__name__)
@@ -84,59 +81,6 @@ class _Steps:
             self.on_step(name, f"{result['detail']} ({time.perf_counter() - start:.1f} s)")
 
 
-def _stage(name: str, model: nn.Module, acc: float, **extra: Any) -> dict[str, Any]:
-    params, nonzero = count_params(model)
-    return {"name": name, "params": params, "nonzero_params": nonzero,
-            "accuracy": round(acc, 6), **extra}
-
-
-def _teacher(data: Dataset, config: BuildConfig, cache_dir: Path) -> tuple[nn.Module, bool]:
-    """Train the teacher, or load the one an earlier build trained on the same inputs."""
-    key = hashlib.sha256(json.dumps({
-        "model": "teacher_cnn", "train": asdict(config.teacher), "seed": config.seed, "v": 2,
-        "data": data.fingerprint(), "torch": torch.__version__,
-    }, sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir / f"teacher-{key}.safetensors"
-    set_seed(config.seed)  # before the weights are initialised: the same seed, the same teacher
-    model = teacher_cnn(data.num_classes)
-    if path.is_file():
-        try:
-            model.load_state_dict(load_file(path))
-            return model.eval(), True
-        except (OSError, RuntimeError, ValueError) as exc:  # damaged cache: retrain
-            log.warning("ignoring unreadable teacher cache %s: %s", path, exc)
-    t = config.teacher
-    train(model, data.train, Schedule(t.epochs, t.lr, t.batch_size), seed=config.seed)
-    if world()[0] != 0:  # under torchrun, rank 0 keeps the cache
-        return model, False
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model, False
-
-
-def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
-           example: torch.Tensor) -> list[LayerPair]:
-    """The layer pairs feature/attention distillation use: the configured ones, else the
-    automatic default; none when neither term is on."""
-    if not (d.feature_weight or d.attention_weight):
-        return []
-    if d.pairs:
-        for label, module, names in (("student", student, [s for s, _ in d.pairs]),
-                                     ("teacher", teacher, [t for _, t in d.pairs])):
-            known = dict(module.named_modules())
-            for name in names:
-                if name not in known:
-                    raise UsageError(f"distill.pairs: the {label} has no layer {name!r}; its "
-                                     f"layers: {', '.join(n for n in known if n)}")
-        return [LayerPair(s, t) for s, t in d.pairs]
-    try:
-        return auto_pairs(student, teacher, example)
-    except ValueError as exc:
-        raise UsageError(f"distill: {exc}") from exc
-
-
 def _describe(path: Path, runtime: str, precision: str) -> dict[str, Any]:
     files = artifact_files(path)
     return {"path": path.name, "files": [f.name for f in files],
@@ -147,11 +91,11 @@ def _describe(path: Path, runtime: str, precision: str) -> dict[str, Any]:
 
 
 def _spec(stage: Path, entry: dict[str, Any], threads: int, target: Target,
-          config: BuildConfig) -> BenchSpec:
+          config: BuildConfig, shape: tuple[int, ...]) -> BenchSpec:
     folder = stage if entry["path"].startswith("student") else stage / "reference"
     b = config.bench
     return BenchSpec(folder / entry["path"], entry["runtime"], threads, b.warmup, b.runs,
-                     b.seconds or None, seed=config.seed,
+                     b.seconds or None, input_shape=shape, seed=config.seed,
                      providers=_providers(target, entry["runtime"], entry["precision"]))
 
 
@@ -174,9 +118,10 @@ def _bench_entry(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bench_remote(remotes: Sequence[Remote], stage: Path, entries: list[dict[str, Any]],
-                  target: Target, config: BuildConfig, step: _Steps) -> None:
+                  target: Target, config: BuildConfig, step: _Steps, shape: tuple[int, ...]
+                  ) -> None:
     """Every artifact on every device, at the target's own thread count."""
-    specs = [_spec(stage, e, target.threads, target, config) for e in entries]
+    specs = [_spec(stage, e, target.threads, target, config, shape) for e in entries]
     with step(f"bench on {', '.join(r.host for r in remotes)}") as s:
         for got in bench_hosts(list(remotes), specs).values():
             if isinstance(got, Exception):
@@ -192,161 +137,212 @@ def _threads(target: Target) -> int:
     return max(1, min(target.threads, os.cpu_count() or 1))
 
 
+def _target(target: str | Target, project: Project) -> Target:
+    target = load_target(target) if isinstance(target, str) else target
+    if project.runtimes:  # a subset of the target's runtimes, in the target's order
+        extra = [r for r in project.runtimes if r not in target.runtimes]
+        if extra:
+            raise UsageError(f"runtimes: {extra[0]!r} is not a runtime of target "
+                             f"{target.name!r} ({', '.join(target.runtimes)}): choose from those")
+        target = replace(target, runtimes=tuple(r for r in target.runtimes
+                                                if r in project.runtimes))
+    return target
+
+
+def _model_key(inputs: Inputs, trained: Trained | None) -> str:
+    """What identifies the deployed model: the cached stage chain, or the user's files."""
+    return trained.key if trained else digest("finished", inputs.model)
+
+
+def _quantize(cache: Path, key: str, fp32: Path, out: Path, calibration: np.ndarray,
+              config: BuildConfig, validation: tuple[np.ndarray, np.ndarray | None] | None,
+              tensorrt: bool, fresh: bool) -> Quantized:
+    """:func:`edgekd.quantize.quantize`, cached like a training stage (the accuracy-aware
+    search runs the model many times)."""
+    calib = hashlib.sha256(calibration.tobytes()).hexdigest()
+    entry = cache / ("int8-" + digest("int8", key, asdict(config.quant), tensorrt, calib,
+                                      validation is None))
+    if not fresh and (entry / "meta.json").is_file():
+        shutil.copyfile(entry / "model.onnx", out)
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        return Quantized(out, meta["method"], tuple(meta["float_layers"]), meta["fp32_accuracy"],
+                         meta["int8_accuracy"], tuple(meta["steps"]), cached=True)
+    q = quantize(fp32, out, calibration, config.quant, validation=validation, tensorrt=tensorrt)
+    tmp = cache / f".{entry.name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out, tmp / "model.onnx")
+    (tmp / "meta.json").write_text(json.dumps(q.to_dict()), encoding="utf-8")
+    if entry.exists():
+        shutil.rmtree(entry)
+    os.replace(tmp, entry)
+    return q
+
+
+def _validation(inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Where accuracy-aware INT8 is judged: the validation split, else the calibration
+    split, never the test split; without labels, top-1 agreement with FP32."""
+    if inputs.task != "classification":
+        return None
+    v = inputs.data.validation or inputs.data.calibration
+    return v.x, v.y
+
+
 def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
-          config: BuildConfig | None = None, on_step: StepCallback | None = None,
-          budget: Budget | None = None, budget_source: str | None = None,
-          remotes: Sequence[Remote] = ()) -> BuildResult:
+          config: BuildConfig | None = None, project: Project | None = None,
+          on_step: StepCallback | None = None, budget: Budget | None = None,
+          budget_source: str | None = None, remotes: Sequence[Remote] = (),
+          fresh: bool = False, trust_pickle: bool = False) -> BuildResult:
     """Run the whole pipeline for ``target``; artifacts and reports go to ``out/<target>``.
 
-    ``budget`` replaces the target's ``[budget]``; its checks are recorded in the report
-    (``edgekd check`` or ``build --check`` turn them into an exit code). ``remotes`` are
-    devices the artifacts are also benchmarked on, over SSH.
+    ``project`` says what to build from (default: the built-in digits demonstration);
+    ``config`` replaces its settings. ``budget`` replaces the target's ``[budget]``; its
+    checks are recorded in the report (``edgekd check`` or ``build --check`` turn them into
+    an exit code). ``remotes`` are devices the artifacts are also benchmarked on, over SSH.
+    Training stages are cached under ``out/.cache``; ``fresh`` ignores that cache.
+    ``trust_pickle`` lets weights files that are full pickles run their code when loaded.
     """
     started = time.perf_counter()
-    config = config or BuildConfig()
-    target = load_target(target) if isinstance(target, str) else target
+    project = project or Project(root=Path.cwd(), source="built-in")
+    if config is not None:
+        project = replace(project, build=config)
+    config = project.build
+    target = _target(target, project)
     for runtime in target.runtimes:  # fail now, not after minutes of training
         get_backend(runtime).check(target)
     for remote in remotes:
         remote.preflight()
     out = Path(out)
     step = _Steps(on_step)
+    with build_lock(out / target.name):
+        with step("data") as s:
+            inputs = resolve(project, trust_pickle=trust_pickle)
+            data = inputs.data
+            s["detail"] = (f"{data.name}: train {len(data.train)}, test {len(data.test)}, "
+                           f"calibration {len(data.calibration)}")
+        if inputs.onnx is not None and "tflite" in target.runtimes:
+            raise UsageError(
+                f"target {target.name!r} includes TFLite, which edgekd converts from PyTorch "
+                "(litert-torch), not from ONNX: give the PyTorch model (model.student and "
+                "model.student_weights), or build the other runtimes with --set "
+                f"'runtimes={json.dumps([r for r in target.runtimes if r != 'tflite'])}'")
+        cache = StageCache(out / ".cache" / "stages", fresh=fresh)
+        trained = None
+        if inputs.trains:
+            with distributed() as (rank, _size):  # under torchrun, every rank trains
+                trained = run_training(
+                    teacher=inputs.teacher, student=inputs.student,  # type: ignore[arg-type]
+                    teacher_trains=inputs.teacher_trains, teacher_key=inputs.teacher_key,
+                    data=data, config=config, cache=cache, cache_dir=out / ".cache", step=step)
+            if rank != 0:  # the other ranks only helped train; rank 0 does the rest
+                return BuildResult(out / target.name, {})
+        with staged_dir(out / target.name) as stage:
+            report = _deploy(stage, project, inputs, trained, target, step, remotes, out,
+                             fresh)
+            report["build_seconds"] = round(time.perf_counter() - started, 2)
+            budget = budget if budget is not None else (project.budget_for(target.name)
+                                                        or target.budget)
+            if not budget.empty:
+                report["budget"] = {
+                    "source": budget_source or (project.source if project.budget_for(
+                        target.name) else f"target {target.name}"),
+                    "limits": budget.to_dict(),
+                    "checks": [c.to_dict() for c in evaluate(report, budget)]}
+            write_json(stage / "report.json", report)
+            (stage / "report.md").write_text(render_markdown(report), encoding="utf-8")
+            (stage / "report.html").write_text(render_html(report), encoding="utf-8")
+    return BuildResult(out / target.name, report)
+
+
+def _deploy(stage: Path, project: Project, inputs: Inputs, trained: Trained | None,
+            target: Target, step: _Steps, remotes: Sequence[Remote], out: Path,
+            fresh: bool) -> dict[str, Any]:
+    """Quantize, export, verify, measure and describe the model, inside the staging folder."""
+    config, data = project.build, inputs.data
     threads = _threads(target)
-
-    with step("data") as s:
-        data = load_digits(default_calibration_file(), seed=config.seed)
-        s["detail"] = (f"{data.name}: train {len(data.train)}, test {len(data.test)}, "
-                       f"calibration {len(data.calibration)}")
-
-    with distributed() as (rank, _size):  # under torchrun, every rank trains
-        with step("teacher") as s:
-            teacher, cached = _teacher(data, config, out / ".cache")
-            teacher_acc = accuracy(teacher, data.test)
-            s["detail"] = f"{teacher_acc:.2%}" + (" (cached)" if cached else "")
-        stages = [_stage("teacher", teacher, teacher_acc, cached=cached)]
-
-        d = config.distill
-        # Scratch and distilled students train on the same inputs: the training split, plus
-        # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
-        split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
-                                            num_classes=data.num_classes, seed=config.seed)
-        st = config.student
-        with step("student_scratch") as s:
-            set_seed(config.seed)
-            scratch = train(student_model(config.student_model, data.num_classes), split,
-                            Schedule(st.epochs, st.lr, st.batch_size), seed=config.seed,
-                            objective=SoftTargets(soft_labels) if d.views else None)
-            stages.append(_stage("student_scratch", scratch, accuracy(scratch, data.test)))
-            s["detail"] = f"{stages[-1]['accuracy']:.2%}"
-
-        example_t = torch.from_numpy(data.train.x[:1])
-        pairs = _pairs(d, student_model(config.student_model, data.num_classes), teacher,
-                       example_t)
-        with step("teacher outputs") as s:
-            outputs, hit = teacher_outputs(teacher, split.x, [p.teacher for p in pairs],
-                                           out / ".cache")
-            s["detail"] = (f"{len(split)} samples, logits + {len(pairs)} layer(s), "
-                           "memory-mapped" + (" (cached)" if hit else ""))
-
-        def objective_for(model: nn.Module) -> Distillation:
-            try:
-                return Distillation(model, outputs, pairs, example_t, temperature=d.temperature,
-                                    alpha=d.alpha, feature_weight=d.feature_weight,
-                                    attention_weight=d.attention_weight)
-            except ValueError as exc:  # a pair whose features cannot be compared
-                raise UsageError(f"distill.pairs: {exc}") from exc
-
-        with step("student_distilled") as s:
-            set_seed(config.seed)
-            distilled = student_model(config.student_model, data.num_classes)
-            kd = objective_for(distilled)
-            train(distilled, split, Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
-                  objective=kd)
-            kd.close()
-            stages.append(_stage("student_distilled", distilled, accuracy(distilled, data.test),
-                                 temperature=d.temperature, alpha=d.alpha,
-                                 feature_weight=d.feature_weight,
-                                 attention_weight=d.attention_weight,
-                                 pairs=[[p.student, p.teacher] for p in pairs],
-                                 views=d.views))
-            s["detail"] = f"{stages[-1]['accuracy']:.2%}"
-
-        p = config.prune
-        with step("student_pruned") as s:
-            student, pruned_info = pruning.prune_model(
-                distilled, p, data.train, objective_for=objective_for,
-                example=torch.from_numpy(data.test.x[:1]), seed=config.seed + 1,
-                batch_size=d.batch_size)
-            stages.append(_stage("student_pruned", student, accuracy(student, data.test),
-                                 **pruned_info))
-            s["detail"] = (f"{stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
-                           f"{pruned_info['weight_sparsity']:.0%} weight sparsity")
-
-    if rank != 0:  # the other ranks only helped train; rank 0 exports, verifies, benchmarks
-        return BuildResult(out / target.name, {})
-
-    with staged_dir(out / target.name) as stage:
-        with step("quantize") as s:
-            work = stage / ".work"
-            work.mkdir()
-            calibration = data.calibration.x[:config.quant.calibration_samples]
-            example = data.test.x[:1]
-            # Cross-layer equalisation changes the weights, not the function: the artifacts
-            # come from the equalised copy, student.safetensors stays the trained model.
-            deployed = equalize(student) if config.quant.equalize else student
+    classifier = inputs.task == "classification"
+    student = trained.student if trained else (inputs.student() if inputs.student else None)
+    stages = trained.stages if trained else []
+    work = stage / ".work"
+    work.mkdir()
+    calibration = data.calibration.x[:config.quant.calibration_samples]
+    example = data.test.x[:1]
+    with step("quantize") as s:
+        # Cross-layer equalisation changes the weights, not the function: the artifacts
+        # come from the equalised copy, student.safetensors stays the trained model.
+        deployed = (equalize(student) if config.quant.equalize and student is not None
+                    else student)
+        if deployed is not None:
             onnx_fp32 = to_onnx(deployed, example, work / "student_fp32.onnx")
-            # The accuracy-aware search judges INT8 on the calibration split's labels, never
-            # on the test split the report's accuracies come from.
-            quantized = quantize(onnx_fp32, work / "student_int8.onnx", calibration,
-                                 config.quant, validation=(data.calibration.x, data.calibration.y),
-                                 tensorrt="TensorrtExecutionProvider" in target.providers)
-            onnx_files = {"fp32": onnx_fp32, "int8": quantized.path}
-            if target.needs_gpu:  # GPUs also get FP16 (Tensor Cores)
-                onnx_files["fp16"] = to_fp16(onnx_fp32, work / "student_fp16.onnx")
-            q = config.quant
-            s["detail"] = (f"INT8 static ({q.method}, "
-                           f"{'per-channel' if q.per_channel else 'per-tensor'}), "
-                           f"{len(calibration)} calibration samples"
-                           + (f", kept in float: {', '.join(quantized.float_layers)}"
-                              if quantized.float_layers else ""))
+        else:
+            onnx_fp32 = work / "student_fp32.onnx"
+            shutil.copyfile(inputs.onnx, onnx_fp32)  # type: ignore[arg-type]
+        quantized = _quantize(out / ".cache" / "stages", _model_key(inputs, trained), onnx_fp32,
+                              work / "student_int8.onnx", calibration, config,
+                              _validation(inputs),
+                              "TensorrtExecutionProvider" in target.providers, fresh)
+        onnx_files = {"fp32": onnx_fp32, "int8": quantized.path}
+        if target.needs_gpu:  # GPUs also get FP16 (Tensor Cores)
+            onnx_files["fp16"] = to_fp16(onnx_fp32, work / "student_fp16.onnx")
+        q = config.quant
+        s["detail"] = (f"INT8 static ({q.method}, "
+                       f"{'per-channel' if q.per_channel else 'per-tensor'}), "
+                       f"{len(calibration)} calibration samples"
+                       + (f", kept in float: {', '.join(quantized.float_layers)}"
+                          if quantized.float_layers else "")
+                       + (" (cached)" if quantized.cached else ""))
+    if student is not None and not trained:  # a finished PyTorch model: its test accuracy
+        stages = [stage_entry("student", student, accuracy(student, data.test)
+                              if classifier and data.test.y is not None else None)]
 
-        source = ExportSource(model=deployed, example=example, calibration=calibration,
-                              onnx=onnx_files, per_channel=config.quant.per_channel)
-        # The distilled student before pruning, FP32: the baseline that shows whether pruning
-        # changed latency or only size.
-        dense = ExportSource(model=distilled.eval(), example=example, calibration=calibration,
-                             onnx={"fp32": to_onnx(distilled, example, work / "dense.onnx")},
-                             stem="dense")
+    source = ExportSource(model=deployed, example=example, calibration=calibration,
+                          onnx=onnx_files, per_channel=config.quant.per_channel)
+    exported: list[tuple[str, str, Path]] = []  # (runtime, precision, path)
+    reference: list[tuple[str, str, Path]] = []
+    dense = None
+    if trained:  # the distilled student before pruning, FP32: what pruning bought
+        dense = ExportSource(model=trained.distilled, example=example, calibration=calibration,
+                             onnx={"fp32": to_onnx(trained.distilled, example,
+                                                   work / "dense.onnx")}, stem="dense")
         (stage / "reference").mkdir()
-        exported: list[tuple[str, str, Path]] = []  # (runtime, precision, path)
-        reference: list[tuple[str, str, Path]] = []
-        for runtime in target.runtimes:
-            with step(f"export {runtime}") as s:
-                paths = get_backend(runtime).export(source, stage)
-                exported += [(runtime, prec, path) for prec, path in paths.items()]
-                refs = get_backend(runtime).export(dense, stage / "reference")
+    for runtime in target.runtimes:
+        with step(f"export {runtime}") as s:
+            paths = _export(runtime, source, stage)
+            exported += [(runtime, prec, path) for prec, path in paths.items()]
+            if dense is not None:
+                refs = _export(runtime, dense, stage / "reference")
                 reference += [(runtime, prec, path) for prec, path in refs.items()]
-                s["detail"] = ", ".join(p.name for p in paths.values())
+            s["detail"] = ", ".join(p.name for p in paths.values())
 
-        expected = logits_of(student, data.test.x).numpy()
-        artifacts = []
-        for runtime, precision, path in exported:
-            with step(f"verify {path.name}") as s:
-                v = verify_artifact(path, runtime, x=data.test.x, y=data.test.y,
-                                    reference_logits=expected, threads=threads,
-                                    providers=_providers(target, runtime, precision))
-                s["detail"] = (f"accuracy {v.accuracy:.2%}, agreement {v.top1_agreement:.2%}")
-            require_agreement(path.name, runtime, precision, v, config.min_agreement)
-            artifacts.append({**_describe(path, runtime, precision),
-                              "accuracy": v.accuracy, "top1_agreement": v.top1_agreement,
-                              "max_abs_diff": v.max_abs_diff})
-        references = [_describe(path, runtime, precision)
-                      for runtime, precision, path in reference]
+    if student is not None:
+        expected = logits_of(student, data.test.x).detach().numpy()
+    else:  # a finished ONNX model: the reference is that model in ONNX Runtime
+        from edgekd.backends import predict_batches
 
+        expected = predict_batches(get_backend("onnxruntime").load(onnx_fp32, threads),
+                                   data.test.x)
+    labels = data.test.y if classifier else None
+    artifacts = []
+    for runtime, precision, path in exported:
+        with step(f"verify {path.name}") as s:
+            v = verify_artifact(path, runtime, x=data.test.x, y=labels,
+                                reference_logits=expected, threads=threads,
+                                providers=_providers(target, runtime, precision),
+                                classifier=classifier)
+            s["detail"] = (f"accuracy {v.accuracy:.2%}, agreement {v.top1_agreement:.2%}"
+                           if v.top1_agreement is not None and v.accuracy is not None else
+                           f"agreement {v.top1_agreement:.2%}" if v.top1_agreement is not None
+                           else f"cosine ≥ {v.cosine_min:.4f}, max |Δ| {v.max_abs_diff:.3g}")
+        require_agreement(path.name, runtime, precision, v, config.min_agreement,
+                          config.min_cosine)
+        artifacts.append({**_describe(path, runtime, precision), **v.to_dict()})
+    references = [_describe(path, runtime, precision) for runtime, precision, path in reference]
+
+    robust = None
+    if project.builtin and trained and trained.scratch is not None:
         with step("robustness") as s:  # same corrupted test inputs for every model
             models = {name: model_predictor(m) for name, m in
-                      (("teacher", teacher), ("student_scratch", scratch),
-                       ("student_distilled", distilled))}
+                      (("teacher", trained.teacher), ("student_scratch", trained.scratch),
+                       ("student_distilled", trained.distilled))}
             models |= {path.name: artifact_predictor(path, runtime, threads,
                                                      _providers(target, runtime, precision))
                        for runtime, precision, path in exported if precision == "int8"}
@@ -355,31 +351,43 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                            f"than scratch in {robust['summary']['distilled_more_accurate']} of "
                            f"{robust['summary']['conditions']}")
 
-        for entry in artifacts + references:
-            with step(f"bench {entry['path']}") as s:
-                entry.update(_bench_entry(run_bench(_spec(stage, entry, threads, target,
-                                                          config))))
-                s["detail"] = f"p50 {entry['latency_ms']['p50']:.4f} ms"
-        if remotes:
-            _bench_remote(remotes, stage, artifacts + references, target, config, step)
+    for entry in artifacts + references:
+        with step(f"bench {entry['path']}") as s:
+            entry.update(_bench_entry(run_bench(_spec(stage, entry, threads, target, config,
+                                                      example.shape))))
+            s["detail"] = f"p50 {entry['latency_ms']['p50']:.4f} ms"
+    if remotes:
+        _bench_remote(remotes, stage, artifacts + references, target, config, step,
+                      example.shape)
 
-        shutil.rmtree(work)
-        save_file(student.state_dict(), stage / "student.safetensors")
-        report = build_report(target, data, config, stages, artifacts, threads,
-                         time.perf_counter() - started)
+    shutil.rmtree(work)
+    if student is not None:
+        save_file({k: v.contiguous() for k, v in student.state_dict().items()},
+                  stage / "student.safetensors")
+    report = build_report(target, data, config, stages, artifacts, threads, 0.0,
+                          output_shape=[1, *expected.shape[1:]])
+    report["task"] = inputs.task
+    report["model"] = inputs.model
+    if references:
         report["references"] = references
-        report["quantization"] = quantized.to_dict()
-        report["robustness"] = robust
         report["payoff"] = payoff(artifacts, references)
-        report["flags"] = flags(report["payoff"], artifacts)
-        budget = budget if budget is not None else target.budget
-        if not budget.empty:
-            report["budget"] = {
-                "source": budget_source or f"target {target.name}", "limits": budget.to_dict(),
-                "checks": [c.to_dict() for c in evaluate(report, budget)]}
-        write_json(stage / "report.json", report)
-        (stage / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (stage / "report.html").write_text(render_html(report), encoding="utf-8")
-        write_json(stage / "manifest.json",
-                   build_manifest(target, data, config, stage, artifacts))
-    return BuildResult(out / target.name, report)
+    report["quantization"] = quantized.to_dict()
+    if robust is not None:
+        report["robustness"] = robust
+    report["flags"] = flags(report.get("payoff", []), artifacts)
+    write_json(stage / "manifest.json",
+               build_manifest(target, data, project, stage, artifacts))
+    return report
+
+
+def _export(runtime: str, source: ExportSource, out_dir: Path) -> dict[str, Path]:
+    """A backend's export; a model its converter cannot handle is one line, not a trace."""
+    try:
+        return get_backend(runtime).export(source, out_dir)
+    except (UsageError, BuildError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - converters raise anything; name the culprit
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise BuildError(f"{runtime} cannot convert the model ({type(exc).__name__}: {first}):"
+                         f" replace the unsupported op, or leave {runtime} out with --set "
+                         "'runtimes=[...]' (--debug shows the converter's trace)") from exc

@@ -40,8 +40,9 @@ class CalibrationReader:
     with the ``__len__`` / ``set_range`` that ORT's strided calibration (``CalibStridedMinMax``)
     uses to collect a chunk at a time."""
 
-    def __init__(self, samples: np.ndarray) -> None:
+    def __init__(self, samples: np.ndarray, input_name: str = INPUT_NAME) -> None:
         self.samples = samples.astype(np.float32)
+        self.input_name = input_name
         self.set_range(0, len(samples))
 
     def __len__(self) -> int:
@@ -54,7 +55,7 @@ class CalibrationReader:
         if self._next >= self._end:
             return None
         self._next += 1
-        return {INPUT_NAME: self.samples[self._next - 1][None]}
+        return {self.input_name: self.samples[self._next - 1][None]}
 
     def rewind(self) -> None:
         self.set_range(0, len(self.samples))
@@ -71,6 +72,7 @@ class Quantized:
     fp32_accuracy: float | None = None
     int8_accuracy: float | None = None
     steps: tuple[dict[str, Any], ...] = ()  # {"float_layers": [...], "accuracy": ...} each
+    cached: bool = False  # taken from the stage cache of an earlier build
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -125,8 +127,11 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray, config: QuantConfi
     chunk = max(d for d in range(1, min(CALIBRATION_CHUNK, n) + 1) if n % d == 0)
     extra: dict[str, Any] = {"CalibStridedMinMax": chunk, "CalibPercentile": config.percentile,
                              "ActivationSymmetric": act[1]}
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    name = next(i.name for i in graph.input if i.name not in inits)  # a user's model: any name
     with quiet("onnxruntime.quantization"):
-        quantize_static(str(pre), str(out), CalibrationReader(calibration),
+        quantize_static(str(pre), str(out), CalibrationReader(calibration, name),
                         quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                         activation_type=types[act[0]], weight_type=types[config.weight_type],
                         calibrate_method=method, nodes_to_exclude=exclude,

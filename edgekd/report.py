@@ -17,6 +17,7 @@ from edgekd.versions import versions
 if TYPE_CHECKING:
     from edgekd.config import BuildConfig
     from edgekd.data import Dataset
+    from edgekd.project import Project
     from edgekd.targets import Target
 
 
@@ -175,27 +176,37 @@ def render_markdown(report: dict[str, Any]) -> str:
     for s in stages:
         lines.append(f"| {s['name']} | {s['params']:,} | {s['nonzero_params']:,} | "
                      f"{_pct(s['accuracy'])} |")
-    summary = report["summary"]
+    if not stages:
+        lines.append(f"| (finished model: {report.get('model', {}).get('onnx', 'ONNX')}) "
+                     "| | | |")
+    summary = report.get("summary", {})
+    lines.append("")
+    if "compression" in summary:
+        lines.append(f"- Compression: the student has **{summary['compression']:.1f}× fewer "
+                     "parameters** than the teacher.")
+    if "distillation_gain_points" in summary:
+        lines.append(f"- Distillation: {_pct(summary['distilled_accuracy'])} vs "
+                     f"{_pct(summary['scratch_accuracy'])} from scratch "
+                     f"(**{summary['distillation_gain_points']:+.2f} points**).")
     lines += [
-        "",
-        f"- Compression: the student has **{summary['compression']:.1f}× fewer parameters** "
-        f"than the teacher.",
-        f"- Distillation: {_pct(summary['distilled_accuracy'])} vs "
-        f"{_pct(summary['scratch_accuracy'])} from scratch "
-        f"(**{summary['distillation_gain_points']:+.2f} points**).",
         "",
         "## Artifacts",
         "",
+        "Each artifact is compared with the model it came from on the whole test split: top-1 "
+        "agreement for classifiers; for every model the worst sample's cosine similarity and "
+        "relative error (‖Δ‖ / ‖reference‖).",
+        "",
         "| file | runtime | precision | size KiB | gzip KiB | accuracy | agreement | "
-        "max abs Δ |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "min cosine | max rel. error | max abs Δ |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a in report["artifacts"]:
         lines.append(
             f"| `{a['path']}` | {a['runtime']} {_version(a['runtime_version'])} | "
             f"{a['precision']} | {a['size_bytes'] / 1024:.1f} | "
             f"{a.get('size_gzip_bytes', 0) / 1024:.1f} | {_pct(a['accuracy'])} | "
-            f"{_pct(a['top1_agreement'])} | {a['max_abs_diff']:.3g} |")
+            f"{_pct(a['top1_agreement'])} | {a.get('cosine_min', float('nan')):.5f} | "
+            f"{a.get('max_rel_error', float('nan')):.3g} | {a['max_abs_diff']:.3g} |")
     lines += _quantization(report)
     lines += _robustness(report)
     lines += ["", "## Latency (ms) and memory (MiB)", "",
@@ -253,9 +264,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_report(target: Target, data: Dataset, config: BuildConfig, stages: list[dict[str, Any]],
-            artifacts: list[dict[str, Any]], threads: int, seconds: float) -> dict[str, Any]:
+def _summary(stages: list[dict[str, Any]]) -> dict[str, Any]:
     by_name = {s["name"]: s for s in stages}
+    out: dict[str, Any] = {}
+    last = stages[-1] if stages else None
+    if "teacher" in by_name and last is not None:
+        out["compression"] = round(by_name["teacher"]["params"] / last["params"], 2)
+    scratch, kd = by_name.get("student_scratch"), by_name.get("student_distilled")
+    if scratch and kd and scratch["accuracy"] is not None and kd["accuracy"] is not None:
+        out |= {"scratch_accuracy": scratch["accuracy"], "distilled_accuracy": kd["accuracy"],
+                "distillation_gain_points": round(100 * (kd["accuracy"] - scratch["accuracy"]),
+                                                  2)}
+    return out
+
+
+def build_report(target: Target, data: Dataset, config: BuildConfig, stages: list[dict[str, Any]],
+                 artifacts: list[dict[str, Any]], threads: int, seconds: float, *,
+                 output_shape: list[int] | None = None) -> dict[str, Any]:
     prep = data.preprocessing
     return {
         "edgekd_version": edgekd.__version__,
@@ -265,22 +290,15 @@ def build_report(target: Target, data: Dataset, config: BuildConfig, stages: lis
             "name": "input", "shape": list(data.input_shape), "dtype": "float32",
             "layout": prep.layout,
             "preprocessing": {
-                "raw": "8x8 grayscale digit, integer pixels 0..16 (scikit-learn digits)",
-                "scale": prep.scale, "mean": prep.mean, "std": prep.std,
+                "raw": prep.raw, "scale": prep.scale, "mean": prep.mean, "std": prep.std,
                 "formula": "x = (raw * scale - mean) / std",
             },
-            "output": {"name": "logits", "shape": [1, data.num_classes], "dtype": "float32"},
+            "output": {"name": "logits" if data.num_classes else "output",
+                       "shape": output_shape or [1, data.num_classes], "dtype": "float32"},
         },
         "dataset": data.summary(),
         "stages": stages,
-        "summary": {
-            "compression": round(by_name["teacher"]["params"]
-                                 / by_name["student_pruned"]["params"], 2),
-            "scratch_accuracy": by_name["student_scratch"]["accuracy"],
-            "distilled_accuracy": by_name["student_distilled"]["accuracy"],
-            "distillation_gain_points": round(100 * (by_name["student_distilled"]["accuracy"]
-                                                     - by_name["student_scratch"]["accuracy"]), 2),
-        },
+        "summary": _summary(stages),
         "artifacts": artifacts,
         "bench": {"warmup": config.bench.warmup, "runs": config.bench.runs,
                   "seconds": config.bench.seconds, "batch": 1, "threads": threads,
@@ -291,15 +309,20 @@ def build_report(target: Target, data: Dataset, config: BuildConfig, stages: lis
     }
 
 
-def build_manifest(target: Target, data: Dataset, config: BuildConfig, stage: Path,
-              artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+def build_manifest(target: Target, data: Dataset, project: Project, stage: Path,
+                   artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything needed to reproduce the build: versions, seeds, the full settings, where
+    the data came from with a fingerprint of each split, and the sha256 of every file."""
     files = {f: sha256_of(stage / f) for a in artifacts for f in a["files"]}
-    files["student.safetensors"] = sha256_of(stage / "student.safetensors")
+    if (stage / "student.safetensors").is_file():
+        files["student.safetensors"] = sha256_of(stage / "student.safetensors")
+    config = project.build
     return {
         "edgekd_version": edgekd.__version__,
         "versions": versions(),
         "seeds": {"build": config.seed, "calibration_sample": data.seed},
         "config": config.to_dict(),
+        "project": project.to_dict(),
         "target": asdict(target),
         "dataset": data.summary(),
         "sha256": files,

@@ -94,14 +94,16 @@ def _open(folder: Path) -> TeacherOutputs:
 
 
 def teacher_outputs(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], cache_dir: Path,
-                    *, batch_size: int = 256) -> tuple[TeacherOutputs, bool]:
+                    *, batch_size: int = 256, fresh: bool = False
+                    ) -> tuple[TeacherOutputs, bool]:
     """The teacher's logits and ``layers`` outputs for every row of ``x``; (outputs, cached).
+    ``fresh`` recomputes them even when an earlier build left them in ``cache_dir``.
 
     Under ``torchrun`` rank 0 writes the cache and the other ranks wait, then all map it.
     """
     folder = cache_dir / f"teacher-outputs-{fingerprint(teacher, x, layers)}"
     distributed = dist.is_available() and dist.is_initialized()
-    cached = (folder / "index.json").is_file()
+    cached = not fresh and (folder / "index.json").is_file()
     if not cached and (not distributed or dist.get_rank() == 0):
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

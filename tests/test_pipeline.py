@@ -112,7 +112,10 @@ def test_manifest_and_markdown(pi_build) -> None:
     assert 'id="plot-accuracy-size"' in html and 'id="plot-latency"' in html
     # Nothing left over from staging; the teacher is cached for the next build.
     assert sorted(p.name for p in root.iterdir()) == [".cache", "raspberrypi"]
-    assert len(list((root / ".cache").glob("teacher-*.safetensors"))) == 1
+    stages = root / ".cache" / "stages"
+    for name in ("teacher", "student_scratch", "student_distilled", "student_pruned", "int8"):
+        assert len(list(stages.glob(f"{name}-*"))) == 1, name
+    assert not list(stages.glob(".*"))  # no half-written entry
 
 
 @pytest.mark.slow
@@ -121,7 +124,8 @@ def test_second_build_reuses_teacher_and_openvino_target(pi_build) -> None:
     steps: dict[str, str] = {}
     result = build("intel-cpu", out=root, config=QUICK,
                    on_step=lambda n, d: steps.__setitem__(n, d))
-    assert "(cached)" in steps["teacher"]
+    for name in ("teacher", "student_scratch", "student_distilled", "student_pruned"):
+        assert "(cached)" in steps[name], name  # every training stage from the stage cache
     report = result.report
     assert report["stages"][0]["accuracy"] == first["stages"][0]["accuracy"]
     arts = {a["precision"]: a for a in report["artifacts"]}

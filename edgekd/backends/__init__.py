@@ -75,4 +75,10 @@ def runtime_for_suffix(path: Path) -> str:
 
 
 def predict_batches(runner: Runner, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([runner.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    # A model exported with a fixed batch (a user's ONNX file, often 1) takes that many.
+    fixed = getattr(runner, "fixed_batch", None)
+    size = fixed or batch_size
+    if fixed and len(x) % fixed:
+        raise UsageError(f"the model takes batches of exactly {fixed} and {len(x)} samples do "
+                         "not divide into them: export it with a dynamic batch axis")
+    return np.concatenate([runner.run(x[i:i + size]) for i in range(0, len(x), size)])

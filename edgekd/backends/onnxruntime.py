@@ -153,6 +153,9 @@ class OrtRunner:
                                       ": check the CUDA/TensorRT installation")
         self.threads = threads
         self.input_name = self.session.get_inputs()[0].name
+        shape = self.session.get_inputs()[0].shape
+        batch = shape[0] if shape else None
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: x.astype(np.float32)})[0])

@@ -87,6 +87,9 @@ class OpenVinoRunner:
                              ".bin together and re-export if either is damaged") from exc
         self.request = self.compiled.create_infer_request()
         self.threads = threads
+        shape = self.compiled.input(0).get_partial_shape()
+        static = shape.rank.is_static and shape.rank.get_length() > 0 and shape[0].is_static
+        self.fixed_batch = shape[0].get_length() if static else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: x.astype(np.float32)})

@@ -1,0 +1,271 @@
+"""The training stages (teacher, scratch baseline, distilled student, pruned student), each
+cached under ``<out>/.cache/stages/`` by a hash of everything that went into it.
+
+A stage's key chains the key of the stage it starts from, so a changed setting re-runs that
+stage and the ones after it, and nothing before. An entry is a folder holding
+``model.safetensors`` and ``meta.json``, written beside the cache and renamed into place in
+one step: a build killed at any moment (SIGKILL included) leaves whole entries only, and the
+next build resumes after the last stage that finished. ``fresh`` ignores what is there.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import edgekd
+from edgekd import prune as pruning
+from edgekd.augment import SoftTargets, training_views
+from edgekd.config import BuildConfig, DistillConfig
+from edgekd.data import Dataset, Split
+from edgekd.distill import Distillation, LayerPair, auto_pairs
+from edgekd.errors import UsageError
+from edgekd.models import count_params
+from edgekd.structured import prune_channels
+from edgekd.teacher_cache import teacher_outputs
+from edgekd.train import Schedule, accuracy, set_seed, train, world
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[[], nn.Module]  # a fresh, untrained (or pre-loaded) model
+StepCallback = Callable[[str, str], None]
+
+
+def digest(*parts: Any) -> str:
+    """A short sha256 of JSON-able parts (the edgekd and torch versions always included)."""
+    text = json.dumps([edgekd.__version__, torch.__version__, *parts], sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StageCache:
+    root: Path
+    fresh: bool = False  # never read entries (new ones are still written)
+
+    def _folder(self, name: str, key: str) -> Path:
+        return self.root / f"{name}-{key}"
+
+    def load(self, name: str, key: str, model: nn.Module) -> dict[str, Any] | None:
+        """Load the entry into ``model`` and return its metadata; None when absent."""
+        folder = self._folder(name, key)
+        if self.fresh or not (folder / "meta.json").is_file():
+            return None
+        try:
+            model.load_state_dict(load_file(folder / "model.safetensors"))
+            return dict(json.loads((folder / "meta.json").read_text(encoding="utf-8")))
+        except (OSError, RuntimeError, ValueError) as exc:  # damaged entry: recompute it
+            log.warning("ignoring unreadable stage cache %s: %s", folder, exc)
+            return None
+
+    def save(self, name: str, key: str, model: nn.Module, meta: dict[str, Any]) -> None:
+        if world()[0] != 0:  # under torchrun, rank 0 keeps the cache
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
+        try:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                      tmp / "model.safetensors")
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+            final = self._folder(name, key)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stage_entry(name: str, model: nn.Module, acc: float | None, **extra: Any) -> dict[str, Any]:
+    params, nonzero = count_params(model)
+    return {"name": name, "params": params, "nonzero_params": nonzero,
+            "accuracy": None if acc is None else round(acc, 6), **extra}
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the training stages hand to quantization and export."""
+
+    stages: list[dict[str, Any]]
+    teacher: nn.Module
+    scratch: nn.Module | None
+    distilled: nn.Module
+    student: nn.Module  # pruned and fine-tuned: the model that is deployed
+    key: str  # the pruned stage's cache key: identifies the deployed model
+
+
+def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
+           example: torch.Tensor) -> list[LayerPair]:
+    """The configured layer pairs, else the automatic default; none when neither the feature
+    nor the attention term is on."""
+    if not (d.feature_weight or d.attention_weight):
+        return []
+    if d.pairs:
+        for label, module, names in (("student", student, [s for s, _ in d.pairs]),
+                                     ("teacher", teacher, [t for _, t in d.pairs])):
+            known = dict(module.named_modules())
+            for name in names:
+                if name not in known:
+                    raise UsageError(f"distill.pairs: the {label} has no layer {name!r}; its "
+                                     f"layers: {', '.join(n for n in known if n)}")
+        return [LayerPair(s, t) for s, t in d.pairs]
+    try:
+        return auto_pairs(student, teacher, example)
+    except ValueError as exc:  # not sequential CNNs: logits only, and the report says why
+        log.warning("distill: no automatic layer pairs (%s); distilling logits only", exc)
+        return []
+
+
+def _teacher(make: Factory, trains: bool, data: Dataset, config: BuildConfig,
+             cache: StageCache, key: str) -> tuple[nn.Module, dict[str, Any]]:
+    set_seed(config.seed)  # before the weights are initialised: the same seed, the same teacher
+    model = make()
+    if not trains:  # the user's trained teacher
+        return model.eval(), {"cached": False, "trained": False}
+    if cache.load("teacher", key, model) is not None:
+        return model.eval(), {"cached": True, "trained": True}
+    t = config.teacher
+    train(model, data.train, Schedule(t.epochs, t.lr, t.batch_size), seed=config.seed)
+    cache.save("teacher", key, model, {})
+    return model.eval(), {"cached": False, "trained": True}
+
+
+def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
+                 teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
+                 cache_dir: Path, step: Callable[[str], Any]) -> Trained:
+    """Teacher -> student from scratch (the baseline) -> distilled -> pruned + fine-tuned.
+
+    ``teacher_key`` identifies the teacher (its factory and weights, or what trains it);
+    ``step(name)`` is the caller's progress context (a dict whose ``detail`` it fills).
+    """
+    if data.num_classes is None or data.train.y is None or len(data.train) == 0:
+        raise UsageError("distillation needs labeled training samples of a classifier: set "
+                         "data.train to a labeled source")
+    base = digest("data", data.fingerprint(), config.seed)
+    with step("teacher") as s:
+        t_key = digest("teacher", teacher_key, base, asdict(config.teacher))
+        teacher_model, info = _teacher(teacher, teacher_trains, data, config, cache, t_key)
+        stages = [stage_entry("teacher", teacher_model, accuracy(teacher_model, data.test),
+                              **info)]
+        s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if info["cached"] else "")
+
+    d = config.distill
+    # Scratch and distilled students train on the same inputs: the training split, plus
+    # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
+    split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
+                                        num_classes=data.num_classes, seed=config.seed)
+    st = config.student
+    scratch = None
+    if config.baseline:
+        with step("student_scratch") as s:
+            key = digest("scratch", base, asdict(st), d.views, d.mixup)
+            set_seed(config.seed)
+            scratch = student()
+            hit = cache.load("student_scratch", key, scratch) is not None
+            if not hit:
+                train(scratch, split, Schedule(st.epochs, st.lr, st.batch_size),
+                      seed=config.seed, objective=SoftTargets(soft_labels) if d.views else None)
+                cache.save("student_scratch", key, scratch, {})
+            scratch.eval()
+            stages.append(stage_entry("student_scratch", scratch, accuracy(scratch, data.test),
+                                      cached=hit))
+            s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if hit else "")
+
+    example = torch.from_numpy(data.train.x[:1])
+    pairs = _pairs(d, student(), teacher_model, example)
+    kd_key = digest("distilled", t_key, base, asdict(d), [(p.student, p.teacher) for p in pairs])
+    outputs = None
+
+    def objective_for(model: nn.Module) -> Distillation:
+        nonlocal outputs
+        if outputs is None:  # the teacher runs only when a stage has to train
+            with step("teacher outputs") as s:
+                outputs, hit = teacher_outputs(teacher_model, split.x,
+                                               [p.teacher for p in pairs], cache_dir,
+                                               fresh=cache.fresh)
+                s["detail"] = (f"{len(split)} samples, logits + {len(pairs)} layer(s), "
+                               "memory-mapped" + (" (cached)" if hit else ""))
+        try:
+            return Distillation(model, outputs, pairs, example, temperature=d.temperature,
+                                alpha=d.alpha, feature_weight=d.feature_weight,
+                                attention_weight=d.attention_weight)
+        except ValueError as exc:  # a pair whose features cannot be compared
+            raise UsageError(f"distill.pairs: {exc}") from exc
+
+    with step("student_distilled") as s:
+        set_seed(config.seed)
+        distilled = student()
+        hit = cache.load("student_distilled", kd_key, distilled) is not None
+        if not hit:
+            kd = objective_for(distilled)
+            train(distilled, split, Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
+                  objective=kd)
+            kd.close()
+            cache.save("student_distilled", kd_key, distilled, {})
+        distilled.eval()
+        stages.append(stage_entry(
+            "student_distilled", distilled, accuracy(distilled, data.test), cached=hit,
+            temperature=d.temperature, alpha=d.alpha, feature_weight=d.feature_weight,
+            attention_weight=d.attention_weight, pairs=[[p.student, p.teacher] for p in pairs],
+            views=d.views, **({"note": "logits only: automatic layer pairs need nn.Sequential "
+                                       "CNNs; name them in distill.pairs for feature and "
+                                       "attention terms"}
+                              if not pairs and (d.feature_weight or d.attention_weight)
+                              else {})))
+        s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if hit else "")
+
+    p = config.prune
+    with step("student_pruned") as s:
+        key = digest("pruned", kd_key, asdict(p), config.seed)
+        pruned, info, hit = _pruned(distilled, p, data.train, objective_for, key, cache,
+                                    seed=config.seed + 1, batch_size=d.batch_size,
+                                    example=torch.from_numpy(data.test.x[:1]))
+        stages.append(stage_entry("student_pruned", pruned, accuracy(pruned, data.test),
+                                  cached=hit, **info))
+        s["detail"] = (f"{stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
+                       f"{info['weight_sparsity']:.0%} weight sparsity"
+                       + (" (cached)" if hit else ""))
+    return Trained(stages, teacher_model, scratch, distilled, pruned, key)
+
+
+def _pruned(distilled: nn.Module, p: Any, train_split: Split,
+            objective_for: Callable[[nn.Module], Distillation], key: str, cache: StageCache,
+            *, seed: int, batch_size: int, example: torch.Tensor
+            ) -> tuple[nn.Module, dict[str, Any], bool]:
+    # Structured pruning changes the layers' shapes: rebuild them by removing the same
+    # channels from the distilled weights (deterministic, L1 norms), then load the entry.
+    shell = (prune_channels(distilled, example, p.sparsity) if p.method == "structured"
+             else copy.deepcopy(distilled))
+    meta = cache.load("student_pruned", key, shell)
+    if meta is not None:
+        return shell.eval(), meta, True
+    pruned, info = pruning.prune_model(distilled, p, train_split, objective_for=objective_for,
+                                       example=example, seed=seed, batch_size=batch_size)
+    cache.save("student_pruned", key, pruned, info)
+    return pruned, info, False
+
+
+def fit_check(model: nn.Module, example: torch.Tensor, what: str) -> None:
+    """Run ``model`` once on ``example`` so a model that rejects the data's input shape fails
+    here, in one line, not deep inside training or export."""
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the user's model vs data
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{what} cannot run on inputs of shape {list(example.shape)} "
+                         f"({type(exc).__name__}: {first}): make data.image_size / the data's "
+                         "shape match what the model expects") from exc
