@@ -34,8 +34,15 @@ def _items(settings: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
     return list(settings)
 
 
-def model_settings(model: str | None, weights: str | None) -> list[str]:
+def _here(path: str, cwd: Path) -> str:
+    """A path given on the command line starts at the current folder, not the project's."""
+    return str((cwd / Path(path).expanduser()).resolve())
+
+
+def model_settings(model: str | None, weights: str | None, cwd: Path | None = None
+                   ) -> list[str]:
     """``--model`` / ``--weights`` as settings: an ``.onnx`` file or a ``module:factory``."""
+    cwd = cwd or Path.cwd()
     if model is None:
         if weights is not None:
             raise UsageError("--weights needs --model (the factory the weights belong to)")
@@ -43,11 +50,15 @@ def model_settings(model: str | None, weights: str | None) -> list[str]:
     if model.endswith(".onnx"):
         if weights is not None:
             raise UsageError("--weights is for a PyTorch --model; an ONNX file holds its own")
-        return [f"model.onnx={model}"]
+        return [f"model.onnx={_here(model, cwd)}"]
     if ":" not in model:
         raise UsageError(f"--model {model!r}: give an .onnx file or a PyTorch factory as "
                          "path/to/file.py:function or package.module:function")
-    return [f"model.student={model}"] + ([f"model.student_weights={weights}"] if weights else [])
+    target, _, fn = model.rpartition(":")
+    if target.endswith(".py"):
+        model = f"{_here(target, cwd)}:{fn}"
+    return [f"model.student={model}"] + (
+        [f"model.student_weights={_here(weights, cwd)}"] if weights else [])
 
 
 def load(config: str | Path | BuildConfig | None = None, *,
@@ -61,7 +72,7 @@ def load(config: str | Path | BuildConfig | None = None, *,
         items.insert(0, f"seed={seed}")
     built = config if isinstance(config, BuildConfig) else None
     path = None if built is not None or config is None else Path(config)
-    extra = model_settings(model, weights)
+    extra = model_settings(model, weights, cwd)
     if extra:  # --model replaces the file's [model] (keeping its task)
         project = load_project(path, cwd=cwd)
         task = project.model.task if project.model else "classification"

@@ -393,16 +393,19 @@ def _summary(report: dict, out_dir: Path) -> None:
                        _pct(s["accuracy"]))
     if report["stages"]:
         console.print(stages)
-    arts = Table("artifact", "KiB", "acc.", "agree", "cos min", "p50 ms", "p95 ms", "RSS MB",
+    classifier = report.get("task", "classification") == "classification"
+    checks = ("acc.", "agree") if classifier else ("cos min", "max rel.")
+    arts = Table("artifact", "KiB", *checks, "p50 ms", "p95 ms", "RSS MB",
                  title="Artifacts, verified in their runtimes", box=box.SIMPLE)
     arts.columns[0].no_wrap = True
     for a in report["artifacts"]:
-        arts.add_row(a["path"], f"{a['size_bytes'] / 1024:.1f}", _pct(a["accuracy"]),
-                     _pct(a["top1_agreement"]), f"{a['cosine_min']:.4f}",
+        cells = ((_pct(a["accuracy"]), _pct(a["top1_agreement"])) if classifier
+                 else (f"{a['cosine_min']:.5f}", f"{a['max_rel_error']:.2g}"))
+        arts.add_row(a["path"], f"{a['size_bytes'] / 1024:.1f}", *cells,
                      f"{a['latency_ms']['p50']:.4f}", f"{a['latency_ms']['p95']:.4f}",
                      f"{a['memory']['peak_rss_mb']:.0f}")
         for r in a.get("remote", []):
-            arts.add_row(f"  @ {r['remote']}", "", "", "", "", f"{r['latency_ms']['p50']:.4f}",
+            arts.add_row(f"  @ {r['remote']}", "", "", "", f"{r['latency_ms']['p50']:.4f}",
                          f"{r['latency_ms']['p95']:.4f}", f"{r['memory']['peak_rss_mb']:.0f}")
     console.print(arts)
     for row in report.get("payoff", []):

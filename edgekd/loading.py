@@ -154,14 +154,17 @@ def _read_checkpoint(path: Path, what: str, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
-        if trust_pickle:
-            raise UsageError(f"{what}: {path} is not a PyTorch checkpoint ({_first_line(exc)}):"
-                             " save it with torch.save(model.state_dict(), ...)") from exc
+        # weights_only refuses a pickle that names Python globals (classes, functions): that
+        # is a full pickle. Anything else it cannot unpickle is a damaged file.
+        if trust_pickle or "global" not in str(exc).lower():
+            raise UsageError(f"{what}: {path} is not a readable PyTorch checkpoint (it is "
+                             "damaged, or not written by torch.save): save the weights "
+                             "again") from exc
         raise UsageError(
             f"{what}: {path} is a full pickle, not plain weights (loading it would run code "
             "from the file): save it with torch.save(model.state_dict(), ...) or as "
             ".safetensors, or pass --trust-pickle if you trust where it came from") from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails anywhere in the unpickler
         raise UsageError(f"{what}: {path} is not a readable PyTorch checkpoint "
                          f"({_first_line(exc)}): it may be truncated or corrupt; save it "
                          "again") from exc

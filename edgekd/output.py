@@ -29,8 +29,8 @@ def _writable_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def build_lock(final: Path) -> Iterator[None]:
-    """Hold ``.cache/<name>.lock`` beside ``final`` for the whole build: a second build into the same
-    folder fails at once instead of racing it. Holding the lock also proves that staging
+    """Hold ``.cache/<name>.lock`` beside ``final`` for the whole build: a second build into
+    the same folder fails at once instead of racing it. Holding the lock also proves that staging
     folders left beside ``final`` (a build killed with SIGKILL) are stale: they go."""
     _writable_dir(final.parent)
     lock = final.parent / ".cache" / f"{final.name}.lock"

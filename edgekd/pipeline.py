@@ -10,19 +10,19 @@ or an ONNX file) skips the training stages.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import save_file
 
 from edgekd.backends import ExportSource, get_backend
 from edgekd.backends.onnxruntime import provider_options, to_fp16, to_onnx
@@ -36,7 +36,7 @@ from edgekd.inputs import Inputs, resolve
 from edgekd.output import build_lock, staged_dir
 from edgekd.payoff import flags, payoff
 from edgekd.project import Project
-from edgekd.quantize import Quantized, quantize
+from edgekd.quantize import quantize_cached
 from edgekd.remote import Remote, bench_hosts
 from edgekd.report import (
     artifact_files,
@@ -49,7 +49,14 @@ from edgekd.report import (
 )
 from edgekd.robustness import artifact_predictor, model_predictor
 from edgekd.robustness import measure as measure_robustness
-from edgekd.stages import StageCache, Trained, digest, run_training, stage_entry
+from edgekd.stages import (
+    StageCache,
+    Trained,
+    digest,
+    run_training,
+    save_weights,
+    stage_entry,
+)
 from edgekd.targets import Target, load_target
 from edgekd.train import accuracy, distributed, logits_of
 from edgekd.verify import require_agreement, verify_artifact
@@ -154,30 +161,6 @@ def _model_key(inputs: Inputs, trained: Trained | None) -> str:
     return trained.key if trained else digest("finished", inputs.model)
 
 
-def _quantize(cache: Path, key: str, fp32: Path, out: Path, calibration: np.ndarray,
-              config: BuildConfig, validation: tuple[np.ndarray, np.ndarray | None] | None,
-              tensorrt: bool, fresh: bool) -> Quantized:
-    """:func:`edgekd.quantize.quantize`, cached like a training stage (the accuracy-aware
-    search runs the model many times)."""
-    calib = hashlib.sha256(calibration.tobytes()).hexdigest()
-    entry = cache / ("int8-" + digest("int8", key, asdict(config.quant), tensorrt, calib,
-                                      validation is None))
-    if not fresh and (entry / "meta.json").is_file():
-        shutil.copyfile(entry / "model.onnx", out)
-        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-        return Quantized(out, meta["method"], tuple(meta["float_layers"]), meta["fp32_accuracy"],
-                         meta["int8_accuracy"], tuple(meta["steps"]), cached=True)
-    q = quantize(fp32, out, calibration, config.quant, validation=validation, tensorrt=tensorrt)
-    tmp = cache / f".{entry.name}.tmp{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out, tmp / "model.onnx")
-    (tmp / "meta.json").write_text(json.dumps(q.to_dict()), encoding="utf-8")
-    if entry.exists():
-        shutil.rmtree(entry)
-    os.replace(tmp, entry)
-    return q
-
-
 def _validation(inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None] | None:
     """Where accuracy-aware INT8 is judged: the validation split, else the calibration
     split, never the test split; without labels, top-1 agreement with FP32."""
@@ -272,14 +255,16 @@ def _deploy(stage: Path, project: Project, inputs: Inputs, trained: Trained | No
         deployed = (equalize(student) if config.quant.equalize and student is not None
                     else student)
         if deployed is not None:
-            onnx_fp32 = to_onnx(deployed, example, work / "student_fp32.onnx")
+            with _converting("ONNX export (torch.onnx)", "onnx"):
+                onnx_fp32 = to_onnx(deployed, example, work / "student_fp32.onnx")
         else:
             onnx_fp32 = work / "student_fp32.onnx"
             shutil.copyfile(inputs.onnx, onnx_fp32)  # type: ignore[arg-type]
-        quantized = _quantize(out / ".cache" / "stages", _model_key(inputs, trained), onnx_fp32,
-                              work / "student_int8.onnx", calibration, config,
-                              _validation(inputs),
-                              "TensorrtExecutionProvider" in target.providers, fresh)
+        quantized = quantize_cached(
+            out / ".cache" / "stages", _model_key(inputs, trained), onnx_fp32,
+            work / "student_int8.onnx", calibration, config.quant,
+            validation=_validation(inputs),
+            tensorrt="TensorrtExecutionProvider" in target.providers, fresh=fresh)
         onnx_files = {"fp32": onnx_fp32, "int8": quantized.path}
         if target.needs_gpu:  # GPUs also get FP16 (Tensor Cores)
             onnx_files["fp16"] = to_fp16(onnx_fp32, work / "student_fp16.onnx")
@@ -362,8 +347,7 @@ def _deploy(stage: Path, project: Project, inputs: Inputs, trained: Trained | No
 
     shutil.rmtree(work)
     if student is not None:
-        save_file({k: v.contiguous() for k, v in student.state_dict().items()},
-                  stage / "student.safetensors")
+        save_weights(student, stage / "student.safetensors")
     report = build_report(target, data, config, stages, artifacts, threads, 0.0,
                           output_shape=[1, *expected.shape[1:]])
     report["task"] = inputs.task
@@ -380,14 +364,28 @@ def _deploy(stage: Path, project: Project, inputs: Inputs, trained: Trained | No
     return report
 
 
-def _export(runtime: str, source: ExportSource, out_dir: Path) -> dict[str, Path]:
-    """A backend's export; a model its converter cannot handle is one line, not a trace."""
+@contextlib.contextmanager
+def _converting(what: str, runtime: str) -> Iterator[None]:
+    """A converter that fails on the user's model is one line, not the converter's trace."""
     try:
-        return get_backend(runtime).export(source, out_dir)
-    except (UsageError, BuildError):
+        yield
+    except (UsageError, BuildError, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 - converters raise anything; name the culprit
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise BuildError(f"{runtime} cannot convert the model ({type(exc).__name__}: {first}):"
-                         f" replace the unsupported op, or leave {runtime} out with --set "
-                         "'runtimes=[...]' (--debug shows the converter's trace)") from exc
+        if "No space left" in str(exc):  # a full disk, reported in the converter's own type
+            raise OSError(errno.ENOSPC, "No space left on device") from exc
+        root = exc  # exporters wrap the real reason (an op, a guard) in their own errors
+        while root.__cause__ is not None and root.__cause__ is not root:
+            root = root.__cause__  # type: ignore[assignment]
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(root).strip().splitlines()
+                                                 or [type(root).__name__])[0])[:300]
+        raise BuildError(f"{what} cannot convert the model ({type(root).__name__}: {first}): "
+                         "replace the unsupported op or data-dependent control flow"
+                         + ("" if runtime == "onnx" else
+                            f", or leave {runtime} out with --set 'runtimes=[...]'")
+                         + " (--debug shows the converter's trace)") from exc
+
+
+def _export(runtime: str, source: ExportSource, out_dir: Path) -> dict[str, Path]:
+    with _converting(runtime, runtime):
+        return get_backend(runtime).export(source, out_dir)  # type: ignore[no-any-return]

@@ -152,7 +152,10 @@ def evaluate(model_path: Path, x: np.ndarray, y: np.ndarray | None,
     from edgekd.backends.onnxruntime import load
 
     logits = predict_batches(load(model_path, threads), x)
-    truth = y if y is not None else np.asarray(reference).argmax(1)
+    if y is not None:
+        truth = y
+    else:  # no labels: agreement with the reference (the FP32 model: itself, 100 %)
+        truth = (np.asarray(reference) if reference is not None else logits).argmax(1)
     return float((logits.argmax(1) == truth).mean()), logits
 
 
@@ -200,3 +203,41 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, config: QuantConfig
         f"with all {len(candidates)} quantizable layers in float (quant.max_accuracy_drop = "
         f"{config.max_accuracy_drop}): raise quant.max_accuracy_drop, calibrate with another "
         "quant.method or more quant.calibration_samples, or ship the FP32 artifact")
+
+
+def quantize_cached(cache: Path, key: str, fp32: Path, out: Path, calibration: np.ndarray,
+                    config: QuantConfig, *,
+                    validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+                    tensorrt: bool = False, fresh: bool = False) -> Quantized:
+    """:func:`quantize`, cached under ``cache`` like a training stage (the accuracy-aware
+    search runs the model many times). ``key`` identifies the FP32 model; the entry's key
+    adds the settings and the calibration and validation samples."""
+    import hashlib
+    import os
+    import shutil
+
+    import edgekd
+
+    h = hashlib.sha256(json.dumps([edgekd.__version__, key, asdict(config), tensorrt],
+                                  sort_keys=True).encode())
+    for array in (calibration, *(validation or ())):
+        if array is not None:
+            h.update(np.ascontiguousarray(array).tobytes())
+    entry = cache / f"int8-{h.hexdigest()[:16]}"
+    if not fresh and (entry / "meta.json").is_file():
+        shutil.copyfile(entry / "model.onnx", out)
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        return Quantized(out, meta["method"], tuple(meta["float_layers"]), meta["fp32_accuracy"],
+                         meta["int8_accuracy"], tuple(meta["steps"]), cached=True)
+    q = quantize(fp32, out, calibration, config, validation=validation, tensorrt=tensorrt)
+    tmp = cache / f".{entry.name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:  # written beside the entry, renamed into place: a killed build leaves no half entry
+        shutil.copyfile(out, tmp / "model.onnx")
+        (tmp / "meta.json").write_text(json.dumps(q.to_dict()), encoding="utf-8")
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return q

@@ -11,6 +11,7 @@ next build resumes after the last stage that finished. ``fresh`` ignores what is
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -77,8 +78,7 @@ class StageCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
         try:
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                      tmp / "model.safetensors")
+            save_weights(model, tmp / "model.safetensors")
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
             final = self._folder(name, key)
             if final.exists():
@@ -87,6 +87,18 @@ class StageCache:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    """``model``'s state dict as safetensors. safetensors reports a full disk as its own
+    error type; it becomes the OSError (ENOSPC) every other write raises, so the CLI can say
+    so in one line."""
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not an OSError
+        if "No space" in str(exc) or "StorageFull" in str(exc):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
+        raise
 
 
 def stage_entry(name: str, model: nn.Module, acc: float | None, **extra: Any) -> dict[str, Any]:

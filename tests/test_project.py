@@ -94,7 +94,7 @@ def test_finished_regressor_on_1d_signals_in_all_three_runtimes(tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_finished_onnx_model_with_images_in_class_folders(tmp_path: Path) -> None:
+def test_finished_onnx_model_with_images_in_class_folders(tmp_path: Path, monkeypatch) -> None:
     """`edgekd build --model file.onnx`: a user's ONNX classifier with a fixed batch of 1,
     RGB PNG images in class sub-folders, resized; ONNX Runtime and OpenVINO."""
     import torch
@@ -132,6 +132,13 @@ def test_finished_onnx_model_with_images_in_class_folders(tmp_path: Path) -> Non
         for a in report["artifacts"]:
             assert a["top1_agreement"] >= 0.9, a  # labels are random for this random net
         assert not (tmp_path / "o" / target / "student.safetensors").exists()
+    # --model replaces the project's model; its path starts at the current folder.
+    monkeypatch.chdir(root)
+    code, out = _build(root / "edgekd.toml", "--model", "net.onnx", "--target", "x86-cpu",
+                       "--out", str(tmp_path / "m"))
+    assert code == 0, out
+    report = json.loads((tmp_path / "m" / "x86-cpu" / "report.json").read_text())
+    assert report["model"]["onnx"] == str(root / "net.onnx")
     # TFLite comes from PyTorch: an ONNX model for raspberrypi is one clear line.
     code, out = _build(root / "edgekd.toml", "--target", "raspberrypi", "--out",
                        str(tmp_path / "o"))
