@@ -10,6 +10,7 @@ cannot run code. Relative paths start at the project folder and may not leave it
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,7 @@ def _arrays(path: Path, spec: str, what: str, max_samples: int | None) -> Sample
                              "plain numeric arrays (object arrays would run code)") from exc
         raise UsageError(f"{what}: cannot read {path} ({exc}): it may be truncated; save it "
                          "again") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UsageError(f"{what}: cannot read {path} ({exc}): it may be truncated; save it "
                          "again") from exc
     if y is not None and len(y) != len(x):
@@ -232,11 +233,11 @@ def load_samples(spec: str, *, root: Path, what: str, images: ImageOptions = Ima
                              "a Dataset")
     if len(samples) == 0:
         raise UsageError(f"{what}: {spec} holds no samples: add some")
-    if labeled and samples.y is None:
-        raise UsageError(f"{what}: {spec} has no labels: training needs them (a .npz with y, "
-                         "class sub-folders, or a Dataset returning (x, y))")
     bad = ~np.isfinite(samples.x.reshape(len(samples), -1)).all(1)
     if bad.any():
         raise UsageError(f"{what}: {int(bad.sum())} sample(s) contain NaN or infinite values "
                          f"(first: sample {int(np.flatnonzero(bad)[0])}): clean the data")
+    if labeled and samples.y is None:
+        raise UsageError(f"{what}: {spec} has no labels: training needs them (a .npz with y, "
+                         "class sub-folders, or a Dataset returning (x, y))")
     return samples

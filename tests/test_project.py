@@ -143,3 +143,50 @@ def test_finished_onnx_model_with_images_in_class_folders(tmp_path: Path, monkey
     code, out = _build(root / "edgekd.toml", "--target", "raspberrypi", "--out",
                        str(tmp_path / "o"))
     assert code == 2 and "TFLite" in out and "runtimes" in out
+
+
+@pytest.mark.slow
+def test_finished_sequence_classifier_with_three_classes(tmp_path: Path) -> None:
+    """Sequences [20 steps, 6 features] -> 3 classes, a trained PyTorch model given as a
+    state dict (.pt) from a Python package in the project; TFLite and ONNX Runtime."""
+    import torch
+
+    root = tmp_path / "p"
+    (root / "nets").mkdir(parents=True)
+    (root / "nets" / "__init__.py").write_text("")
+    (root / "nets" / "seq.py").write_text(
+        "from torch import nn\n"
+        "class Seq(nn.Module):\n"
+        "    def __init__(self, features=6, classes=3):\n"
+        "        super().__init__()\n"
+        "        self.step = nn.Sequential(nn.Linear(features, 16), nn.ReLU())\n"
+        "        self.head = nn.Linear(16, classes)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.step(x).mean(1))\n"
+        "def build(classes=3):\n"
+        "    return Seq(classes=classes)\n")
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("seqnets", root / "nets" / "seq.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    torch.manual_seed(0)
+    torch.save(mod.build().state_dict(), root / "seq.pt")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((90, 20, 6)).astype(np.float32)
+    np.savez(root / "seq.npz", x=x, y=rng.integers(0, 3, 90))
+    write(root, """
+        target = "raspberrypi"
+        [model]
+        student = "nets.seq:build"
+        student_args = { classes = 3 }
+        student_weights = "seq.pt"
+        [data]
+        test = "seq.npz"
+        """)
+    result = edgekd.build(config=root / "edgekd.toml", out=tmp_path / "out")
+    report = result.report
+    assert report["input"]["shape"] == [1, 20, 6] and report["input"]["output"]["shape"] == [1, 3]
+    assert report["dataset"]["num_classes"] == 3  # from the model's outputs (no folders)
+    assert {a["runtime"] for a in report["artifacts"]} == {"tflite", "onnxruntime"}
+    for a in report["artifacts"]:
+        assert a["top1_agreement"] >= 0.95 and a["accuracy"] is not None, a
