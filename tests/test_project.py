@@ -190,3 +190,23 @@ def test_finished_sequence_classifier_with_three_classes(tmp_path: Path) -> None
     assert {a["runtime"] for a in report["artifacts"]} == {"tflite", "onnxruntime"}
     for a in report["artifacts"]:
         assert a["top1_agreement"] >= 0.95 and a["accuracy"] is not None, a
+
+
+def test_budgets_per_target_and_the_validation_split(tmp_path: Path) -> None:
+    path = classifier_project(tmp_path)
+    text = path.read_text().replace("[data]", "[budget]\nmax_size_kb = 10\n[budget.intel-cpu]\n"
+                                    "max_size_kb = 20\nmax_p95_ms = 1\n\n[data]")
+    path.write_text(text.replace('train = "data/digits.npz"',
+                                 'train = "data/digits.npz"\nvalidation = "data/val.npz"'))
+    x, y = digits(60)
+    np.savez(tmp_path / "data" / "val.npz", x=x, y=y)
+    project = load_project(path)
+    assert project.budget_for("x86-cpu").max_size_kb == 10
+    assert project.budget_for("intel-cpu").max_size_kb == 20
+    assert project.budget_for("intel-cpu").max_p95_ms == 1
+    from edgekd.inputs import resolve
+
+    data = resolve(project).data
+    assert data.validation is not None and len(data.validation) == 60
+    assert len(data.test) == 120 and len(data.train) == 480  # 20 % of 600 held out
+    assert data.calibration.y is not None  # samples of train, labels kept
