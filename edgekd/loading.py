@@ -43,7 +43,7 @@ def _missing(what: str, path: Path) -> UsageError:
                       "at the project folder)")
 
 
-def _check_file(path: Path, what: str, kind: str, *, empty_ok: bool = False) -> bytes:
+def _check_file(path: Path, what: str, kind: str, empty: str | None) -> bytes:
     """The first bytes of ``path``, or one line saying why it is not a readable file."""
     try:
         if not path.exists():
@@ -59,16 +59,18 @@ def _check_file(path: Path, what: str, kind: str, *, empty_ok: bool = False) -> 
     except OSError as exc:
         raise UsageError(f"{what}: cannot read {path} ({exc.strerror or _first_line(exc)}): "
                          "check the file") from exc
-    if not head and not empty_ok:
-        raise UsageError(f"{what}: {path} is empty: write the {kind} file again")
+    if not head and empty is not None:
+        raise UsageError(f"{what}: {path} is empty{empty}")
     return head
 
 
 def _looks_like(head: bytes) -> str | None:
     """What a file is by its first bytes, for hints when it was named as something else."""
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    # A zip (torch.save since 1.6), or a pickle's PROTO opcode (the legacy format).
+    protocol = head[1] if len(head) > 1 else 0
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and 2 <= protocol <= 5):
         return "a torch.save checkpoint (name it .pt)"
-    if len(head) > 8 and head[8:9] == b"{":
+    if head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < 1 << 30:
         return "a safetensors file (name it .safetensors)"
     return None
 
@@ -94,59 +96,49 @@ def resolve_path(value: str, root: Path, what: str, *, must_exist: bool = True) 
     return path
 
 
-def _not_installed(name: str, exc: ModuleNotFoundError, what: str) -> UsageError:
-    """A module the user's code imports is missing: say which one, apart from a typo in
-    ``name`` itself."""
-    missing = exc.name or _first_line(exc)
-    if missing == name or name.startswith(f"{missing}."):
-        return UsageError(f"{what}: no module named {missing!r} in the project folder or the "
-                          "installed packages: check the spelling, install it, or give the "
-                          "factory as path/to/file.py:function")
-    return UsageError(f"{what}: importing {name} needs the module {missing!r}, which is not "
-                      f"installed: install it (pip install {missing.split('.')[0]})")
-
-
-def _run_import(load: Callable[[], Any], name: str, what: str) -> Any:
-    try:
-        return load()
-    except ModuleNotFoundError as exc:
-        raise _not_installed(name, exc, what) from exc
-    except SyntaxError as exc:
-        raise UsageError(f"{what}: syntax error in {exc.filename}:{exc.lineno}: {exc.msg}: "
-                         "fix the file") from exc
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's code failed to import
-        raise UsageError(f"{what}: importing {name} raised {type(exc).__name__}: "
-                         f"{_first_line(exc)}: fix the module") from exc
-
-
-def _import_file(path: Path, what: str) -> Any:
-    _check_file(path, what, ".py", empty_ok=True)
-    # The module's name comes from the resolved path: two projects' model.py never collide.
-    name = "edgekd_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"{what}: {path} is not a Python file: name a .py file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up by name
-    # The file's folder goes on sys.path while it runs, so it can import its neighbours.
-    sys.path.insert(0, str(path.parent))
-    try:
-        return _run_import(lambda: spec.loader.exec_module(module) or module,  # type: ignore
-                           str(path), what)
-    except UsageError:
-        sys.modules.pop(name, None)
-        raise
-    finally:
-        sys.path.remove(str(path.parent))
-
-
-def _import_module(name: str, root: Path, what: str) -> Any:
-    sys.path.insert(0, str(root))
+def _import(target: str, root: Path, what: str) -> Any:
+    """The module ``target`` names, a ``.py`` file or a dotted module. Its folder (the
+    project folder for a dotted name) is on sys.path while it runs, so it can import its
+    neighbours."""
+    load: Callable[[], object]
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = resolve_path(target, root, what)
+        _check_file(path, what, ".py", None)
+        # The name comes from the resolved path, so two projects' model.py never collide.
+        name = "edgekd_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise UsageError(f"{what}: {path} is not a Python file: name a .py file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        folder, load = path.parent, lambda: spec.loader.exec_module(module)  # type: ignore[union-attr]
+    else:
+        name, folder, load = target, root, lambda: importlib.import_module(target)
+    sys.path.insert(0, str(folder))
     importlib.invalidate_caches()  # files written since the last import must be seen
     try:
-        return _run_import(lambda: importlib.import_module(name), name, what)
+        load()
+        return sys.modules[name]
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if isinstance(exc, ModuleNotFoundError) and exc.name and (
+                exc.name == target or target.startswith(f"{exc.name}.")):
+            raise UsageError(f"{what}: no module named {exc.name!r} in the project folder or "
+                             "the installed packages: check the spelling, install it, or give "
+                             "the factory as path/to/file.py:function") from exc
+        if isinstance(exc, ModuleNotFoundError) and exc.name:  # the user's code imports it
+            raise UsageError(f"{what}: importing {target} needs the module {exc.name!r}, which "
+                             f"is not installed: install it (pip install "
+                             f"{exc.name.split('.')[0]})") from exc
+        if isinstance(exc, SyntaxError):
+            raise UsageError(f"{what}: syntax error in {exc.filename}:{exc.lineno}: "
+                             f"{exc.msg}: fix the file") from exc
+        if isinstance(exc, Exception | SystemExit):  # the user's code failed while importing
+            raise UsageError(f"{what}: importing {target} raised {type(exc).__name__}: "
+                             f"{_first_line(exc)}: fix the module") from exc
+        raise  # KeyboardInterrupt stays what it is
     finally:
-        sys.path.remove(str(root))
+        sys.path.remove(str(folder))
 
 
 def load_factory(spec: str, root: Path, what: str) -> Callable[..., Any]:
@@ -155,10 +147,7 @@ def load_factory(spec: str, root: Path, what: str) -> Callable[..., Any]:
     if not sep or not target or not attr:
         raise UsageError(f"{what}: {spec!r} names no function: write it as "
                          "path/to/file.py:function or package.module:function")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        module = _import_file(resolve_path(target, root, what), what)
-    else:
-        module = _import_module(target, root, what)
+    module = _import(target, root, what)
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         found = [n for n, v in vars(module).items()
@@ -194,15 +183,15 @@ def _unsafe_globals(path: Path, exc: BaseException) -> list[str]:
     import torch
 
     try:  # the documented API; it reads zip checkpoints only
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
     except Exception:  # noqa: BLE001 - legacy format or damaged: fall back to torch's message
-        return re.findall(r"GLOBAL ([A-Za-z_][\w.]*)", str(exc))
+        return sorted(set(re.findall(r"GLOBAL ([A-Za-z_][\w.]*)", str(exc))))
 
 
 def _read_checkpoint(path: Path, what: str, trust_pickle: bool) -> Any:
     import pickle
 
-    head = _check_file(path, what, "weights")
+    head = _check_file(path, what, "weights", ": save the weights again")
     hint = _looks_like(head)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -216,6 +205,7 @@ def _read_checkpoint(path: Path, what: str, trust_pickle: bool) -> Any:
                              f"({_first_line(exc)}): {found}") from exc
     import torch
 
+    damaged: Exception
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -249,8 +239,9 @@ def _state_dict(raw: Any, own: Mapping[str, Any], path: Path, what: str) -> dict
                 break
             raw = inner.state_dict() if isinstance(inner, nn.Module) else inner
     if not isinstance(raw, Mapping) or not raw:
-        raise UsageError(f"{what}: {path} holds {'an empty ' if raw == {} else 'a '}"
-                         f"{type(raw).__name__}, not a state dict of tensors: {_SAVE}")
+        empty = "an empty " if isinstance(raw, Mapping) else "a "
+        raise UsageError(f"{what}: {path} holds {empty}{type(raw).__name__}, not a state dict "
+                         f"of tensors: {_SAVE}")
     bad = next(((k, v) for k, v in raw.items()
                 if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
@@ -268,21 +259,17 @@ def load_weights(model: nn.Module, path: Path, what: str, *, trust_pickle: bool 
     """Load ``path`` into ``model`` strictly; every mismatch is named."""
     from torch.nn.parameter import UninitializedParameter
 
-    raw = _read_checkpoint(path, what, trust_pickle)
     own = model.state_dict()
-    state = _state_dict(raw, own, path, what)
+    state = _state_dict(_read_checkpoint(path, what, trust_pickle), own, path, what)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    parts = [f"{len(keys)} {label} (first: {keys[0]})"
+             for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if parts:
         raise UsageError(f"{what}: {path} does not fit the model: {', '.join(parts)}: "
                          "load the weights saved from this architecture (and its *_args)")
-    for key, value in state.items():
-        mine = own[key]
+    for key, mine in own.items():  # in the model's order: the first layer that differs
+        value = state[key]
         if not isinstance(mine, UninitializedParameter) and mine.shape != value.shape:
             raise UsageError(f"{what}: {path} does not fit the model: {key} has shape "
                              f"{list(value.shape)} in the file but {list(mine.shape)} in "
@@ -308,14 +295,13 @@ class OnnxInfo:
 
 
 def _dims(value_info: Any) -> tuple[int | str | None, ...]:
-    dims = value_info.type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                 for d in dims)
+                 for d in value_info.type.tensor_type.shape.dim)
 
 
 def inspect_onnx(path: Path, what: str) -> OnnxInfo:
     """Read and check an ONNX model edgekd can feed: one float32 input, outputs."""
-    head = _check_file(path, what, ".onnx")
+    head = _check_file(path, what, ".onnx", ", not a valid ONNX model: export it again")
     import onnx
     from onnx import external_data_helper, helper
 
@@ -324,8 +310,8 @@ def inspect_onnx(path: Path, what: str) -> OnnxInfo:
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError for damaged files
         hint = _looks_like(head)
         found = f"it looks like {hint}, not ONNX" if hint else "it may be truncated"
-        raise UsageError(f"{what}: {path} is not an ONNX model ({_first_line(exc)}): {found}; "
-                         "export it again (torch.onnx.export)") from exc
+        raise UsageError(f"{what}: {path} is not a valid ONNX model ({_first_line(exc)}): "
+                         f"{found}; export it again (torch.onnx.export)") from exc
     for tensor in model.graph.initializer:
         if external_data_helper.uses_external_data(tensor):
             location = external_data_helper.ExternalDataInfo(tensor).location
