@@ -196,7 +196,9 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
         remote.preflight()
     out = Path(out)
     step = _Steps(on_step)
-    with build_lock(out / target.name):
+    # Under torchrun only rank 0 writes the build, so only rank 0 holds the folder's lock.
+    lead = int(os.environ.get("RANK", "0")) == 0
+    with build_lock(out / target.name) if lead else contextlib.nullcontext():
         with step("data") as s:
             inputs = resolve(project, trust_pickle=trust_pickle)
             data = inputs.data

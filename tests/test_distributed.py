@@ -51,3 +51,23 @@ def test_two_process_ddp_matches_single_process(digits: Dataset, tmp_path: Path)
     assert agreement >= 0.95, agreement
     assert relative < 0.25, relative
     assert not np.isnan(relative)
+
+
+@pytest.mark.slow
+def test_torchrun_build_of_a_project_writes_one_build(tmp_path: Path) -> None:
+    """The README's torchrun command on a user's project: both ranks train, rank 0 alone
+    takes the output folder's lock and writes the build."""
+    import json
+
+    from tests.projects import classifier_project
+
+    project = classifier_project(tmp_path / "p")
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "edgekd", "build", "--config", str(project), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "x86-cpu" / "report.json").read_text())
+    assert [s["name"] for s in report["stages"]][-1] == "student_pruned"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".cache", "x86-cpu"]
