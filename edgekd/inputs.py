@@ -7,7 +7,6 @@ student of :mod:`edgekd.models`; a project names its own (see :mod:`edgekd.proje
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 from edgekd.data import Dataset, Preprocessing, Split, load_digits
 from edgekd.errors import UsageError
 from edgekd.project import DataSpec, ModelSpec, Project
+from edgekd.report import sha256_of
 from edgekd.resources import default_calibration_file
 
 Factory = Callable[[], Any]  # () -> torch.nn.Module
@@ -38,14 +38,6 @@ class Inputs:
     @property
     def trains(self) -> bool:
         return self.teacher is not None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def builtin(project: Project) -> Inputs:
@@ -178,7 +170,7 @@ def _check_labels(data: Dataset, num_classes: int) -> Dataset:
 def _code_digest(fn: Callable[..., Any]) -> str:
     """The factory's source file: editing the model definition invalidates cached stages."""
     try:
-        return _sha256(Path(inspect.getfile(fn)))
+        return sha256_of(Path(inspect.getfile(fn)))
     except (TypeError, OSError):
         return getattr(fn, "__qualname__", repr(fn))
 
@@ -204,7 +196,7 @@ def _factory(spec: str, args: dict[str, Any], weights: str | None, root: Path, w
         return model.eval() if path is not None else model
 
     info = {"factory": spec, "args": args, "code_sha256": _code_digest(fn),
-            "weights": weights, "weights_sha256": _sha256(path) if path else None}
+            "weights": weights, "weights_sha256": sha256_of(path) if path else None}
     return make, info
 
 
@@ -286,5 +278,5 @@ def _onnx_inputs(spec: ModelSpec, root: Path, data: Dataset) -> Inputs:
             classes = out[1]
             data = _check_labels(data, classes)
     return Inputs(data=data, task=spec.task, onnx=path,
-                  model={"onnx": spec.onnx, "onnx_sha256": _sha256(path), "task": spec.task,
+                  model={"onnx": spec.onnx, "onnx_sha256": sha256_of(path), "task": spec.task,
                          "input": info.input_name, "opset": info.opset})

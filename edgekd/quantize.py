@@ -12,8 +12,11 @@ model is within budget. OpenVINO converts the same QDQ file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+import edgekd
 from edgekd.config import QuantConfig
 from edgekd.errors import BuildError
 
@@ -212,12 +216,6 @@ def quantize_cached(cache: Path, key: str, fp32: Path, out: Path, calibration: n
     """:func:`quantize`, cached under ``cache`` like a training stage (the accuracy-aware
     search runs the model many times). ``key`` identifies the FP32 model; the entry's key
     adds the settings and the calibration and validation samples."""
-    import hashlib
-    import os
-    import shutil
-
-    import edgekd
-
     h = hashlib.sha256(json.dumps([edgekd.__version__, key, asdict(config), tensorrt],
                                   sort_keys=True).encode())
     for array in (calibration, *(validation or ())):
