@@ -2,7 +2,7 @@
 for each calibration method x per-channel/per-tensor weights x calibration sample count.
 
 Each student is trained from scratch with the build's recipe (seeds ``--seeds``), exported to
-ONNX, quantized with ``edgekd.quantize`` (no mixed-precision fallback), and run in the real
+ONNX, quantized with ``edgekd.compress.quantize`` (no mixed-precision fallback), and run in the real
 ONNX Runtime. The table shows mean test accuracy over seeds and the drop from FP32 in points.
 
     python benchmarks/calibration.py [--seeds 0 1 2] [--students student_cnn student_convnet]
@@ -20,13 +20,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.backends.onnxruntime import to_onnx
-from edgekd.config import BuildConfig, QuantConfig
-from edgekd.data import load_digits
-from edgekd.models import STUDENTS
-from edgekd.quantize import evaluate, quantize
-from edgekd.resources import default_calibration_file
-from edgekd.train import Schedule, set_seed, train
+from edgekd.backends.from_torch import to_onnx
+from edgekd.compress.quantize import ort_accuracy, quantize
+from edgekd.inputs.digits import load_digits
+from edgekd.settings.config import BuildConfig, QuantConfig
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.loop import Schedule, set_seed, train
+from edgekd.train.models import STUDENTS
 
 METHODS = ("minmax", "percentile", "entropy")
 
@@ -48,13 +48,13 @@ def main() -> None:
             model = train(STUDENTS[name](), data.train, Schedule(st.epochs, st.lr, st.batch_size),
                           seed=seed)
             onnx_fp32 = to_onnx(model, data.test.x[:1], Path(tmp) / f"{name}{seed}.onnx")
-            fp32.setdefault(name, []).append(evaluate(onnx_fp32, data.test.x, data.test.y)[0])
+            fp32.setdefault(name, []).append(ort_accuracy(onnx_fp32, data.test.x, data.test.y)[0])
             for method, per_channel, n in itertools.product(METHODS, (True, False),
                                                             args.samples):
                 config = QuantConfig(method=method, per_channel=per_channel,
                                      calibration_samples=n, max_accuracy_drop=None)
                 q = quantize(onnx_fp32, Path(tmp) / "q.onnx", data.calibration.x[:n], config)
-                acc, _ = evaluate(q.path, data.test.x, data.test.y)
+                acc, _ = ort_accuracy(q.path, data.test.x, data.test.y)
                 rows.setdefault((name, method, per_channel, n), []).append(acc)
 
     table = Table("student", "calibration", "weights", "samples", "INT8 accuracy %",

@@ -2,7 +2,7 @@
 
 Pairs (each INT8 model is measured in the runtime it is for):
 
-- ONNX Runtime: edgekd's QDQ model (``edgekd.quantize``: ORT pre-processing, U8S8, per-channel,
+- ONNX Runtime: edgekd's QDQ model (``edgekd.compress.quantize``: ORT pre-processing, U8S8, per-channel,
   min-max) vs ``onnxruntime.quantization.quantize_static`` called with its defaults.
 - OpenVINO: edgekd's IR (its QDQ ONNX converted by OpenVINO) vs NNCF's ``nncf.quantize`` on the
   OpenVINO FP32 model (its defaults, ``subset_size`` = all calibration samples).
@@ -12,7 +12,7 @@ Pairs (each INT8 model is measured in the runtime it is for):
   and per-channel. edgekd's TFLite backend is that recipe plus annotations for the residual
   adds the recipe's quantizer misses under torch 2.13 (they stay float there).
 
-Model: ``edgekd.models.mobilenet_v2(10)`` (a 10-class head; random weights, seed 0; no
+Model: ``edgekd.train.models.mobilenet_v2(10)`` (a 10-class head; random weights, seed 0; no
 downloads here; BatchNorm statistics set from 256 training digits) at ``--size``. There are
 no labels for it, so accuracy is measured as the error of the INT8 logits against the FP32
 model's, relative to how much the FP32 logits vary between inputs (lower is better), on real
@@ -42,14 +42,14 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekd.backends import ExportSource, get_backend, predict_batches
-from edgekd.backends.onnxruntime import to_onnx
-from edgekd.bench import BenchSpec, run_bench
-from edgekd.config import QuantConfig
-from edgekd.data import load_digits
-from edgekd.models import mobilenet_v2
-from edgekd.quantize import CalibrationReader, quantize
-from edgekd.quiet import quiet
-from edgekd.resources import default_calibration_file
+from edgekd.backends.from_torch import to_onnx
+from edgekd.common.quiet import quiet
+from edgekd.compress.quantize import CalibrationReader, quantize
+from edgekd.inputs.digits import load_digits
+from edgekd.measure.bench import BenchSpec, run_bench
+from edgekd.settings.config import QuantConfig
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.models import mobilenet_v2
 
 
 def upsampled(x: np.ndarray, size: int) -> np.ndarray:
@@ -140,8 +140,8 @@ def top1(path: Path, runtime: str, x: np.ndarray, y: np.ndarray, threads: int) -
 
 def trained_mobilenet(data: Any, size: int, epochs: int) -> torch.nn.Module:
     """MobileNetV2 trained on the digits' training split, upsampled to ``size``."""
-    from edgekd.data import Split
-    from edgekd.train import Schedule, train
+    from edgekd.inputs.dataset import Split
+    from edgekd.train.loop import Schedule, train
 
     split = Split(upsampled(data.train.x, size), data.train.y, data.train.index)
     return train(mobilenet_v2(10), split, Schedule(epochs, 3e-3, 64), seed=0).eval()

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.bench import BenchSpec
-from edgekd.bench_runtimes import openvino_config
+from edgekd.device.runtimes import openvino_config
+from edgekd.measure.bench import BenchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,8 +48,9 @@ def make_artifacts(out: Path, size: int) -> list[tuple[str, Path]]:
     from edgekd.backends import ExportSource
     from edgekd.backends import openvino as ov_backend
     from edgekd.backends import tflite as tflite_backend
-    from edgekd.backends.onnxruntime import quantize_int8, to_onnx
-    from edgekd.models import mobilenet_v2
+    from edgekd.backends.from_torch import to_onnx
+    from edgekd.compress.quantize import quantize_int8
+    from edgekd.train.models import mobilenet_v2
 
     torch.manual_seed(0)
     model = mobilenet_v2(1000).eval()
@@ -81,7 +82,7 @@ def edgekd_run(runtime: str, path: Path, threads: int, runs: int, warmup: int
     spec = BenchSpec(path, runtime, threads, warmup, runs, samples=False)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec.to_dict(), f)
-    text, rss = _time_v([sys.executable, "-m", "edgekd.bench_worker", f.name])
+    text, rss = _time_v([sys.executable, "-m", "edgekd.device.worker", f.name])
     Path(f.name).unlink()
     result = json.loads(next(ln for ln in text.splitlines() if ln.startswith('{"artifact"')))
     return result, rss

@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.pipeline import build
+from edgekd.pipeline.run import build
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ Prints test accuracy per seed and the mean gain over scratch in points.
     python benchmarks/distill_vs_scratch.py --student student_tiny --views 16 --epochs 30
 
 ``--views N`` trains every column (scratch included, with the mixed labels) on the training
-split plus N augmented copies (edgekd.augment: 1-pixel shifts + mixup), the teacher's outputs
+split plus N augmented copies (edgekd.train.augment: 1-pixel shifts + mixup), the teacher's outputs
 for all of them cached.
 """
 
@@ -26,14 +26,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.augment import SoftTargets, training_views
-from edgekd.config import BuildConfig
-from edgekd.data import load_digits
-from edgekd.distill import Distillation, auto_pairs
-from edgekd.models import STUDENTS, count_params, teacher_cnn
-from edgekd.resources import default_calibration_file
-from edgekd.teacher_cache import teacher_outputs
-from edgekd.train import Schedule, accuracy, set_seed, train
+from edgekd.inputs.digits import load_digits
+from edgekd.settings.config import BuildConfig
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.augment import SoftTargets, training_views
+from edgekd.train.distill import Distillation, auto_pairs
+from edgekd.train.loop import Schedule, accuracy, set_seed, train
+from edgekd.train.models import STUDENTS, count_params, teacher_cnn
+from edgekd.train.teacher_cache import teacher_outputs
 
 
 def main() -> None:

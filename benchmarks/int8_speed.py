@@ -24,13 +24,13 @@ from rich.table import Table
 
 from edgekd.backends import ExportSource
 from edgekd.backends import openvino as ov_backend
-from edgekd.backends.onnxruntime import to_onnx
-from edgekd.bench import BenchSpec, run_bench
-from edgekd.config import QuantConfig
-from edgekd.data import load_digits
-from edgekd.models import mobilenet_v2
-from edgekd.quantize import evaluate, quantize
-from edgekd.resources import default_calibration_file
+from edgekd.backends.from_torch import to_onnx
+from edgekd.compress.quantize import ort_accuracy, quantize
+from edgekd.inputs.digits import load_digits
+from edgekd.measure.bench import BenchSpec, run_bench
+from edgekd.settings.config import QuantConfig
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.models import mobilenet_v2
 
 # (name, config): activations x weights, per-channel or per-tensor weights; all QDQ, min-max.
 VARIANTS = [
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         fp32 = to_onnx(model, calibration[:1], out / "fp32.onnx")
-        _, ref = evaluate(fp32, x_eval, np.zeros(len(x_eval), dtype=np.int64))  # logits only
+        _, ref = ort_accuracy(fp32, x_eval, np.zeros(len(x_eval), dtype=np.int64))  # logits only
         files = {"fp32": fp32}
         for i, (_, config) in enumerate(VARIANTS):
             files[f"v{i}"] = quantize(fp32, out / f"v{i}.onnx", calibration, config).path
@@ -86,7 +86,7 @@ def main() -> None:
         for i, (name, _) in enumerate(VARIANTS):
             ort = p50(files[f"v{i}"], "onnxruntime", args.threads, args.seconds)
             ov = p50(xml[f"v{i}"], "openvino", args.threads, args.seconds)
-            agree, _ = evaluate(files[f"v{i}"], x_eval, None, ref)
+            agree, _ = ort_accuracy(files[f"v{i}"], x_eval, None, ref)
             table.add_row(name, f"{ort:.2f}", f"{base['onnxruntime'] / ort:.2f}x", f"{ov:.2f}",
                           f"{base['openvino'] / ov:.2f}x", f"{agree:.1%}")
     Console().print(table)

@@ -1,9 +1,9 @@
 """Does distillation make the student more robust? Accuracy under input corruptions, several seeds.
 
 Per seed, trains the teacher, the scratch student and the distilled student exactly as
-``edgekd build`` does (the default epochs and learning rates of ``edgekd.config``), exports the
+``edgekd build`` does (the default epochs and learning rates of ``edgekd.settings.config``), exports the
 distilled student to INT8 QDQ ONNX (ORT's static quantization, as the build; not pruned) and
-measures all four on the same corrupted test inputs (``edgekd.robustness``: raw-pixel
+measures all four on the same corrupted test inputs (``edgekd.measure.robustness``: raw-pixel
 corruptions, clipped, then preprocessed). Prints the mean accuracy per condition and model,
 and the distilled-minus-scratch gap per seed and on average.
 
@@ -21,14 +21,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.backends.onnxruntime import quantize_int8, to_onnx
-from edgekd.config import CORRUPTIONS, BuildConfig, RobustnessConfig
-from edgekd.data import load_digits
-from edgekd.distill import LogitDistillation
-from edgekd.models import student_cnn, teacher_cnn
-from edgekd.resources import default_calibration_file
-from edgekd.robustness import artifact_predictor, measure, model_predictor
-from edgekd.train import Schedule, logits_of, set_seed, train
+from edgekd.backends.from_torch import to_onnx
+from edgekd.compress.quantize import quantize_int8
+from edgekd.inputs.digits import load_digits
+from edgekd.measure.robustness import artifact_predictor, measure_robustness
+from edgekd.settings.config import CORRUPTIONS, BuildConfig, RobustnessConfig
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.distill import LogitDistillation
+from edgekd.train.loop import Schedule, logits_of, predictor, set_seed, train
+from edgekd.train.models import student_cnn, teacher_cnn
 
 MODELS = ("teacher", "student_scratch", "student_distilled", "distilled_int8.onnx")
 
@@ -50,10 +51,10 @@ def one_seed(seed: int, cfg: BuildConfig, work: Path) -> dict:  # type: ignore[t
     int8 = quantize_int8(fp32, work / f"distilled_int8_{seed}.onnx",
                          data.calibration.x[:cfg.quant.calibration_samples],
                          per_channel=cfg.quant.per_channel)
-    models = {name: model_predictor(m) for name, m in
+    models = {name: predictor(m) for name, m in
               zip(MODELS[:3], (teacher, scratch, distilled), strict=True)}
     models[MODELS[3]] = artifact_predictor(int8, "onnxruntime", threads=2)
-    return measure(data, cfg.robustness, models, seed=seed)
+    return measure_robustness(data, cfg.robustness, models, seed=seed)
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 For each student (the default ``student_cnn`` and the conv-heavy ``student_convnet``): distil
 it from ``teacher_cnn``, then prune a copy each way and fine-tune it with the same distillation
 loss; export every model to ONNX (FP32 and static INT8 QDQ); measure its test accuracy (in
-PyTorch), its latency with ``edgekd.bench.run_bench`` (fresh process, batch 1, 2 threads;
+PyTorch), its latency with ``edgekd.measure.bench.run_bench`` (fresh process, batch 1, 2 threads;
 the median of ``--repeats`` alternating rounds) and the weights left in the ONNX initializers.
 
     python benchmarks/structured_pruning.py [--seeds 0 1 2] [--width 32] [--repeats 3] [--schedules]
@@ -29,16 +29,18 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from edgekd.backends.onnxruntime import quantize_int8, to_onnx
-from edgekd.bench import BenchSpec, run_bench
-from edgekd.config import BuildConfig, PruneConfig
-from edgekd.data import Dataset, load_digits
-from edgekd.distill import LogitDistillation
-from edgekd.models import count_params, student_cnn, student_convnet, teacher_cnn
-from edgekd.prune import prune_model
-from edgekd.resources import default_calibration_file
-from edgekd.structured import macs
-from edgekd.train import Objective, Schedule, accuracy, logits_of, set_seed, train
+from edgekd.backends.from_torch import to_onnx
+from edgekd.compress.prune import prune_model
+from edgekd.compress.quantize import quantize_int8
+from edgekd.compress.structured import macs
+from edgekd.inputs.dataset import Dataset
+from edgekd.inputs.digits import load_digits
+from edgekd.measure.bench import BenchSpec, run_bench
+from edgekd.settings.config import BuildConfig, PruneConfig
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.distill import LogitDistillation
+from edgekd.train.loop import Objective, Schedule, accuracy, logits_of, set_seed, train
+from edgekd.train.models import count_params, student_cnn, student_convnet, teacher_cnn
 
 THREADS = 2
 

@@ -20,12 +20,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.data import load_digits
-from edgekd.distill import Distillation, auto_pairs
-from edgekd.models import student_cnn, teacher_cnn
-from edgekd.resources import default_calibration_file
-from edgekd.teacher_cache import OnlineTeacher, teacher_outputs
-from edgekd.train import Schedule, set_seed, train
+from edgekd.inputs.digits import load_digits
+from edgekd.settings.resources import default_calibration_file
+from edgekd.train.distill import Distillation, auto_pairs
+from edgekd.train.loop import Schedule, set_seed, train
+from edgekd.train.models import student_cnn, teacher_cnn
+from edgekd.train.teacher_cache import OnlineTeacher, teacher_outputs
 
 
 def main() -> None:

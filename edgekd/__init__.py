@@ -14,7 +14,7 @@ __all__ = ["__version__", "build"]
 
 def __getattr__(name: str) -> Any:
     if name == "build":
-        from edgekd.api import build
+        from edgekd.pipeline.api import build
 
         return build
     raise AttributeError(f"module 'edgekd' has no attribute {name!r}")

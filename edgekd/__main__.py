@@ -1,5 +1,5 @@
 """``python -m edgekd`` runs the CLI."""
 
-from edgekd.cli import main
+from edgekd.cli.commands import main
 
 main()

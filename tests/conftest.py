@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.data import Dataset, load_digits
-from edgekd.resources import default_calibration_file
+from edgekd.inputs.dataset import Dataset
+from edgekd.inputs.digits import load_digits
+from edgekd.settings.resources import default_calibration_file
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +22,8 @@ def trained_student(digits: Dataset):  # type: ignore[no-untyped-def]
     """The built-in student, trained briefly on real digits so quantization has real ranges."""
     import torch
 
-    from edgekd.models import student_cnn
-    from edgekd.train import Schedule, set_seed, train
+    from edgekd.train.loop import Schedule, set_seed, train
+    from edgekd.train.models import student_cnn
 
     torch.set_num_threads(2)
     set_seed(0)
@@ -33,7 +34,8 @@ def trained_student(digits: Dataset):  # type: ignore[no-untyped-def]
 def onnx_pair(tmp_path_factory: pytest.TempPathFactory, trained_student, digits: Dataset
               ) -> dict[str, Path]:
     """FP32 and INT8 (QDQ) ONNX files of the trained student."""
-    from edgekd.backends.onnxruntime import quantize_int8, to_onnx
+    from edgekd.backends.from_torch import to_onnx
+    from edgekd.compress.quantize import quantize_int8
 
     work = tmp_path_factory.mktemp("onnx")
     fp32 = to_onnx(trained_student, digits.test.x[:1], work / "student_fp32.onnx")
@@ -42,6 +44,6 @@ def onnx_pair(tmp_path_factory: pytest.TempPathFactory, trained_student, digits:
 
 
 def torch_logits(model, x: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    from edgekd.train import logits_of
+    from edgekd.train.loop import logits_of
 
     return logits_of(model, x).numpy()

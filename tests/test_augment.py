@@ -4,15 +4,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekd.augment import SoftTargets, shift, training_views
-from edgekd.data import Dataset
+from edgekd.inputs.dataset import Dataset
+from edgekd.train.augment import SoftTargets, random_shift, training_views
 
 
 def test_shift_moves_pixels_and_fills_with_background() -> None:
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4) + 1
     rng = np.random.default_rng(0)
     for _ in range(20):
-        out = shift(x, rng)
+        out = random_shift(x, rng)
         moved = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
                  if np.array_equal(np.roll(np.roll(x, dy, 2), dx, 3)[0, 0, 1:3, 1:3],
                                    out[0, 0, 1:3, 1:3])]

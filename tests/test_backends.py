@@ -9,7 +9,7 @@ import pytest
 
 from edgekd.backends import BACKENDS, ExportSource, get_backend, predict_batches
 from edgekd.errors import BuildError, UsageError
-from edgekd.targets import load_target
+from edgekd.settings.targets import load_target
 from tests.conftest import torch_logits
 
 

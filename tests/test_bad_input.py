@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from edgekd.cli import app
+from edgekd.cli.commands import app
 from tests.projects import QUICK, digits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,16 @@ def _project(folder: Path, model: str, data: str = 'test = "data.npz"', extra: s
     spec = importlib.util.spec_from_file_location(f"m{abs(hash(folder))}", folder / "models.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    save_file(mod.student().state_dict(), folder / "student.safetensors")
+    net = mod.student()
+    # A trained model: the INT8 artifact of untrained weights (near-tied logits) disagrees
+    # with FP32 on arbitrary samples, which is no "good build" to compare failures with.
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xt), yt).backward()
+        opt.step()
+    save_file(net.state_dict(), folder / "student.safetensors")
     (folder / "edgekd.toml").write_text(f"{extra}\n[model]\n{model}\n[data]\n{data}\n{QUICK}")
     return folder / "edgekd.toml"
 
@@ -400,7 +409,9 @@ def test_trust_pickle_loads_a_full_model_pickle(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("tp_models", tmp_path / "models.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    torch.save(mod.student(), tmp_path / "model.pt")
+    model = mod.student()
+    model.load_state_dict(load_file(tmp_path / "student.safetensors"))  # the trained weights
+    torch.save(model, tmp_path / "model.pt")
     result = runner.invoke(app, ["build", "--config", str(path), "--target", "x86-cpu",
                                  "--out", str(tmp_path / "out"), "--trust-pickle"])
     assert result.exit_code == 0, result.output
@@ -441,7 +452,7 @@ def test_full_disk(tmp_path: Path) -> None:
 
 
 def test_a_second_build_into_the_same_folder_fails_at_once(good: Path, tmp_path: Path) -> None:
-    from edgekd.output import build_lock
+    from edgekd.report.staging import build_lock
 
     with build_lock(good / "x86-cpu"):  # a build in progress
         result = runner.invoke(app, ["build", "--config", str(finished(tmp_path)), "--target",

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.bench import BenchError, BenchSpec, run_bench
-from edgekd.bench_worker import latency_stats
+from edgekd.device.worker import latency_stats
+from edgekd.measure.bench import BenchError, BenchSpec, run_bench
 
 TORCH_BLOCKER = (
     "import sys\n"
@@ -80,10 +80,10 @@ def test_bench_command_never_imports_torch(onnx_pair, tmp_path: Path) -> None:
     """`edgekd bench` must work on a device where torch is not installed at all."""
     out = tmp_path / "r.json"
     script = TORCH_BLOCKER + (
-        "from edgekd.cli import app\n"
+        "from edgekd.cli.commands import app\n"
         f"app([ 'bench', {str(onnx_pair['int8'])!r}, '--runs', '20', '--warmup', '2',"
         f" '--json', {str(out)!r}], standalone_mode=False)\n"
-        "import edgekd.bench_worker, edgekd.remote, edgekd.budget, edgekd.targets\n"
+        "import edgekd.device.worker, edgekd.measure.remote, edgekd.settings.budgets, edgekd.settings.targets\n"
         "print([m for m in sys.modules if m.split('.')[0] == 'torch'])\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           check=False)
@@ -93,12 +93,12 @@ def test_bench_command_never_imports_torch(onnx_pair, tmp_path: Path) -> None:
 
 
 def test_worker_file_runs_on_its_own(onnx_pair, tmp_path: Path) -> None:
-    """The remote path copies only bench_worker.py: it must not need edgekd."""
-    from edgekd.bench import WORKER_FILES
+    """The remote path copies only worker.py: it must not need edgekd."""
+    from edgekd.measure.bench import WORKER_FILES
 
     for f in WORKER_FILES:
         (tmp_path / f.name).write_text(f.read_text())
-    copy = tmp_path / "bench_worker.py"
+    copy = tmp_path / "worker.py"
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(BenchSpec(onnx_pair["int8"], "onnxruntime", 1, 1, 10).to_dict()))
     blocker = tmp_path / "sitecustomize.py"
@@ -112,12 +112,13 @@ def test_worker_file_runs_on_its_own(onnx_pair, tmp_path: Path) -> None:
 
 
 def test_missing_runtime_is_named(onnx_pair, tmp_path: Path) -> None:
-    from edgekd.bench import WORKER
+    from edgekd.measure.bench import WORKER
 
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps(BenchSpec(onnx_pair["int8"], "onnxruntime", 1, 1, 10).to_dict()))
     script = (TORCH_BLOCKER.replace("'torch'", "'onnxruntime'").replace("'torch.'",
               "'onnxruntime.'") + f"sys.argv = ['w', {str(spec)!r}]\n"
+              f"sys.path.insert(0, {str(WORKER.parent)!r})\n"
               f"exec(open({str(WORKER)!r}).read())\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, check=False)

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgekd.budget import Budget, evaluate, junit_xml, parse_budget
-from edgekd.cli import app
+from edgekd.cli.commands import app
 from edgekd.errors import UsageError
-from edgekd.payoff import compare, flags, payoff
+from edgekd.measure.payoff import flags, payoff, speedup_of
+from edgekd.report.gate import budget_checks, junit_xml
+from edgekd.settings.budgets import Budget, parse_budget
 
 
 def _lat(p50: float, half: float = 0.01) -> dict:
@@ -52,7 +53,7 @@ def test_parse_budget_rejects_unknown_keys_and_bad_values() -> None:
 def test_evaluate_covers_shipped_artifacts_and_every_device() -> None:
     budget = Budget(max_size_kb=1500, max_p95_ms=5, max_peak_rss_mb=60,
                     max_accuracy_drop=0.5, min_int8_speedup=1.5)
-    checks = {(c.budget, c.subject): c for c in evaluate(REPORT, budget)}
+    checks = {(c.budget, c.subject): c for c in budget_checks(REPORT, budget)}
     assert ("max_size_kb", "m_fp32.onnx") not in checks  # FP32 is a reference, not shipped
     assert checks[("max_size_kb", "m_int8.onnx")].ok
     assert checks[("max_p95_ms", "m_int8.onnx")].ok
@@ -65,7 +66,7 @@ def test_evaluate_covers_shipped_artifacts_and_every_device() -> None:
 
 
 def test_junit_lists_every_check_and_failures() -> None:
-    checks = evaluate(REPORT, Budget(max_size_kb=1, max_p95_ms=100))
+    checks = budget_checks(REPORT, Budget(max_size_kb=1, max_p95_ms=100))
     root = ET.fromstring(junit_xml(checks, "b.toml"))
     cases = root.findall(".//testcase")
     assert len(cases) == len(checks) == 3
@@ -114,10 +115,10 @@ def test_check_exit_codes(report_file: Path, tmp_path: Path) -> None:
 
 def test_compare_needs_separated_intervals_and_a_real_difference() -> None:
     base = {"latency_ms": _lat(1.0, 0.01)}
-    assert compare(base, {"latency_ms": _lat(0.5, 0.01)}) == (2.0, "faster")
-    assert compare(base, {"latency_ms": _lat(2.0, 0.01)})[1] == "slower"
-    assert compare(base, {"latency_ms": _lat(0.9, 0.2)})[1] == "no measurable change"
-    assert compare(base, {"latency_ms": _lat(0.98, 0.001)})[1] == "no measurable change"
+    assert speedup_of(base, {"latency_ms": _lat(0.5, 0.01)}) == (2.0, "faster")
+    assert speedup_of(base, {"latency_ms": _lat(2.0, 0.01)})[1] == "slower"
+    assert speedup_of(base, {"latency_ms": _lat(0.9, 0.2)})[1] == "no measurable change"
+    assert speedup_of(base, {"latency_ms": _lat(0.98, 0.001)})[1] == "no measurable change"
 
 
 def test_payoff_flags_a_slower_int8_and_ops_off_target() -> None:

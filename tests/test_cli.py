@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgekd.cli import app
+from edgekd.cli.commands import app
 
 runner = CliRunner()
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edgekd.config import BuildConfig, DistillConfig, PruneConfig
+from edgekd.settings.config import BuildConfig, DistillConfig, PruneConfig
 
 
 def test_config_round_trips_through_json() -> None:

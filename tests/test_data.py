@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.data import load_digits, load_digits_raw, make_digits_calibration
 from edgekd.errors import UsageError
-from edgekd.resources import default_calibration_file
+from edgekd.inputs.digits import load_digits, load_digits_raw, make_digits_calibration
+from edgekd.settings.resources import default_calibration_file
 
 
 def test_splits_are_disjoint_and_cover_the_data(digits) -> None:

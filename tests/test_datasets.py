@@ -1,4 +1,4 @@
-"""edgekd.datasets.load_samples on real files: Pillow images in class folders, .npz / .npy
+"""edgekd.inputs.sources.load_samples on real files: Pillow images in class folders, .npz / .npy
 arrays, Dataset factories from a file and a module; every bad input is one UsageError line
 that names the config key, the file and the fix."""
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgekd.datasets import ImageOptions, Samples, load_samples
 from edgekd.errors import UsageError
+from edgekd.inputs.sources import ImageOptions, Samples, load_samples
 
 
 def _img(path: Path, size: tuple[int, int] = (8, 6), mode: str = "L", value: int = 10) -> None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.data import Dataset
-from edgekd.distill import Distillation, LayerPair, attention_map, auto_pairs, kd_loss
-from edgekd.models import student_cnn, teacher_cnn
-from edgekd.teacher_cache import OnlineTeacher, tap, teacher_outputs
+from edgekd.inputs.dataset import Dataset
+from edgekd.train.distill import Distillation, LayerPair, attention_map, auto_pairs, kd_loss
+from edgekd.train.models import student_cnn, teacher_cnn
+from edgekd.train.teacher_cache import OnlineTeacher, tap, teacher_outputs
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgekd.html_report import render_html
+from edgekd.report.html import render_html
 
 _XML_NAMESPACES = ("http://www.w3.org/", "http://purl.org/dc/", "http://creativecommons.org/ns")
 
@@ -119,7 +119,7 @@ def test_missing_keys_degrade_gracefully(report: dict[str, Any]) -> None:
 
 
 def test_import_does_not_load_matplotlib() -> None:
-    code = "import sys, edgekd.html_report; print('matplotlib' in sys.modules)"
+    code = "import sys, edgekd.report.html; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"

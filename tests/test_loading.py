@@ -1,4 +1,4 @@
-"""edgekd.loading with real files: factories from modules and .py files, weights from
+"""edgekd.inputs.model_files with real files: factories from modules and .py files, weights from
 safetensors and torch.save checkpoints, ONNX models; every bad input is one line naming the
 setting and the file."""
 
@@ -22,7 +22,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from edgekd.errors import UsageError
-from edgekd.loading import inspect_onnx, load_factory, load_weights, make_model, resolve_path
+from edgekd.inputs.model_files import (
+    inspect_onnx,
+    load_factory,
+    load_weights,
+    make_model,
+    resolve_path,
+)
 
 W = "model.student_weights"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import UsageError
-from edgekd.output import staged_dir
+from edgekd.report.staging import staged_dir
 
 
 def test_success_replaces_the_folder_whole(tmp_path: Path) -> None:

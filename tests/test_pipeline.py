@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.config import BenchConfig, BuildConfig, DistillConfig, PruneConfig, TrainConfig
-from edgekd.pipeline import build
-from edgekd.report import sha256_of
+from edgekd.common.cache import sha256_file
+from edgekd.pipeline.run import build
+from edgekd.settings.config import BenchConfig, BuildConfig, DistillConfig, PruneConfig, TrainConfig
 
 QUICK = BuildConfig(
     teacher=TrainConfig(epochs=3), student=TrainConfig(epochs=3, lr=3e-3),
@@ -62,7 +62,7 @@ def test_report_contract(pi_build) -> None:
         assert set(a) >= ARTIFACT_KEYS
         path = out / a["path"]
         assert path.stat().st_size == a["size_bytes"]
-        assert sha256_of(path) == a["sha256"]
+        assert sha256_file(path) == a["sha256"]
         assert a["top1_agreement"] >= QUICK.min_agreement
         lat = a["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]

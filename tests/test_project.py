@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import edgekd
-from edgekd.cli import app
+from edgekd.cli.commands import app
 from edgekd.errors import UsageError
-from edgekd.project import STARTER, load_project
+from edgekd.settings.project import STARTER, load_project
 from tests.projects import classifier_project, digits, trained_regressor, write
 
 runner = CliRunner()
@@ -204,7 +204,7 @@ def test_budgets_per_target_and_the_validation_split(tmp_path: Path) -> None:
     assert project.budget_for("x86-cpu").max_size_kb == 10
     assert project.budget_for("intel-cpu").max_size_kb == 20
     assert project.budget_for("intel-cpu").max_p95_ms == 1
-    from edgekd.inputs import resolve
+    from edgekd.inputs.resolve import resolve
 
     data = resolve(project).data
     assert data.validation is not None and len(data.validation) == 60

@@ -15,13 +15,19 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from edgekd import prune
-from edgekd.backends.onnxruntime import to_onnx
-from edgekd.config import STUDENT_MODELS, BuildConfig, PruneConfig
-from edgekd.data import Dataset, Split
-from edgekd.models import STUDENTS, InvertedResidual, mobilenet_v2, student_cnn, student_convnet
-from edgekd.structured import macs, prune_channels
-from edgekd.train import CrossEntropy, Schedule, train
+from edgekd.compress import prune
+from edgekd.backends.from_torch import to_onnx
+from edgekd.compress.structured import macs, prune_channels
+from edgekd.inputs.dataset import Dataset, Split
+from edgekd.settings.config import STUDENT_MODELS, BuildConfig, PruneConfig
+from edgekd.train.loop import CrossEntropy, Schedule, train
+from edgekd.train.models import (
+    STUDENTS,
+    InvertedResidual,
+    mobilenet_v2,
+    student_cnn,
+    student_convnet,
+)
 
 
 def _small(data: Split, n: int = 256) -> Split:

@@ -11,10 +11,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgekd.backends.onnxruntime import to_onnx
-from edgekd.config import QuantConfig
-from edgekd.data import Dataset
-from edgekd.quantize import evaluate, layers, quantize
+from edgekd.backends.from_torch import to_onnx
+from edgekd.compress.quantize import layers, ort_accuracy, quantize
+from edgekd.inputs.dataset import Dataset
+from edgekd.settings.config import QuantConfig
 
 
 def _weight_scales(path: Path) -> list[tuple[int, ...]]:
@@ -34,9 +34,9 @@ def test_each_calibration_method_agrees_with_fp32(method: str, onnx_pair: dict[s
                                                    digits: Dataset, tmp_path: Path) -> None:
     out = quantize(onnx_pair["fp32"], tmp_path / f"{method}.onnx", digits.calibration.x[:64],
                    QuantConfig(method=method, max_accuracy_drop=None))
-    fp_acc, fp_logits = evaluate(onnx_pair["fp32"], digits.test.x, digits.test.y)
-    agree, _ = evaluate(out.path, digits.test.x, None, fp_logits)
-    q_acc, _ = evaluate(out.path, digits.test.x, digits.test.y)
+    fp_acc, fp_logits = ort_accuracy(onnx_pair["fp32"], digits.test.x, digits.test.y)
+    agree, _ = ort_accuracy(out.path, digits.test.x, None, fp_logits)
+    q_acc, _ = ort_accuracy(out.path, digits.test.x, digits.test.y)
     assert agree >= 0.97, (method, agree)
     assert q_acc >= fp_acc - 0.02, (method, q_acc, fp_acc)
 
@@ -63,8 +63,8 @@ def test_mixed_precision_keeps_the_damaged_layer_in_float(trained_student, digit
     validation = (digits.calibration.x, digits.calibration.y)
     plain = quantize(fp32, tmp_path / "plain.onnx", digits.calibration.x,
                      QuantConfig(per_channel=False, max_accuracy_drop=None))
-    fp_acc, _ = evaluate(fp32, *validation)
-    plain_acc, _ = evaluate(plain.path, *validation)
+    fp_acc, _ = ort_accuracy(fp32, *validation)
+    plain_acc, _ = ort_accuracy(plain.path, *validation)
     assert fp_acc - plain_acc > 0.05, (fp_acc, plain_acc)  # the damage is real
 
     q = quantize(fp32, tmp_path / "mixed.onnx", digits.calibration.x, config,
@@ -78,7 +78,7 @@ def test_mixed_precision_keeps_the_damaged_layer_in_float(trained_student, digit
     graph = onnx.load(str(q.path)).graph
     kept = [n for n in graph.node if n.name in q.float_layers]
     assert kept and all(n.op_type in ("Gemm", "MatMul", "Conv") for n in kept)
-    test_acc, _ = evaluate(q.path, digits.test.x, digits.test.y)
+    test_acc, _ = ort_accuracy(q.path, digits.test.x, digits.test.y)
     assert test_acc > plain_acc
 
 
@@ -90,7 +90,7 @@ def test_config_rejects_unknown_method() -> None:
 def test_cross_layer_equalisation_keeps_the_function_and_evens_the_ranges() -> None:
     from torch import nn
 
-    from edgekd.equalize import equalize, out_ranges, pairs
+    from edgekd.compress.equalize import equalize, out_ranges, pairs
 
     torch.manual_seed(0)
     block = nn.Sequential(  # expand -> depthwise -> project, joined by ReLU

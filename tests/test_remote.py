@@ -13,9 +13,9 @@ import pytest
 from sshd import SshServer, sshd_binary, start_sshd  # tests/sshd.py
 from typer.testing import CliRunner
 
-from edgekd.bench import BenchError, BenchSpec
-from edgekd.cli import app
-from edgekd.remote import Remote, bench_host, bench_hosts
+from edgekd.cli.commands import app
+from edgekd.measure.bench import BenchError, BenchSpec
+from edgekd.measure.remote import Remote, bench_host, bench_hosts
 
 pytestmark = pytest.mark.skipif(sshd_binary() is None and os.environ.get("CI") is None,
                                 reason="needs openssh-server (.ci/run installs it)")

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from edgekd.config import CORRUPTIONS, BuildConfig, RobustnessConfig
-from edgekd.data import Dataset
-from edgekd.robustness import (
+from edgekd.inputs.dataset import Dataset
+from edgekd.measure.robustness import (
     DESCRIPTIONS,
     accuracy_under,
     artifact_predictor,
@@ -20,14 +19,15 @@ from edgekd.robustness import (
     contrast,
     dropout,
     gaussian_noise,
-    measure,
-    model_predictor,
+    measure_robustness,
     raw_test_images,
     salt_pepper,
-    shift,
+    shifted,
     summarize,
 )
-from edgekd.verify import verify_artifact
+from edgekd.measure.verify import verify_artifact
+from edgekd.settings.config import CORRUPTIONS, BuildConfig, RobustnessConfig
+from edgekd.train.loop import predictor
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_sigma_zero_is_the_identity(raw: np.ndarray) -> None:
 
 
 def test_shift_moves_every_pixel_one_column_right(raw: np.ndarray) -> None:
-    moved = shift(raw)
+    moved = shifted(raw)
     np.testing.assert_array_equal(moved[:, :, 1:], raw[:, :, :-1])
     assert (moved[:, :, 0] == 0).all()  # vacated column is background, nothing wraps
 
@@ -127,9 +127,9 @@ def test_measure_reports_every_model_and_the_distilled_minus_scratch_gap(
         onnx_pair, trained_student, digits: Dataset) -> None:  # type: ignore[no-untyped-def]
     # The PyTorch student and its own FP32 ONNX export see the same corrupted inputs, so
     # they must agree condition by condition (within a sample or two of rounding).
-    models = {"student_scratch": model_predictor(trained_student),
+    models = {"student_scratch": predictor(trained_student),
               "student_distilled": artifact_predictor(onnx_pair["fp32"], "onnxruntime", 1)}
-    out = measure(digits, RobustnessConfig(), models, seed=0)
+    out = measure_robustness(digits, RobustnessConfig(), models, seed=0)
     json.dumps(out)  # goes into report.json as is
     names = [c["name"] for c in out["conditions"]]
     assert names == ["clean", "noise_sigma_2", "noise_sigma_4", "noise_sigma_8", "dropout",
@@ -181,5 +181,5 @@ def test_bad_robustness_config_says_what_is_allowed(kwargs, message: str) -> Non
 
 
 def test_robustness_module_imports_no_torch() -> None:
-    code = "import sys, edgekd.robustness; sys.exit('torch' in sys.modules)"
+    code = "import sys, edgekd.measure.robustness; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

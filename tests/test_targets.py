@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import UsageError
-from edgekd.targets import all_targets, load_target, parse_target, target_names
+from edgekd.settings.targets import all_targets, load_target, parse_target, target_names
 
 
 def test_shipped_targets_load() -> None:

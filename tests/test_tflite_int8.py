@@ -11,7 +11,7 @@ from torch import nn
 
 from edgekd.backends import ExportSource, predict_batches
 from edgekd.backends import tflite as backend
-from edgekd.models import InvertedResidual
+from edgekd.train.models import InvertedResidual
 
 
 def test_residual_adds_run_in_int8(tmp_path: Path) -> None:

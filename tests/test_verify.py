@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekd.errors import VerificationError
-from edgekd.verify import require_agreement, verify_artifact
+from edgekd.measure.verify import require_agreement, verify_artifact
 from tests.conftest import torch_logits
 
 
@@ -24,8 +24,8 @@ def test_artifact_of_another_model_fails_naming_it(trained_student, digits,
     """An ONNX file of a different (untrained) student must not pass as the trained one."""
     import torch
 
-    from edgekd.backends.onnxruntime import to_onnx
-    from edgekd.models import student_cnn
+    from edgekd.backends.from_torch import to_onnx
+    from edgekd.train.models import student_cnn
 
     torch.manual_seed(123)
     wrong = to_onnx(student_cnn().eval(), digits.test.x[:1], tmp_path / "student_int8.onnx")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from edgekd.errors import UsageError
+from edgekd.settings.targets import RUNTIMES
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,6 +33,7 @@ BACKENDS: dict[str, str] = {
     "openvino": "edgekd.backends.openvino",
     "tflite": "edgekd.backends.tflite",
 }
+assert tuple(BACKENDS) == RUNTIMES, "a target's runtimes are the backends listed here"
 
 
 class Runner(Protocol):

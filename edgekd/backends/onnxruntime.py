@@ -1,8 +1,9 @@
-"""ONNX Runtime backend: ONNX export (torch.onnx), static INT8 QDQ quantization (ORT's own
-quantization tools), and an ORT session runner.
+"""ONNX Runtime backend: the ONNX files (FP32, INT8 QDQ, FP16 for GPUs) and an ORT session
+runner. Never imports torch: the PyTorch -> ONNX export is :func:`edgekd.backends.from_torch.to_onnx`.
 
-The INT8 model is made *after* conversion with the runtime's own tool (as Olive does): ORT's
-``quantize_static`` in QDQ format (:mod:`edgekd.quantize`). OpenVINO reads the same QDQ file.
+Who quantizes: ONNX Runtime's own ``quantize_static`` (QDQ), run by
+:mod:`edgekd.compress.quantize` *after* conversion (as Olive does), so every ``quant.*``
+setting applies. OpenVINO converts the same QDQ file.
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends import ExportSource
-from edgekd.config import QuantConfig
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
-    from edgekd.targets import Target
+    from edgekd.settings.targets import Target
 
 FORMAT = "onnx"
 SUFFIX = ".onnx"
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-OPSET = 18
 _INSTALL = "pip install onnxruntime (or onnxruntime-gpu for the GPU providers)"
 
 
@@ -49,42 +46,6 @@ def check(target: Target) -> None:
             f"this onnxruntime {ort.__version__} offers only {', '.join(available)}: install "
             "onnxruntime-gpu on a machine with an NVIDIA GPU and CUDA/TensorRT, or pick a CPU "
             "target (edgekd targets)")
-
-
-def to_onnx(model: Any, example: np.ndarray, path: Path) -> Path:
-    """Export a PyTorch model to a single self-contained ONNX file with a dynamic batch axis."""
-    import onnx
-    import torch
-
-    from edgekd.quiet import quiet
-
-    args = (torch.from_numpy(example),)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with quiet("torch.onnx.export"):
-        program = torch.onnx.export(model, args, dynamo=True, opset_version=OPSET,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: batch},), verbose=False)
-    if program is None:
-        raise BuildError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    # The exporter tags every node with stack traces and module paths; useful when debugging
-    # an export, dead weight in a deployed artifact (a third of a small model's file).
-    for node in proto.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(path))
-    return path
-
-
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True,
-                  config: QuantConfig | None = None) -> Path:
-    """Static INT8 QDQ model of ``fp32`` (see :func:`edgekd.quantize.quantize`; this form
-    skips the accuracy check, which needs a validation split)."""
-    from edgekd.quantize import quantize
-
-    config = config or QuantConfig(per_channel=per_channel)
-    return quantize(fp32, out, calibration, config).path
 
 
 def to_fp16(fp32: Path, out: Path) -> Path:

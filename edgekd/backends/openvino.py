@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends import ExportSource
-from edgekd.bench_runtimes import openvino_config
+from edgekd.device.runtimes import openvino_config
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
-    from edgekd.targets import Target
+    from edgekd.settings.targets import Target
 
 FORMAT = "openvino"
 SUFFIX = ".xml"

@@ -1,5 +1,11 @@
-"""TFLite (LiteRT) backend: conversion with LiteRT-Torch, full-integer INT8 through its PT2E
-quantizer, and an interpreter runner that accepts ``ai-edge-litert`` or ``tflite-runtime``.
+"""TFLite (LiteRT) backend: conversion with LiteRT-Torch (:mod:`edgekd.backends.from_torch`),
+and an interpreter runner that accepts ``ai-edge-litert`` or ``tflite-runtime``.
+
+Who quantizes: LiteRT-Torch's PT2E quantizer, *during* conversion from PyTorch, calibrated on
+the same samples (``quant.calibration_samples``) with ``quant.per_channel``; it observes
+min-max ranges itself, so ``quant.method``, ``percentile``, ``activation_type``,
+``weight_type`` and the accuracy-aware search (``max_accuracy_drop``) do not apply to it. The
+report says so (``quantization.by_runtime``).
 
 The INT8 model is full-integer: weights per-channel INT8, activations INT8, and the model's
 input and output tensors INT8 too (XNNPACK runs it end to end in integer). The runner
@@ -18,7 +24,7 @@ from edgekd.backends import ExportSource
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
-    from edgekd.targets import Target
+    from edgekd.settings.targets import Target
 
 FORMAT = "tflite"
 SUFFIX = ".tflite"
@@ -57,71 +63,18 @@ def check(target: Target) -> None:
 
 
 def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
-    import litert_torch
-    import torch
-    from litert_torch.quantize.pt2e_quantizer import (
-        PT2EQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    """FP32 and (when the source has an INT8 form) full-integer INT8 ``.tflite`` files,
+    converted from the PyTorch model by LiteRT-Torch (:mod:`edgekd.backends.from_torch`)."""
+    from edgekd.backends.from_torch import to_tflite
 
-    from edgekd.quiet import quiet
-
-    example = (torch.from_numpy(source.example),)
+    if source.model is None:
+        raise BuildError("TFLite is converted from the PyTorch model, and this build has none "
+                         "(a finished ONNX model): leave tflite out of runtimes")
     fp32 = out_dir / f"{source.stem}_fp32{SUFFIX}"
-    int8 = out_dir / f"{source.stem}_int8{SUFFIX}"
-    with quiet("litert_torch.convert fp32"):
-        litert_torch.convert(source.model.eval(), example).export(str(fp32))
-    if "int8" not in source.onnx:  # FP32 only (the dense reference for pruning's payoff)
-        return {"fp32": fp32}
-
-    # LiteRT-Torch's documented static-INT8 recipe: PT2E prepare -> calibrate -> convert,
-    # with residual adds annotated too (see _with_adds).
-    config = get_symmetric_quantization_config(is_per_channel=source.per_channel,
-                                               is_dynamic=False)
-    quantizer = _with_adds(PT2EQuantizer, config)().set_global(config)
-    with quiet("litert_torch.convert int8"), torch.no_grad():
-        graph = torch.export.export(source.model.eval(), example).module()
-        prepared = prepare_pt2e(graph, quantizer)
-        for sample in source.calibration:  # the exported graph has a static batch of 1
-            prepared(torch.from_numpy(sample[None]))
-        converted = convert_pt2e(prepared, fold_quantize=False)
-        litert_torch.convert(converted, example,
-                             quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(int8))
-    return {"fp32": fp32, "int8": int8}
-
-
-def _with_adds(base: Any, config: Any) -> Any:
-    """LiteRT-Torch's PT2E quantizer, also annotating ``aten.add.Tensor``.
-
-    Its ``add`` annotator finds adds through the nodes' ``source_fn_stack`` metadata, which
-    ``torch.export`` (torch 2.13) no longer records for a plain ``x + y``, so every residual
-    add of a MobileNetV2 stayed float: DEQUANTIZE -> float ADD -> QUANTIZE around each one in
-    the .tflite (13 DEQUANTIZE + 9 QUANTIZE ops). This annotates the adds it missed exactly
-    as its own annotator would (input and output activation specs of the same config).
-    """
-    from litert_torch.quantize import pt2e_quantizer_utils as utils
-    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
-
-    class AddAwarePT2EQuantizer(base):  # type: ignore[misc,valid-type]
-        def annotate(self, model: Any) -> Any:
-            import torch
-
-            model = super().annotate(model)
-            for node in model.graph.nodes:
-                if (node.op != "call_function" or node.target != torch.ops.aten.add.Tensor
-                        or "quantization_annotation" in node.meta):
-                    continue
-                inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
-                if len(inputs) != 2:  # adding a constant: leave it to the converter
-                    continue
-                node.meta["quantization_annotation"] = QuantizationAnnotation(
-                    input_qspec_map={a: utils.get_input_act_qspec(config) for a in inputs},
-                    output_qspec=utils.get_output_act_qspec(config), _annotated=True)
-            return model
-
-    return AddAwarePT2EQuantizer
+    int8 = out_dir / f"{source.stem}_int8{SUFFIX}" if "int8" in source.onnx else None
+    to_tflite(source.model, source.example, fp32, int8, calibration=source.calibration,
+              per_channel=source.per_channel)
+    return {"fp32": fp32} if int8 is None else {"fp32": fp32, "int8": int8}
 
 
 class TfliteRunner:

@@ -1,0 +1,345 @@
+"""The ``edgekd`` command line. It and :mod:`edgekd.cli.display` are the only modules that
+print."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+import edgekd
+from edgekd.cli.display import console, err_console, print_bench, print_checks, print_summary
+from edgekd.errors import EdgekdError, UsageError
+from edgekd.measure.bench import BenchSpec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distill, prune, INT8-quantize, export and verify PyTorch models for "
+                       "edge runtimes.")
+
+
+def _fail(exc: EdgekdError, debug: bool) -> typer.Exit:
+    if debug:
+        err_console.print_exception()
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgekd {edgekd.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version,
+                                                is_eager=True, help="Print the version.")]
+          = False) -> None:
+    """edgekd: one command from PyTorch to verified ONNX Runtime, OpenVINO and LiteRT models."""
+
+
+@app.command()
+def targets() -> None:
+    """List the deployment targets."""
+    from edgekd.settings.targets import all_targets
+
+    try:
+        found = all_targets()
+    except EdgekdError as exc:
+        raise _fail(exc, False) from exc
+    table = Table("target", "runtimes", "threads", "description")
+    for t in found:
+        table.add_row(t.name, ", ".join(t.runtimes), str(t.threads), t.description)
+    console.print(table)
+
+
+
+# Options shared by `bench --remote` and `build --remote`.
+RemotePython = Annotated[str, typer.Option(help="Python on the remote device.")]
+SshConfig = Annotated[Path | None, typer.Option(help="ssh -F FILE.")]
+AcceptNewHostKey = Annotated[bool, typer.Option(
+    help="Trust a host key seen for the first time (ssh accept-new).")]
+
+
+def _bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
+                 threads: int | None, remote: bool, **kw: object) -> list[BenchSpec]:
+    from edgekd.backends import runtime_for_suffix
+    from edgekd.settings.targets import load_target
+
+    t = load_target(target) if target else None
+    specs = []
+    for path in artifacts:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file; give the path of an .onnx, .xml or "
+                             ".tflite artifact")
+        rt = runtime or runtime_for_suffix(path)
+        if t and rt not in t.runtimes:
+            raise UsageError(f"{path.name} runs in {rt}, which target {t.name!r} does not "
+                             f"use ({', '.join(t.runtimes)}); pass --runtime or another target")
+        n = threads or (t.threads if t else (os.cpu_count() or 1))
+        if t and not remote:  # more threads than this host's cores only measure contention
+            n = min(n, os.cpu_count() or 1)
+        providers = t.providers if t else ("CPUExecutionProvider",)
+        specs.append(BenchSpec(path, rt, n, providers=providers, **kw))  # type: ignore[arg-type]
+    return specs
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact(s): .onnx, .xml (OpenVINO "
+                                                    "IR) or .tflite.", show_default=False)],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Take threads and "
+                                               "execution providers from this target.")] = None,
+    runtime: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tflite "
+                                                "(default: from the file suffix).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the "
+                                                "target's, else all cores).")] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 50,
+    runs: Annotated[int | None, typer.Option(help="Timed runs (at least).")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Time spent on timed runs (at "
+                                                  "least).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size of the input.")] = 1,
+    shape: Annotated[str | None, typer.Option(help="Full input shape, e.g. 1,3,224,224, for "
+                                              "models with dynamic dimensions.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the input tensors.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results to this "
+                                                  "JSON file.")] = None,
+    remote: Annotated[list[str] | None, typer.Option(help="Benchmark on user@host over SSH "
+                                                     "(repeat for several, run in parallel)."
+                                                     )] = None,
+    remote_python: RemotePython = "python3",
+    ssh_config: SshConfig = None,
+    accept_new_host_key: AcceptNewHostKey = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    """Measure latency and memory of artifacts, here or on devices over SSH (no torch needed)."""
+    from edgekd.measure.bench import run_bench
+
+    try:
+        if runs is None and seconds is None:
+            runs, seconds = 200, 2.0  # at least 200 runs and 2 s, whichever takes longer
+        try:
+            input_shape = tuple(int(v) for v in shape.split(",")) if shape else None
+            specs = _bench_specs(artifacts, runtime, target, threads, bool(remote),
+                                 warmup=warmup, runs=runs, seconds=seconds, batch=batch,
+                                 input_shape=input_shape, seed=seed)
+        except ValueError as exc:
+            raise UsageError(f"bad option: {exc}") from exc
+        results: list[dict] = []
+        errors: list[str] = []
+        if remote:
+            from edgekd.measure.remote import Remote, bench_hosts
+
+            try:
+                hosts = [Remote(h, remote_python, ssh_config, accept_new_host_key)
+                         for h in remote]
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
+            with console.status(f"benchmarking on {', '.join(remote)} …"):
+                for got in bench_hosts(hosts, specs).values():
+                    if isinstance(got, EdgekdError):
+                        errors.append(str(got))
+                    else:
+                        results += got
+        else:
+            with console.status("benchmarking …"):
+                results = [run_bench(s) for s in specs]
+    except EdgekdError as exc:
+        raise _fail(exc, debug) from exc
+    for r in results:
+        print_bench(r)
+    if json_out:
+        from edgekd.report.model import write_json
+
+        write_json(json_out, {"benchmarks": results, "errors": errors})
+    for e in errors:
+        err_console.print(f"[bold red]error:[/] {escape(e)}", soft_wrap=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def check(
+    report: Annotated[Path, typer.Argument(help="report.json of a build (or edgekd bench "
+                                           "--json output).", show_default=False)],
+    budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table "
+                                                "(default: the target's budget recorded "
+                                                "in the report).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here.")] = None,
+) -> None:
+    """Compare a report against its budgets: exit 1 if any is broken, 0 if all hold."""
+    raise typer.Exit(_check(report, budget, junit))
+
+
+def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> int:
+    from edgekd.report.gate import budget_checks, junit_xml, load_report
+    from edgekd.settings.budgets import Budget, load_budget_file
+
+    try:
+        report = load_report(report_path)
+        if budget_path:
+            budget, source = load_budget_file(budget_path), str(budget_path)
+        else:
+            recorded = report.get("budget") or {}
+            budget = Budget(**recorded.get("limits", {}))
+            source = recorded.get("source", str(report_path))
+        if budget.empty:
+            raise UsageError(f"no budgets to check in {source}: add a [budget] table to the "
+                             "target file or pass --budget FILE")
+        checks = budget_checks(report, budget)
+    except EdgekdError as exc:
+        raise _fail(exc, False) from exc
+    print_checks([c.to_dict() for c in checks], source)
+    if junit:
+        junit.write_text(junit_xml(checks, source), encoding="utf-8")
+    return 1 if any(not c.ok for c in checks) else 0
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the project file.")]
+    = Path("edgekd.toml"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter project file (edgekd.toml) to fill in."""
+    from edgekd.settings.project import STARTER
+
+    if path.exists() and not force:
+        raise _fail(UsageError(f"{path} already exists: edit it, or pass --force to replace it"),
+                    False)
+    try:
+        path.write_text(STARTER, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(UsageError(f"cannot write {path} ({exc.strerror}): choose another path"),
+                    False) from exc
+    console.print(f"wrote {path}: name your model and data in it, then run `edgekd build`")
+
+
+def _legacy(seed: int | None, temperature: float | None, alpha: float | None,
+            epochs: int | None, sparsity: float | None, min_agreement: float | None,
+            runs: int | None) -> list[str]:
+    """The named build flags as ``section.key=value`` settings."""
+    pairs = [("seed", seed), ("distill.temperature", temperature), ("distill.alpha", alpha),
+             ("distill.epochs", epochs), ("student.epochs", epochs),
+             ("prune.sparsity", sparsity), ("min_agreement", min_agreement),
+             ("bench.runs", runs)]
+    return [f"{k}={v}" for k, v in pairs if v is not None]
+
+
+def _os_error(exc: OSError) -> EdgekdError:
+    """A failed write (full disk, quota, permissions) as one line; the staging folder is gone
+    by now and an earlier build is untouched."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return EdgekdError(f"no space left on the device{where}: free some disk space or "
+                           "choose another --out; nothing was written and the previous build "
+                           "is untouched")
+    return EdgekdError(f"{exc.strerror or exc}{where}: check the path and its permissions "
+                       "(--debug shows where it happened)")
+
+
+@app.command()
+def build(
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target name (edgekd "
+                                               "targets); default: the project file's, else "
+                                               "raspberrypi.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Project file "
+                                                "(default: ./edgekd.toml if present, else the "
+                                                "built-in digits demonstration).")] = None,
+    model: Annotated[str | None, typer.Option(help="Build this finished model instead: an "
+                                              ".onnx file, or file.py:factory with --weights "
+                                              "(no distillation).")] = None,
+    weights: Annotated[str | None, typer.Option(help="Weights for --model (.safetensors or "
+                                                "a state dict).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output root; artifacts go "
+                                             "to OUT/<target> (default: the project's, else "
+                                             "build).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, initialisation and "
+                                             "shuffling.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Distillation temperature T.")]
+    = None,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the soft-target loss (0..1).")]
+    = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs for the distilled student and "
+                                               "for the scratch baseline.")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Fraction of conv/linear weights "
+                                                   "pruned (0..1).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        help="Fail if an artifact's top-1 agreement with PyTorch is below this.")] = None,
+    runs: Annotated[int | None, typer.Option(help="Timed benchmark runs per artifact.")] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any setting, section.key=value (repeatable), e.g. "
+        "prune.method=structured, distill.views=16, data.train=data/train, "
+        "student_model=student_convnet.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore the stage cache of earlier builds "
+                                        "(retrain everything).")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow weights files that are full "
+                                               "pickles (they can run code when loaded).")]
+    = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if a budget is broken "
+                                        "(the build and its reports are still written).")]
+    = False,
+    budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table; "
+                                                "replaces the target's.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="With --check: JUnit XML here.")] = None,
+    remote: Annotated[list[str] | None, typer.Option(help="Also benchmark the artifacts on "
+                                                     "user@host over SSH (repeatable).")]
+    = None,
+    remote_python: RemotePython = "python3",
+    ssh_config: SshConfig = None,
+    accept_new_host_key: AcceptNewHostKey = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
+) -> None:
+    """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
+    (or --config, or --model), else the built-in digits demonstration."""
+    from edgekd.pipeline.api import build as run_build
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
+    try:
+        from edgekd.measure.remote import Remote
+
+        remotes = [Remote(h, remote_python, ssh_config, accept_new_host_key)
+                   for h in remote or []]
+    except ValueError as exc:
+        raise _fail(UsageError(f"bad option: {exc}"), debug) from exc
+
+    name = target or "the target"
+    status = console.status(f"building for [bold]{name}[/] …", spinner="dots")
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 shows the progress
+
+    def on_step(step: str, detail: str) -> None:
+        console.print(f"[green]✓[/] [bold]{step}[/] {escape(detail)}")
+        status.update(f"building for [bold]{name}[/] … (done: {step})")
+
+    try:
+        with status if lead else contextlib.nullcontext():
+            result = run_build(target, config=config, out=out, settings=items + (settings or []),
+                               model=model, weights=weights, budget=budget, fresh=fresh,
+                               trust_pickle=trust_pickle, remotes=remotes,
+                               on_step=on_step if lead else None)
+    except EdgekdError as exc:
+        raise _fail(exc, debug) from exc
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted:[/] nothing was written; the previous build "
+                          "(if any) is untouched")
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        raise _fail(_os_error(exc), debug) from exc
+    if not result.report:  # another rank under torchrun; rank 0 reports
+        return
+    print_summary(result.report, result.out_dir)
+    if check:
+        raise typer.Exit(_check(result.out_dir / "report.json", budget, junit))
+
+
+def main() -> None:
+    app()

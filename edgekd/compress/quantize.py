@@ -1,0 +1,249 @@
+"""Static INT8 post-training quantization of ONNX models with ONNX Runtime's own tools, and
+the accuracy-aware mixed-precision search around it.
+
+``quantize`` pre-processes the FP32 model (shape inference + graph optimisation, which folds
+BatchNorm), calibrates activation ranges once (min-max, percentile or entropy; ORT's
+calibrators), writes a QDQ model, and, given a validation split and a budget
+(``QuantConfig.max_accuracy_drop``), measures the INT8 model in ONNX Runtime. When it loses
+more than allowed, each quantizable layer is tried in float on its own (``nodes_to_exclude``),
+and the layers whose exclusion helps most are kept in float, one more at a time, until the
+model is within budget. OpenVINO converts the same QDQ file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import edgekd
+from edgekd.errors import BuildError
+from edgekd.settings.config import QuantConfig
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+# Ops whose weights ORT quantizes: the "layers" the mixed-precision search may keep in float.
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Calibration samples run per collect_data call: ORT's histogram calibrators (percentile,
+# entropy) otherwise hold every intermediate tensor of every sample in memory at once
+# (~10 GB for MobileNetV2 at 224x224 and 200 samples).
+CALIBRATION_CHUNK = 16
+
+
+class CalibrationReader:
+    """ORT's CalibrationDataReader over preprocessed samples, one sample per ``get_next``,
+    with the ``__len__`` / ``set_range`` that ORT's strided calibration (``CalibStridedMinMax``)
+    uses to collect a chunk at a time."""
+
+    def __init__(self, samples: np.ndarray, input_name: str = INPUT_NAME) -> None:
+        self.samples = samples.astype(np.float32)
+        self.input_name = input_name
+        self.set_range(0, len(samples))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, end_index
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= self._end:
+            return None
+        self._next += 1
+        return {self.input_name: self.samples[self._next - 1][None]}
+
+    def rewind(self) -> None:
+        self.set_range(0, len(self.samples))
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """An INT8 QDQ model and how it was made. Accuracies are fractions on the validation
+    split (top-1 agreement with the FP32 model where no labels were given)."""
+
+    path: Path
+    method: str
+    float_layers: tuple[str, ...] = ()
+    fp32_accuracy: float | None = None
+    int8_accuracy: float | None = None
+    steps: tuple[dict[str, Any], ...] = ()  # {"float_layers": [...], "accuracy": ...} each
+    cached: bool = False  # taken from the stage cache of an earlier build
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["path"] = self.path.name
+        out["float_layers"] = list(self.float_layers)
+        out["steps"] = list(self.steps)
+        return out
+
+
+def activation_type(config: QuantConfig, *, tensorrt: bool = False) -> str:
+    """``auto``: unsigned activations for CPUs (ORT's U8S8 kernels; measured 1.8-1.9x faster
+    than S8S8 on a VNNI Xeon, benchmarks/int8_speed.py), signed symmetric for TensorRT, whose
+    explicit quantization accepts only zero-point 0."""
+    if config.activation_type != "auto":
+        return config.activation_type
+    return "int8" if tensorrt else "uint8"
+
+
+def layers(model_path: Path) -> list[str]:
+    """Names of the nodes ORT quantizes with weights (conv, matmul, gemm), in graph order."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in LAYER_OPS]
+
+
+def preprocess(fp32: Path, out: Path) -> Path:
+    """ORT's recommended pre-processing: shape inference and graph optimisation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgekd.common.quiet import quiet
+
+    with quiet("onnxruntime.quantization"):
+        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    return out
+
+
+def _write_qdq(pre: Path, out: Path, calibration: np.ndarray, config: QuantConfig,
+               act: tuple[str, bool], cache: Path, exclude: list[str]) -> Path:
+    """One quantize_static call; ``act`` is (activation type, symmetric). The first call
+    with ``cache`` calibrates and stores the ranges there; later calls (other layers kept in
+    float) reuse them."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgekd.common.quiet import quiet
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[config.method]
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    n = len(calibration)
+    chunk = max(d for d in range(1, min(CALIBRATION_CHUNK, n) + 1) if n % d == 0)
+    extra: dict[str, Any] = {"CalibStridedMinMax": chunk, "CalibPercentile": config.percentile,
+                             "ActivationSymmetric": act[1]}
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    name = next(i.name for i in graph.input if i.name not in inits)  # a user's model: any name
+    with quiet("onnxruntime.quantization"):
+        quantize_static(str(pre), str(out), CalibrationReader(calibration, name),
+                        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                        activation_type=types[act[0]], weight_type=types[config.weight_type],
+                        calibrate_method=method, nodes_to_exclude=exclude,
+                        extra_options=extra, calibration_cache_path=cache)
+    # Shape annotations from pre-processing are re-derived by every runtime at load time.
+    model = onnx.load(str(out))
+    model.graph.ClearField("value_info")
+    onnx.save_model(model, str(out))
+    return out
+
+
+def ort_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray | None,
+             reference: np.ndarray | None = None, threads: int = 2
+             ) -> tuple[float, np.ndarray]:
+    """(accuracy, logits) in ONNX Runtime; without labels, accuracy is top-1 agreement with
+    ``reference`` logits."""
+    from edgekd.backends import predict_batches
+    from edgekd.backends.onnxruntime import load
+
+    logits = predict_batches(load(model_path, threads), x)
+    if y is not None:
+        truth = y
+    else:  # no labels: agreement with the reference (the FP32 model: itself, 100 %)
+        truth = (np.asarray(reference) if reference is not None else logits).argmax(1)
+    return float((logits.argmax(1) == truth).mean()), logits
+
+
+def quantize(fp32: Path, out: Path, calibration: np.ndarray, config: QuantConfig, *,
+             validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+             tensorrt: bool = False) -> Quantized:
+    """Static INT8 QDQ model of ``fp32``, calibrated on ``calibration`` (all of it; the caller
+    picks ``config.calibration_samples``). With ``validation`` (inputs, labels or None) and
+    ``config.max_accuracy_drop``, layers are kept in float until the drop is within budget."""
+    # TensorRT's explicit quantization needs zero-point 0 on activations.
+    act = (activation_type(config, tensorrt=tensorrt), tensorrt)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32, Path(tmp) / "pre.onnx")
+        cache = Path(tmp) / "ranges.json"
+        _write_qdq(pre, out, calibration, config, act, cache, [])
+        if validation is None or config.max_accuracy_drop is None:
+            return Quantized(out, config.method)
+        x, y = validation
+        fp_acc, fp_logits = ort_accuracy(pre, x, y)
+        q_acc, _ = ort_accuracy(out, x, y, fp_logits)
+        steps: list[dict[str, Any]] = [{"float_layers": [], "accuracy": round(q_acc, 6)}]
+        budget = config.max_accuracy_drop / 100
+        if fp_acc - q_acc <= budget:
+            return Quantized(out, config.method, (), fp_acc, q_acc, tuple(steps))
+        candidates = layers(pre)
+        trial = Path(tmp) / "trial.onnx"
+        score: dict[str, tuple[float, float]] = {}
+        for name in candidates:  # sensitivity: this one layer in float, all others INT8
+            acc, logits = ort_accuracy(_write_qdq(pre, trial, calibration, config, act, cache,
+                                              [name]), x, y, fp_logits)
+            score[name] = (acc, -float(np.mean((logits - fp_logits) ** 2)))
+        ranked = sorted(candidates, key=lambda n: score[n], reverse=True)
+        log.info("INT8 loses %.2f points; layer sensitivity: %s", 100 * (fp_acc - q_acc),
+                 json.dumps({n: round(score[n][0], 4) for n in ranked}))
+        kept: list[str] = []
+        for name in ranked:
+            kept.append(name)
+            _write_qdq(pre, out, calibration, config, act, cache, kept)
+            q_acc, _ = ort_accuracy(out, x, y, fp_logits)
+            steps.append({"float_layers": list(kept), "accuracy": round(q_acc, 6)})
+            if fp_acc - q_acc <= budget:
+                return Quantized(out, config.method, tuple(kept), fp_acc, q_acc, tuple(steps))
+    raise BuildError(
+        f"INT8 loses {100 * (fp_acc - q_acc):.2f} accuracy points on the validation split even "
+        f"with all {len(candidates)} quantizable layers in float (quant.max_accuracy_drop = "
+        f"{config.max_accuracy_drop}): raise quant.max_accuracy_drop, calibrate with another "
+        "quant.method or more quant.calibration_samples, or ship the FP32 artifact")
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True,
+                  config: QuantConfig | None = None) -> Path:
+    """Static INT8 QDQ model of ``fp32`` without the accuracy check (which needs a validation
+    split): :func:`quantize` with default settings."""
+    config = config or QuantConfig(per_channel=per_channel)
+    return quantize(fp32, out, calibration, config).path
+
+
+def quantize_cached(cache: Path, key: str, fp32: Path, out: Path, calibration: np.ndarray,
+                    config: QuantConfig, *,
+                    validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+                    tensorrt: bool = False, fresh: bool = False) -> Quantized:
+    """:func:`quantize`, cached under ``cache`` like a training stage (the accuracy-aware
+    search runs the model many times). ``key`` identifies the FP32 model; the entry's key
+    adds the settings and the calibration and validation samples."""
+    h = hashlib.sha256(json.dumps([edgekd.__version__, key, asdict(config), tensorrt],
+                                  sort_keys=True).encode())
+    for array in (calibration, *(validation or ())):
+        if array is not None:
+            h.update(np.ascontiguousarray(array).tobytes())
+    entry = cache / f"int8-{h.hexdigest()[:16]}"
+    if not fresh and (entry / "meta.json").is_file():
+        shutil.copyfile(entry / "model.onnx", out)
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        return Quantized(out, meta["method"], tuple(meta["float_layers"]), meta["fp32_accuracy"],
+                         meta["int8_accuracy"], tuple(meta["steps"]), cached=True)
+    q = quantize(fp32, out, calibration, config, validation=validation, tensorrt=tensorrt)
+    tmp = cache / f".{entry.name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:  # written beside the entry, renamed into place: a killed build leaves no half entry
+        shutil.copyfile(out, tmp / "model.onnx")
+        (tmp / "meta.json").write_text(json.dumps(q.to_dict()), encoding="utf-8")
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return q

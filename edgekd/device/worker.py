@@ -1,0 +1,228 @@
+"""The benchmark child process: load one artifact in its runtime, time it, print JSON.
+
+``python worker.py SPEC.json`` (or ``python -m edgekd.device.worker SPEC.json``) writes
+one JSON object to stdout: the result, or ``{"error": ...}`` with exit code 3.
+
+This file and :mod:`edgekd.device.runtimes` need only the standard library, NumPy and the
+one runtime measured. ``edgekd bench --remote`` copies just these two files to a device
+(a Raspberry Pi with only ``ai-edge-litert``, a Jetson with only ``onnxruntime-gpu``) and
+runs it there, so the numbers come from the device's own runtime. It never imports torch
+or the rest of edgekd.
+
+One method for every runtime
+----------------------------
+- Inputs: one tensor per model input, drawn from ``numpy.random.default_rng(seed)`` as
+  float32 standard normal (integers for integer inputs). A full-integer model gets the same
+  float tensor quantized with its own input scale and zero point. Same seed, same tensors.
+- Timed region: one synchronous inference call with the inputs already in the runtime's
+  buffers, as ``benchmark_app`` and ``benchmark_model`` do: ``run_with_iobinding`` (ONNX
+  Runtime), ``InferRequest.infer()`` (OpenVINO), ``Interpreter.invoke()`` (LiteRT).
+- The first inference is timed on its own (it includes lazy initialisation such as kernel
+  packing, XNNPACK weight repacking, TensorRT engine building); then ``warmup`` untimed runs;
+  then ``runs`` timed runs, or as many as fit in ``seconds``.
+- Threads: the runtime's own setting, fixed to ``threads`` (ORT intra-op threads with one
+  inter-op thread and sequential execution; OpenVINO ``INFERENCE_NUM_THREADS`` with one
+  stream; LiteRT ``num_threads``).
+
+Memory, in MiB, all of this process (Linux ``/proc/self/status``):
+- ``baseline_rss_mb``: resident memory of the interpreter with NumPy loaded, before the
+  runtime is imported (the "empty interpreter").
+- ``model_rss_mb``: resident memory after the runtime is imported, the model loaded and
+  one inference run, minus the baseline: runtime libraries + model + the runtime's arena.
+- ``peak_rss_mb``: the process's high-water mark (VmHWM) at the end of the timed runs;
+  this is what ``/usr/bin/time -v`` calls "Maximum resident set size".
+- ``file_size_bytes``: the artifact on disk (.xml + .bin for OpenVINO).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__:  # part of edgekd: python -m edgekd.device.worker
+    from .runtimes import LOADERS, WorkerError, import_runtime
+else:  # copied onto a device beside runtimes.py (edgekd bench --remote): python3 worker.py
+    from runtimes import LOADERS, WorkerError, import_runtime  # type: ignore[no-redef]
+
+EXIT_ERROR = 3
+MAX_SAMPLES = 2000
+# --- memory -----------------------------------------------------------------------------
+
+def _status_kb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_mb() -> float:
+    kb = _status_kb("VmRSS")
+    if kb is not None:
+        return kb / 1024
+    return peak_rss_mb()  # no procfs (macOS): the best this process can say without psutil
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory, in MiB.
+
+    On Linux this reads VmHWM, which belongs to the address space the process got at exec.
+    ``ru_maxrss`` is not used there: the kernel carries it over from the parent through
+    fork + exec, so a child of a 900 MB torch process would report 900 MB.
+    """
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS
+
+
+# --- statistics -------------------------------------------------------------------------
+
+def latency_stats(times_ms: np.ndarray) -> dict[str, Any]:
+    """Percentiles, moments and a 95 % confidence interval of the median.
+
+    The interval is the distribution-free one from order statistics: the median lies
+    between the j-th and k-th smallest of n samples with j, k = n/2 -+ 1.96 sqrt(n)/2
+    (normal approximation to Binomial(n, 1/2)). Latency is skewed, so no normality is
+    assumed; SciPy is not a dependency of a device-side script for three lines.
+    """
+    t = np.sort(np.asarray(times_ms, dtype=np.float64))
+    n = len(t)
+    half = 1.959964 * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half) - 1)
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    r = lambda v: round(float(v), 5)  # noqa: E731
+    return {
+        "p50": r(np.percentile(t, 50)), "p90": r(np.percentile(t, 90)),
+        "p95": r(np.percentile(t, 95)), "p99": r(np.percentile(t, 99)),
+        "mean": r(t.mean()), "std": r(t.std(ddof=1) if n > 1 else 0.0),
+        "min": r(t[0]), "max": r(t[-1]), "p50_ci95": [r(t[lo]), r(t[hi])],
+    }
+
+
+
+
+# --- the measurement --------------------------------------------------------------------
+
+def device_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    model = None
+    with contextlib.suppress(OSError):  # Raspberry Pi, Jetson: the board's name
+        model = Path("/proc/device-tree/model").read_text(encoding="ascii",
+                                                           errors="replace").strip("\0\n ")
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="ascii",
+                                                    errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"hostname": platform.node(), "machine": platform.machine(), "cpu": cpu,
+            "model": model, "cpus": os.cpu_count(), "system": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load, time and inspect one artifact as ``spec`` says (see the module docstring)."""
+    path = Path(spec["artifact"])
+    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    for f in files:
+        if not f.is_file():
+            raise WorkerError(f"artifact {f} not found")
+    spec.setdefault("batch", 1)
+    rng = np.random.default_rng(spec.get("seed", 0))
+    baseline = rss_mb()
+
+    t0 = time.perf_counter_ns()
+    module = import_runtime(spec["runtime"])
+    import_ms = (time.perf_counter_ns() - t0) / 1e6
+    t0 = time.perf_counter_ns()
+    try:
+        infer, placement, version = LOADERS[spec["runtime"]](module, spec, rng)
+    except WorkerError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the runtime's own message, on one line
+        msg = " ".join(str(exc).split())[:300]
+        raise WorkerError(f"{spec['runtime']} could not load {path.name}: {msg}") from exc
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+
+    t0 = time.perf_counter_ns()
+    infer()
+    first_ms = (time.perf_counter_ns() - t0) / 1e6
+    loaded = rss_mb()
+    for _ in range(spec.get("warmup", 50)):
+        infer()
+    times = array("d")  # 8 bytes a run: a long --seconds run barely moves peak RSS
+    seconds, runs = spec.get("seconds"), spec.get("runs") or 0
+    start = time.perf_counter()
+    # At least ``runs`` runs and at least ``seconds`` seconds, whichever is given (both: both).
+    while (len(times) < max(runs, 10 if seconds else 1)
+           or (seconds and time.perf_counter() - start < seconds)):
+        t0 = time.perf_counter_ns()
+        infer()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    timed_s = time.perf_counter() - start
+    peak = peak_rss_mb()
+    result = {
+        "artifact": path.name, "runtime": spec["runtime"], "runtime_version": version,
+        "file_size_bytes": sum(f.stat().st_size for f in files),
+        "threads": spec["threads"], "batch": spec["batch"], "seed": spec.get("seed", 0),
+        "providers": [p if isinstance(p, str) else p[0] for p in spec.get("providers") or []],
+        "warmup": spec.get("warmup", 50), "runs": len(times), "timed_seconds": round(timed_s, 3),
+        "import_ms": round(import_ms, 2), "load_ms": round(load_ms, 3),
+        "first_inference_ms": round(first_ms, 4),
+        "latency_ms": latency_stats(np.array(times)),
+        "memory": {"baseline_rss_mb": round(baseline, 2),
+                   "model_rss_mb": round(loaded - baseline, 2),
+                   "peak_rss_mb": round(peak, 2)},
+        "device": device_info(),
+    }
+    if spec.get("placement", True):
+        try:
+            result["placement"] = placement()
+        except Exception as exc:  # noqa: BLE001 - inspection is best-effort, timing stands
+            result["placement"] = {"error": " ".join(str(exc).split())[:300]}
+    if spec.get("samples"):  # for plots: at most MAX_SAMPLES, evenly spread over the run
+        step = max(1, math.ceil(len(times) / MAX_SAMPLES))
+        result["samples_ms"] = [round(t, 5) for t in times[::step]]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Runtimes print to stdout (banners, logs); keep the real stdout for the one JSON line.
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    if len(argv) != 1:
+        out.write(json.dumps({"error": "usage: worker.py SPEC.json"}) + "\n")
+        return EXIT_ERROR
+    try:
+        spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        result = run_spec(spec)
+    except WorkerError as exc:
+        out.write(json.dumps({"error": str(exc)}) + "\n")
+        out.flush()
+        return EXIT_ERROR
+    out.write(json.dumps(result) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The data a build runs on, preprocessed: :class:`Dataset` of train / test / calibration
+(/ validation) :class:`Split` s and the :class:`Preprocessing` that made them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw samples become model inputs: ``x = (raw * scale - mean) / std``, as float32.
+
+    ``mean`` and ``std`` are one number, or one per channel (axis 1 of ``[N, C, ...]``).
+    ``raw`` describes the raw input for the report (what a third party feeds).
+    """
+
+    scale: float
+    mean: float | tuple[float, ...]
+    std: float | tuple[float, ...]
+    layout: str = "NCHW"
+    raw: str = "8x8 grayscale digit, integer pixels 0..16 (scikit-learn digits)"
+
+    def _per_channel(self, value: float | tuple[float, ...], ndim: int) -> np.ndarray:
+        v = np.asarray(value, dtype=np.float32)
+        return v.reshape((1, -1) + (1,) * (ndim - 2)) if v.ndim == 1 else v
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        x = raw.astype(np.float32) * np.float32(self.scale)
+        return ((x - self._per_channel(self.mean, x.ndim))
+                / self._per_channel(self.std, x.ndim)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # preprocessed, float32, [N, ...] (NCHW for images)
+    y: np.ndarray | None  # int64 class labels, float32 targets (regression), None: unlabeled
+    index: np.ndarray  # positions in the source data set
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    calibration: Split
+    preprocessing: Preprocessing
+    num_classes: int | None  # None: not a classifier (outputs are compared numerically)
+    seed: int
+    # Accuracy-aware quantization judges INT8 here (never on the test split); None: the
+    # calibration split when it is labeled.
+    validation: Split | None = None
+    sources: dict[str, str] | None = None  # where each split came from (config values)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1, *self.train.x.shape[1:])
+
+    def fingerprint(self) -> str:
+        """sha256 over every split's inputs and labels: changes whenever the data does."""
+        h = hashlib.sha256()
+        for split in (self.train, self.test, self.calibration, self.validation):
+            if split is not None:
+                h.update(split_fingerprint(split).encode())
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, object]:
+        splits = {"train": len(self.train), "test": len(self.test),
+                  "calibration": len(self.calibration)}
+        if self.validation is not None:
+            splits["validation"] = len(self.validation)
+        summary: dict[str, object] = {
+            "name": self.name, "seed": self.seed, "num_classes": self.num_classes,
+            "splits": splits, "fingerprint": self.fingerprint(),
+            "split_fingerprints": {name: split_fingerprint(s) for name, s in (
+                ("train", self.train), ("test", self.test), ("calibration", self.calibration),
+                ("validation", self.validation)) if s is not None},
+        }
+        if self.sources:
+            summary["sources"] = self.sources
+        return summary
+
+
+def split_fingerprint(split: Split) -> str:
+    h = hashlib.sha256(str(split.x.shape).encode())
+    h.update(np.ascontiguousarray(split.x).tobytes())
+    if split.y is not None:
+        h.update(np.ascontiguousarray(split.y).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,199 @@
+"""The training stages of a build: teacher -> student from scratch (the baseline) ->
+distilled student -> pruned + fine-tuned student, each cached in the stage cache
+(:mod:`edgekd.train.stage_cache`) by a hash of everything that went into it.
+
+A stage's key chains the key of the stage it starts from, so a changed setting re-runs that
+stage and the ones after it, and nothing before.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.compress import prune as pruning
+from edgekd.compress.structured import prune_channels
+from edgekd.errors import UsageError
+from edgekd.inputs.dataset import Dataset, Split
+from edgekd.settings.config import BuildConfig, DistillConfig
+from edgekd.train.augment import SoftTargets, training_views
+from edgekd.train.distill import Distillation, LayerPair, auto_pairs
+from edgekd.train.loop import Schedule, accuracy, set_seed, train
+from edgekd.train.stage_cache import StageCache, digest, stage_entry
+from edgekd.train.teacher_cache import teacher_outputs
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[[], nn.Module]  # a fresh, untrained (or pre-loaded) model
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the training stages hand to quantization and export."""
+
+    stages: list[dict[str, Any]]
+    teacher: nn.Module
+    scratch: nn.Module | None
+    distilled: nn.Module
+    student: nn.Module  # pruned and fine-tuned: the model that is deployed
+    key: str  # the pruned stage's cache key: identifies the deployed model
+
+
+def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
+           example: torch.Tensor) -> list[LayerPair]:
+    """The configured layer pairs, else the automatic default; none when neither the feature
+    nor the attention term is on."""
+    if not (d.feature_weight or d.attention_weight):
+        return []
+    if d.pairs:
+        for label, module, names in (("student", student, [s for s, _ in d.pairs]),
+                                     ("teacher", teacher, [t for _, t in d.pairs])):
+            known = dict(module.named_modules())
+            for name in names:
+                if name not in known:
+                    raise UsageError(f"distill.pairs: the {label} has no layer {name!r}; its "
+                                     f"layers: {', '.join(n for n in known if n)}")
+        return [LayerPair(s, t) for s, t in d.pairs]
+    try:
+        return auto_pairs(student, teacher, example)
+    except ValueError as exc:  # not sequential CNNs: logits only, and the report says why
+        log.warning("distill: no automatic layer pairs (%s); distilling logits only", exc)
+        return []
+
+
+def _teacher(make: Factory, trains: bool, data: Dataset, config: BuildConfig,
+             cache: StageCache, key: str) -> tuple[nn.Module, dict[str, Any]]:
+    set_seed(config.seed)  # before the weights are initialised: the same seed, the same teacher
+    model = make()
+    if not trains:  # the user's trained teacher
+        return model.eval(), {"cached": False, "trained": False}
+    if cache.load("teacher", key, model) is not None:
+        return model.eval(), {"cached": True, "trained": True}
+    t = config.teacher
+    train(model, data.train, Schedule(t.epochs, t.lr, t.batch_size), seed=config.seed)
+    cache.save("teacher", key, model, {})
+    return model.eval(), {"cached": False, "trained": True}
+
+
+def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
+                 teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
+                 cache_dir: Path, step: Callable[[str], Any]) -> Trained:
+    """Teacher -> student from scratch (the baseline) -> distilled -> pruned + fine-tuned.
+
+    ``teacher_key`` identifies the teacher (its factory and weights, or what trains it);
+    ``step(name)`` is the caller's progress context (a dict whose ``detail`` it fills).
+    """
+    if data.num_classes is None or data.train.y is None or len(data.train) == 0:
+        raise UsageError("distillation needs labeled training samples of a classifier: set "
+                         "data.train to a labeled source")
+    base = digest("data", data.fingerprint(), config.seed)
+    with step("teacher") as s:
+        t_key = digest("teacher", teacher_key, base, asdict(config.teacher))
+        teacher_model, info = _teacher(teacher, teacher_trains, data, config, cache, t_key)
+        stages = [stage_entry("teacher", teacher_model, accuracy(teacher_model, data.test),
+                              **info)]
+        s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if info["cached"] else "")
+
+    d = config.distill
+    # Scratch and distilled students train on the same inputs: the training split, plus
+    # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
+    split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
+                                        num_classes=data.num_classes, seed=config.seed)
+    st = config.student
+    scratch = None
+    if config.baseline:
+        with step("student_scratch") as s:
+            key = digest("scratch", base, asdict(st), d.views, d.mixup)
+            set_seed(config.seed)
+            scratch = student()
+            hit = cache.load("student_scratch", key, scratch) is not None
+            if not hit:
+                train(scratch, split, Schedule(st.epochs, st.lr, st.batch_size),
+                      seed=config.seed, objective=SoftTargets(soft_labels) if d.views else None)
+                cache.save("student_scratch", key, scratch, {})
+            scratch.eval()
+            stages.append(stage_entry("student_scratch", scratch, accuracy(scratch, data.test),
+                                      cached=hit))
+            s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if hit else "")
+
+    example = torch.from_numpy(data.train.x[:1])
+    pairs = _pairs(d, student(), teacher_model, example)
+    kd_key = digest("distilled", t_key, base, asdict(d), [(p.student, p.teacher) for p in pairs])
+    outputs = None
+
+    def objective_for(model: nn.Module) -> Distillation:
+        nonlocal outputs
+        if outputs is None:  # the teacher runs only when a stage has to train
+            with step("teacher outputs") as s:
+                outputs, hit = teacher_outputs(teacher_model, split.x,
+                                               [p.teacher for p in pairs], cache_dir,
+                                               fresh=cache.fresh)
+                s["detail"] = (f"{len(split)} samples, logits + {len(pairs)} layer(s), "
+                               "memory-mapped" + (" (cached)" if hit else ""))
+        try:
+            return Distillation(model, outputs, pairs, example, temperature=d.temperature,
+                                alpha=d.alpha, feature_weight=d.feature_weight,
+                                attention_weight=d.attention_weight)
+        except ValueError as exc:  # a pair whose features cannot be compared
+            raise UsageError(f"distill.pairs: {exc}") from exc
+
+    with step("student_distilled") as s:
+        set_seed(config.seed)
+        distilled = student()
+        hit = cache.load("student_distilled", kd_key, distilled) is not None
+        if not hit:
+            kd = objective_for(distilled)
+            train(distilled, split, Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
+                  objective=kd)
+            kd.close()
+            cache.save("student_distilled", kd_key, distilled, {})
+        distilled.eval()
+        stages.append(stage_entry(
+            "student_distilled", distilled, accuracy(distilled, data.test), cached=hit,
+            temperature=d.temperature, alpha=d.alpha, feature_weight=d.feature_weight,
+            attention_weight=d.attention_weight, pairs=[[p.student, p.teacher] for p in pairs],
+            views=d.views, **({"note": "logits only: automatic layer pairs need nn.Sequential "
+                                       "CNNs; name them in distill.pairs for feature and "
+                                       "attention terms"}
+                              if not pairs and (d.feature_weight or d.attention_weight)
+                              else {})))
+        s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if hit else "")
+
+    p = config.prune
+    with step("student_pruned") as s:
+        key = digest("pruned", kd_key, asdict(p), config.seed)
+        pruned, info, hit = _pruned(distilled, p, data.train, objective_for, key, cache,
+                                    seed=config.seed + 1, batch_size=d.batch_size,
+                                    example=torch.from_numpy(data.test.x[:1]))
+        stages.append(stage_entry("student_pruned", pruned, accuracy(pruned, data.test),
+                                  cached=hit, **info))
+        s["detail"] = (f"{stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
+                       f"{info['weight_sparsity']:.0%} weight sparsity"
+                       + (" (cached)" if hit else ""))
+    return Trained(stages, teacher_model, scratch, distilled, pruned, key)
+
+
+def _pruned(distilled: nn.Module, p: Any, train_split: Split,
+            objective_for: Callable[[nn.Module], Distillation], key: str, cache: StageCache,
+            *, seed: int, batch_size: int, example: torch.Tensor
+            ) -> tuple[nn.Module, dict[str, Any], bool]:
+    # Structured pruning changes the layers' shapes: rebuild them by removing the same
+    # channels from the distilled weights (deterministic, L1 norms), then load the entry.
+    shell = (prune_channels(distilled, example, p.sparsity) if p.method == "structured"
+             else copy.deepcopy(distilled))
+    meta = cache.load("student_pruned", key, shell)
+    if meta is not None:
+        return shell.eval(), meta, True
+    pruned, info = pruning.prune_model(distilled, p, train_split, objective_for=objective_for,
+                                       example=example, seed=seed, batch_size=batch_size)
+    cache.save("student_pruned", key, pruned, info)
+    return pruned, info, False
+
+

@@ -1,0 +1,135 @@
+"""The CI gate: a report (or an ``edgekd bench --json`` file) checked against a budget, as
+checks with margins and as JUnit XML. Torch-free: ``edgekd check`` runs in any CI job."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import UsageError
+from edgekd.settings.budgets import UNITS, Budget
+
+
+@dataclass(frozen=True)
+class Check:
+    budget: str
+    subject: str
+    measured: float
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        if self.budget.startswith("min_"):
+            return self.measured >= self.limit
+        return self.measured <= self.limit
+
+    @property
+    def margin(self) -> float:
+        """How far inside the budget (negative: how far over)."""
+        return (self.measured - self.limit if self.budget.startswith("min_")
+                else self.limit - self.measured)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "subject": self.subject,
+                "measured": round(self.measured, 4), "limit": self.limit,
+                "margin": round(self.margin, 4), "ok": self.ok, "unit": UNITS[self.budget]}
+
+
+def _measurements(artifact: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, bench result) for the host measurement and every remote device."""
+    found = [("", artifact)] if "latency_ms" in artifact else []
+    found += [(f" @ {r['remote']}", r) for r in artifact.get("remote", [])]
+    return found
+
+
+def budget_checks(report: dict[str, Any], budget: Budget) -> list[Check]:
+    """Every budget against every shipped artifact (see the module docstring)."""
+    artifacts = report.get("artifacts", [])
+    shipped = [a for a in artifacts if a.get("precision", "int8") != "fp32"]
+    if not shipped:
+        raise UsageError("the report lists no quantized artifact to check")
+    # Accuracy is lost against the teacher; a finished model (no teacher) against itself:
+    # its PyTorch accuracy, else its FP32 artifact's. Models that are not classifiers have no
+    # accuracy: the build held their artifacts to min_cosine instead.
+    stages = {s["name"]: s.get("accuracy") for s in report.get("stages", [])}
+    teacher = stages.get("teacher", stages.get("student"))
+    accuracy_budget = report.get("task", "classification") == "classification"
+    checks = []
+    for a in shipped:
+        name = a["path"]
+        if budget.max_size_kb is not None:
+            checks.append(Check("max_size_kb", name, a["size_bytes"] / 1024,
+                                budget.max_size_kb))
+        for where, m in _measurements(a):
+            if budget.max_p95_ms is not None:
+                checks.append(Check("max_p95_ms", name + where, m["latency_ms"]["p95"],
+                                    budget.max_p95_ms))
+            if budget.max_peak_rss_mb is not None:
+                checks.append(Check("max_peak_rss_mb", name + where,
+                                    m["memory"]["peak_rss_mb"], budget.max_peak_rss_mb))
+        if budget.max_accuracy_drop is not None and accuracy_budget:
+            reference = teacher if teacher is not None else next(
+                (f.get("accuracy") for f in artifacts if f.get("runtime") == a.get("runtime")
+                 and f.get("precision") == "fp32"), None)
+            if reference is None or a.get("accuracy") is None:
+                raise UsageError(f"max_accuracy_drop needs the teacher's and {name}'s "
+                                 "accuracy: check a build report, not a bench result")
+            checks.append(Check("max_accuracy_drop", name, 100 * (reference - a["accuracy"]),
+                                budget.max_accuracy_drop))
+    if budget.min_int8_speedup is not None:
+        for a in [a for a in shipped if a.get("precision") == "int8"]:
+            ref = next((f for f in artifacts if f.get("runtime") == a.get("runtime")
+                        and f.get("precision") == "fp32"), None)
+            if ref is None:
+                raise UsageError(f"min_int8_speedup needs an FP32 artifact in {a['runtime']} "
+                                 f"beside {a['path']}")
+            pairs = [("", ref, a)] + [
+                (f" @ {r['remote']}", rr, r) for r in a.get("remote", [])
+                for rr in ref.get("remote", []) if rr["remote"] == r["remote"]]
+            for where, fp32, int8 in pairs:
+                checks.append(Check("min_int8_speedup", f"{a['path']}{where}",
+                                    fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"],
+                                    budget.min_int8_speedup))
+    return checks
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A build's report.json, or an ``edgekd bench --json`` file seen as one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: report not found; run edgekd build (it writes "
+                         "OUT/<target>/report.json) or edgekd bench --json FILE") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a readable JSON report ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("artifacts"), list):
+        return data
+    if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
+        return {"artifacts": [
+            {**b, "path": b["artifact"], "size_bytes": b["file_size_bytes"],
+             "precision": "int8" if (b.get("placement") or {}).get("quantized") else "fp32"}
+            for b in data["benchmarks"] if not b.get("remote")]}
+    raise UsageError(f"{path}: not an edgekd report (no 'artifacts' or 'benchmarks')")
+
+
+def junit_xml(checks: list[Check], source: str) -> str:
+    """JUnit XML: one test case per budget and subject, for CI test-report views."""
+    failures = sum(not c.ok for c in checks)
+    suite = ET.Element("testsuite", name="edgekd budgets", tests=str(len(checks)),
+                       failures=str(failures), errors="0", skipped="0")
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"edgekd.settings.budgets.{c.budget}",
+                             name=c.subject, time="0")
+        text = (f"{c.budget}: measured {c.measured:.4g} {UNITS[c.budget]}, limit {c.limit:g} "
+                f"{UNITS[c.budget]}, margin {c.margin:+.4g} ({source})")
+        if c.ok:
+            ET.SubElement(case, "system-out").text = text
+        else:
+            ET.SubElement(case, "failure", message=text, type="BudgetExceeded").text = text
+    suites = ET.Element("testsuites", tests=str(len(checks)), failures=str(failures))
+    suites.append(suite)
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")

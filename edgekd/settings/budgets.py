@@ -1,0 +1,77 @@
+"""Budgets a build must meet, and the check that compares a report against them.
+
+A budget is a ``[budget]`` table in a target file or in a separate ``--budget FILE``::
+
+    [budget]
+    max_size_kb = 64          # each shipped artifact, KiB on disk (.xml + .bin for OpenVINO)
+    max_p95_ms = 2.0          # each shipped artifact, every measurement (host and devices)
+    max_peak_rss_mb = 120     # each shipped artifact, every measurement
+    max_accuracy_drop = 1.0   # points of test accuracy lost vs the teacher
+    min_int8_speedup = 1.0    # FP32 p50 / INT8 p50 on the same runtime and machine
+
+Shipped artifacts are the quantized ones (precision other than fp32); the FP32 artifacts
+are references. Every key is optional. The check of a report against a budget is
+:mod:`edgekd.report.gate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from edgekd.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_size_kb: float | None = None
+    max_p95_ms: float | None = None
+    max_peak_rss_mb: float | None = None
+    max_accuracy_drop: float | None = None
+    min_int8_speedup: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    @property
+    def empty(self) -> bool:
+        return not self.to_dict()
+
+
+KEYS = tuple(f.name for f in fields(Budget))
+UNITS = {"max_size_kb": "KiB", "max_p95_ms": "ms", "max_peak_rss_mb": "MiB",
+         "max_accuracy_drop": "points", "min_int8_speedup": "×"}
+
+
+def parse_budget(table: Any, source: str) -> Budget:
+    """A :class:`Budget` from a TOML table; every problem is one :class:`UsageError` line."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{source}: [budget] must be a table of numbers")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise UsageError(f"{source}: unknown budget key {unknown[0]!r}; allowed: "
+                         f"{', '.join(KEYS)}")
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"{source}: budget {key} must be a number, got {value!r}")
+        if value < 0:
+            raise UsageError(f"{source}: budget {key} must be >= 0, got {value}")
+    return Budget(**{k: float(v) for k, v in table.items()})
+
+
+def load_budget_file(path: Path) -> Budget:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"{path}: budget file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the budget file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: TOML syntax error: {exc}") from exc
+    if "budget" not in raw:
+        raise UsageError(f"{path}: no [budget] table; keys go under [budget]: {', '.join(KEYS)}")
+    return parse_budget(raw["budget"], str(path))

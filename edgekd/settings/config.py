@@ -1,0 +1,319 @@
+"""Build settings: frozen dataclasses that check themselves and round-trip through JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training (teacher, and the student trained from scratch)."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation (see :mod:`edgekd.train.distill`): Hinton's logit loss
+    ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``, plus FitNets feature
+    (``feature_weight``) and attention-transfer (``attention_weight``) terms over layer
+    ``pairs`` (``[[student_layer, teacher_layer], ...]``; empty = automatic for sequential
+    CNNs: the last layer at each spatial resolution both models share).
+
+    ``views`` > 0 trains the scratch and the distilled student on the training split plus
+    that many augmented copies (1-pixel shifts, then mixup with Beta(``mixup``, ``mixup``)),
+    see :mod:`edgekd.train.augment`."""
+
+    temperature: float = 4.0
+    alpha: float = 0.5
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 64
+    # Measured (benchmarks/distill_vs_scratch.py, 3 seeds, built-in student): logits alone
+    # +0.52 points over scratch, + FitNets +0.62, + attention transfer +0.83, both +0.83.
+    feature_weight: float = 0.0
+    attention_weight: float = 100.0
+    pairs: tuple[tuple[str, str], ...] = ()
+    views: int = 0
+    mixup: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
+        _check(self.epochs >= 1, f"distill epochs must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, f"distill lr must be > 0, got {self.lr}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.feature_weight >= 0,
+               f"feature_weight must be >= 0, got {self.feature_weight}")
+        _check(self.attention_weight >= 0,
+               f"attention_weight must be >= 0, got {self.attention_weight}")
+        pairs = tuple(tuple(p) for p in self.pairs)  # TOML/JSON give lists
+        _check(all(len(p) == 2 and all(isinstance(n, str) and n for n in p) for p in pairs),
+               f"pairs must be [[student_layer, teacher_layer], ...], got {self.pairs!r}")
+        object.__setattr__(self, "pairs", pairs)
+        _check(self.views >= 0, f"views must be >= 0, got {self.views}")
+        _check(self.mixup >= 0, f"mixup must be >= 0 (0 = shifts only), got {self.mixup}")
+
+
+# Names of edgekd.train.models.STUDENTS (kept here so that importing the config needs no torch).
+STUDENT_MODELS = ("student_cnn", "student_convnet", "student_tiny")
+PRUNE_METHODS = ("unstructured", "structured")
+PRUNE_SCHEDULES = ("oneshot", "gradual")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning, then a distillation fine-tune (see :mod:`edgekd.compress.prune`).
+
+    ``method``: ``unstructured`` zeroes the ``sparsity`` fraction of all conv/linear weights
+    (smaller gzip, same latency on dense kernels); ``structured`` removes the ``sparsity``
+    fraction of each layer's channels (smaller and faster everywhere). ``schedule``
+    (unstructured only): ``oneshot`` masks once before the fine-tune; ``gradual`` follows Zhu &
+    Gupta's cubic ramp during it, updating the masks every ``frequency`` optimizer steps;
+    ``auto`` (the default) is ``gradual`` for unstructured and ``oneshot`` for structured.
+    """
+
+    method: str = "unstructured"
+    schedule: str = "auto"
+    sparsity: float = 0.5
+    frequency: int = 10
+    finetune_epochs: int = 10
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check(self.method in PRUNE_METHODS,
+               f"unknown prune method {self.method!r}; allowed: {', '.join(PRUNE_METHODS)}")
+        _check(self.schedule in ("auto", *PRUNE_SCHEDULES),
+               f"unknown prune schedule {self.schedule!r}; allowed: auto, "
+               f"{', '.join(PRUNE_SCHEDULES)}")
+        if self.schedule == "auto":  # measured best for unstructured; structured is one-shot
+            object.__setattr__(self, "schedule",
+                               "oneshot" if self.method == "structured" else "gradual")
+        _check(0.0 <= self.sparsity < 1.0, f"sparsity must be in [0, 1), got {self.sparsity}")
+        _check(self.frequency >= 1, f"prune frequency must be >= 1 step, got {self.frequency}")
+        _check(self.finetune_epochs >= 0,
+               f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+        _check(self.lr > 0, f"prune lr must be > 0, got {self.lr}")
+        _check(not (self.method == "structured" and self.schedule == "gradual"),
+               "structured pruning is one-shot (removing channels changes the shapes the "
+               "optimizer holds): set prune.schedule = \"oneshot\"")
+        _check(not (self.schedule == "gradual" and self.finetune_epochs == 0),
+               "gradual pruning happens during the fine-tune: set prune.finetune_epochs >= 1 "
+               "or prune.schedule = \"oneshot\"")
+
+
+QUANT_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Static INT8 post-training quantization (ONNX Runtime's tools; see edgekd.compress.quantize).
+
+    ``method``: how activation ranges are calibrated (``percentile`` keeps ``percentile`` %
+    of each tensor's values, ``entropy`` minimises KL divergence). ``activation_type``
+    ``auto`` is ``uint8`` on CPUs and symmetric ``int8`` for TensorRT. ``equalize``: cross-
+    layer equalisation of conv/linear pairs before export. ``max_accuracy_drop`` (points on
+    the validation split, ``None`` = unchecked): layers are kept in float until INT8 is
+    within it. Defaults measured with benchmarks/calibration.py.
+    """
+
+    calibration_samples: int = 200
+    method: str = "minmax"
+    percentile: float = 99.999
+    per_channel: bool = True
+    activation_type: str = "auto"
+    weight_type: str = "int8"
+    equalize: bool = False
+    max_accuracy_drop: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.calibration_samples >= 1,
+               f"calibration_samples must be >= 1, got {self.calibration_samples}")
+        _check(self.method in QUANT_METHODS,
+               f"quant method must be one of {', '.join(QUANT_METHODS)}, got {self.method!r}")
+        _check(90.0 <= self.percentile <= 100.0,
+               f"percentile must be in [90, 100], got {self.percentile}")
+        _check(self.activation_type in ("auto", "int8", "uint8"),
+               f"activation_type must be one of auto, int8, uint8, got {self.activation_type!r}")
+        _check(self.weight_type in ("int8", "uint8"),
+               f"weight_type must be one of int8, uint8, got {self.weight_type!r}")
+        _check(self.max_accuracy_drop is None or self.max_accuracy_drop >= 0,
+               f"max_accuracy_drop must be >= 0 points or None, got {self.max_accuracy_drop}")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Each artifact: ``warmup`` untimed runs, then at least ``runs`` timed runs and at least
+    ``seconds`` of timed runs (a microsecond model gets many more than ``runs``)."""
+
+    warmup: int = 50
+    runs: int = 300
+    seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
+        _check(self.runs >= 10, f"runs must be >= 10 for percentiles to mean anything, "
+                                f"got {self.runs}")
+        _check(self.seconds >= 0, f"seconds must be >= 0, got {self.seconds}")
+
+
+# Corruptions edgekd.measure.robustness knows, each at one fixed severity (described there).
+CORRUPTIONS = ("dropout", "salt_pepper", "shift", "contrast", "blur")
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """Test accuracy under input corruptions, applied to raw pixels before preprocessing.
+
+    ``noise_sigmas``: standard deviations of additive Gaussian noise in *raw pixel units*
+    (digits: 0..16; the result is clipped back to 0..16). ``corruptions``: names from
+    :data:`CORRUPTIONS`. The clean test split is always measured as the baseline.
+    """
+
+    noise_sigmas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    corruptions: tuple[str, ...] = ("dropout", "shift")
+
+    def __post_init__(self) -> None:
+        _check(not isinstance(self.noise_sigmas, str | int | float),
+               f"noise_sigmas must be a list of numbers, got {self.noise_sigmas!r}")
+        _check(not isinstance(self.corruptions, str),
+               f"corruptions must be a list of names, got {self.corruptions!r}; "
+               f"allowed: {', '.join(CORRUPTIONS)}")
+        # JSON gives lists; keep tuples so the config stays hashable and compares equal.
+        object.__setattr__(self, "noise_sigmas", tuple(float(s) for s in self.noise_sigmas))
+        object.__setattr__(self, "corruptions", tuple(self.corruptions))
+        for s in self.noise_sigmas:
+            _check(math.isfinite(s) and s >= 0,
+                   f"noise_sigmas must be finite and >= 0 (raw pixel units), got {s}")
+        for c in self.corruptions:
+            _check(c in CORRUPTIONS, f"unknown corruption {c!r}; allowed: {', '.join(CORRUPTIONS)}")
+        _check(len(set(self.noise_sigmas)) == len(self.noise_sigmas),
+               f"noise_sigmas has duplicates: {self.noise_sigmas}")
+        _check(len(set(self.corruptions)) == len(self.corruptions),
+               f"corruptions has duplicates: {self.corruptions}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    seed: int = 0
+    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, lr=1e-3))
+    student: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, lr=3e-3))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    # Minimum top-1 agreement between an artifact and the PyTorch model it came from.
+    min_agreement: float = 0.98
+    # Minimum cosine similarity between an artifact's outputs and its PyTorch model's, per
+    # sample (the worst sample counts): the check for models that are not classifiers.
+    min_cosine: float = 0.99
+    # The built-in student architecture, a name in edgekd.train.models.STUDENTS.
+    student_model: str = "student_cnn"
+    # Train the student from scratch too, to measure what distillation bought.
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.min_agreement <= 1.0,
+               f"min_agreement must be in [0, 1], got {self.min_agreement}")
+        _check(-1.0 <= self.min_cosine <= 1.0,
+               f"min_cosine must be in [-1, 1], got {self.min_cosine}")
+        _check(isinstance(self.baseline, bool), f"baseline must be true or false, got "
+                                                f"{self.baseline!r}")
+        _check(self.student_model in STUDENT_MODELS,
+               f"unknown student_model {self.student_model!r}; "
+               f"allowed: {', '.join(STUDENT_MODELS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> BuildConfig:
+        sections = {f.name: f.type for f in fields(cls)}
+        nested = {"teacher": TrainConfig, "student": TrainConfig, "distill": DistillConfig,
+                  "prune": PruneConfig, "quant": QuantConfig, "bench": BenchConfig,
+                  "robustness": RobustnessConfig}
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config key {unknown[0]!r}; allowed: {', '.join(sections)}")
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            if key in nested:
+                allowed = [f.name for f in fields(nested[key])]
+                bad = sorted(set(value) - set(allowed))
+                if bad:
+                    raise ValueError(f"unknown key {key}.{bad[0]!r}; allowed: {', '.join(allowed)}")
+                values[key] = nested[key](**value)
+            else:
+                values[key] = value
+        return cls(**values)
+
+
+def config_schema() -> dict[str, list[str]]:
+    """Keys :func:`set_items` accepts: ``""`` holds the top-level keys, every other entry a
+    section's."""
+    top, schema = [], {}
+    for f in fields(BuildConfig):
+        default = getattr(BuildConfig(), f.name)
+        if hasattr(default, "__dataclass_fields__"):
+            schema[f.name] = [g.name for g in fields(default)]
+        else:
+            top.append(f.name)
+    return {"": top, **schema}
+
+
+def set_items(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]]
+              ) -> dict[str, Any]:
+    """``raw`` with ``section.key=value`` items set (``--set prune.method=structured``).
+
+    Values are read as JSON when they parse (numbers, ``true``, ``[["2", "5"]]``), else taken
+    as strings. Keys are checked against ``schema`` (see :func:`config_schema`); the caller
+    validates the values by parsing the result.
+    """
+    raw = json.loads(json.dumps(raw))  # a deep copy; the input stays as it was
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. "
+                             "prune.method=structured")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *path, leaf = key.split(".")
+        section = path[0] if len(path) == 1 else ""
+        if len(path) > 1 or (path and (not section or section not in schema)):
+            raise ValueError(f"--set {item!r}: no config section {'.'.join(path)!r}; "
+                             f"sections: {', '.join(k for k in schema if k)}")
+        if leaf not in schema[section]:
+            raise ValueError(f"--set {item!r}: unknown key {leaf!r}; allowed: "
+                             f"{', '.join(schema[section])}")
+        node = raw.setdefault(section, {}) if section else raw
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {item!r}: {section} is not a section")
+        node[leaf] = value
+    return raw
+
+
+def apply_overrides(config: BuildConfig, items: list[str]) -> BuildConfig:
+    """``section.key=value`` settings on top of ``config``, validated like any config."""
+    raw = set_items(config.to_dict(), items, config_schema())
+    try:
+        return BuildConfig.from_dict(raw)
+    except TypeError as exc:  # a value of the wrong kind where a section was expected
+        raise ValueError(f"--set: {exc}") from exc

@@ -1,0 +1,332 @@
+"""The project file, ``edgekd.toml``: the user's model, data, settings and budgets.
+
+One flat TOML file in the project folder (or ``--config FILE``). Top-level keys are
+``target``, ``out``, ``runtimes`` and the build settings of :class:`~edgekd.settings.config.BuildConfig`
+(``seed``, ``[distill]``, ``[prune]``, ``[quant]``, ...); ``[model]`` and ``[data]`` say what
+to build from (:class:`ModelSpec`, :class:`DataSpec`); ``[budget]`` holds budgets for every
+target and ``[budget.<target>]`` tables override them per target. ``edgekd init`` writes a
+commented starter (:data:`STARTER`). Relative paths are relative to the file's folder.
+
+With no project file, the build uses the built-in demonstration: scikit-learn's digits,
+``edgekd.train.models.teacher_cnn`` trained here and the ``student_model`` named in the settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from edgekd.errors import UsageError
+from edgekd.settings.budgets import KEYS as BUDGET_KEYS
+from edgekd.settings.budgets import Budget, parse_budget
+from edgekd.settings.config import BuildConfig, config_schema, set_items
+
+PROJECT_FILE = "edgekd.toml"
+TASKS = ("classification", "regression")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build from. ``student`` / ``teacher``: ``module.path:factory`` or
+    ``path/to/file.py:factory`` returning an ``nn.Module`` (called with ``*_args``);
+    ``*_weights``: ``.safetensors`` or a PyTorch state dict. ``onnx``: an already trained
+    ONNX model (no training, no PyTorch). A student with weights and no teacher is already
+    trained too: it goes straight to quantization. ``task = "regression"`` covers every model
+    that is not a classifier (its outputs are compared numerically, never by top-1)."""
+
+    student: str | None = None
+    student_args: dict[str, Any] = field(default_factory=dict)
+    student_weights: str | None = None
+    teacher: str | None = None
+    teacher_args: dict[str, Any] = field(default_factory=dict)
+    teacher_weights: str | None = None
+    onnx: str | None = None
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        _check(self.task in TASKS, f"model.task must be one of {', '.join(TASKS)}, "
+                                   f"got {self.task!r}")
+        _check(not (self.onnx and (self.student or self.teacher)),
+               "model.onnx is a finished model: remove model.student and model.teacher, or "
+               "remove model.onnx")
+        _check(bool(self.onnx or self.student),
+               "[model] names nothing to build: set model.student (module:factory) or "
+               "model.onnx")
+        _check(not (self.teacher_weights and not self.teacher),
+               "model.teacher_weights without model.teacher: name the teacher's factory")
+        _check(not (self.student_weights and not self.student),
+               "model.student_weights without model.student: name the student's factory")
+        _check(not (self.teacher and self.task != "classification"),
+               "distillation needs a classifier (model.task = \"classification\"); for other "
+               "models give a trained student (model.student_weights) without a teacher")
+        _check(not (self.student and not self.teacher and not self.student_weights),
+               "model.student has no weights and no teacher to learn from: set "
+               "model.student_weights, or model.teacher to distill it")
+
+    @property
+    def trains(self) -> bool:
+        """Whether the build distills (teacher -> student) or takes a finished model."""
+        return self.teacher is not None
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the samples come from. Each of ``train`` / ``validation`` / ``test`` /
+    ``calibration`` is a folder of images in class sub-folders, a ``.npz`` (``x``, optional
+    ``y``), a ``.npy`` of inputs, or ``module:factory`` returning a torch Dataset (see
+    :mod:`edgekd.inputs.sources`). ``calibration`` may be unlabeled. Missing splits come from the
+    others: ``test`` is ``test_fraction`` of ``train``; ``calibration`` is taken from
+    ``train`` (or, without ``train``, from ``test``); ``validation`` (accuracy-aware INT8) is
+    the calibration set when it has labels.
+
+    Preprocessing: ``x = (raw * scale - mean) / std``, ``mean`` / ``std`` one number or one
+    per channel; ``scale`` defaults to 1/255 for image folders and 1 otherwise. Images are
+    resized to ``image_size`` (height, width) and read as ``color`` (gray | rgb | auto)."""
+
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    calibration: str | None = None
+    test_fraction: float = 0.2
+    scale: float | None = None
+    mean: float | tuple[float, ...] = 0.0
+    std: float | tuple[float, ...] = 1.0
+    image_size: tuple[int, int] | None = None
+    color: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if isinstance(value, list | tuple):
+                _check(bool(value) and all(isinstance(v, int | float) for v in value),
+                       f"data.{key} must be a number or a list of numbers, got {value!r}")
+                object.__setattr__(self, key, tuple(float(v) for v in value))
+            else:
+                _check(isinstance(value, int | float) and not isinstance(value, bool),
+                       f"data.{key} must be a number or a list of numbers, got {value!r}")
+        std = self.std if isinstance(self.std, tuple) else (self.std,)
+        _check(all(v != 0 for v in std), "data.std must not be 0 (it divides)")
+        _check(self.scale is None or self.scale > 0, f"data.scale must be > 0, got {self.scale}")
+        _check(0.0 < self.test_fraction < 1.0,
+               f"data.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.image_size is not None:
+            size = tuple(self.image_size)
+            _check(len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size),
+                   f"data.image_size must be [height, width], got {self.image_size!r}")
+            object.__setattr__(self, "image_size", size)
+        _check(self.color in ("auto", "gray", "rgb"),
+               f"data.color must be one of auto, gray, rgb, got {self.color!r}")
+        _check(bool(self.train or self.test or self.calibration),
+               "[data] names no samples: set data.train (or data.test and data.calibration "
+               "for a finished model)")
+
+
+@dataclass(frozen=True)
+class Project:
+    """A resolved project: where it lives, what to build from, how, and for which target."""
+
+    root: Path
+    source: str  # the project file, or "built-in" for the digits demonstration
+    build: BuildConfig = field(default_factory=BuildConfig)
+    model: ModelSpec | None = None  # None: the built-in teacher and student
+    data: DataSpec | None = None  # None: the built-in digits
+    target: str | None = None
+    out: str | None = None
+    runtimes: tuple[str, ...] | None = None  # a subset of the target's runtimes
+    budget: Budget | None = None
+    budgets: dict[str, Budget] = field(default_factory=dict)  # per target
+
+    @property
+    def builtin(self) -> bool:
+        return self.model is None
+
+    def budget_for(self, target: str) -> Budget | None:
+        return self.budgets.get(target, self.budget)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, for the manifest (paths as written, defaults filled in)."""
+        raw: dict[str, Any] = {"source": self.source, **self.build.to_dict()}
+        for key in ("target", "out", "runtimes"):
+            if getattr(self, key) is not None:
+                raw[key] = getattr(self, key)
+        if self.model is not None:
+            raw["model"] = asdict(self.model)
+        if self.data is not None:
+            raw["data"] = asdict(self.data)
+        return json.loads(json.dumps(raw, default=list))
+
+
+_PROJECT_KEYS = ("target", "out", "runtimes", "model", "data", "budget")
+
+
+def _section(cls: type, raw: Any, name: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ValueError(f"[{name}] must be a table")
+    allowed = [f.name for f in fields(cls)]
+    bad = sorted(set(raw) - set(allowed))
+    if bad:
+        raise ValueError(f"unknown key {name}.{bad[0]}; allowed: {', '.join(allowed)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:
+        raise ValueError(f"[{name}]: {exc}") from exc
+
+
+def _budgets(raw: Any, source: str) -> tuple[Budget | None, dict[str, Budget]]:
+    if raw is None:
+        return None, {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{source}: [budget] must be a table")
+    per_target = {k: parse_budget(v, f"{source} [budget.{k}]")
+                  for k, v in raw.items() if isinstance(v, dict)}
+    common = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    return (parse_budget(common, f"{source} [budget]") if common else None), per_target
+
+
+def parse_project(raw: dict[str, Any], root: Path, source: str) -> Project:
+    """A :class:`Project` from a TOML table; every problem is one line naming the file."""
+    raw = dict(raw)
+    try:
+        model = _section(ModelSpec, raw.pop("model"), "model") if "model" in raw else None
+        data = _section(DataSpec, raw.pop("data"), "data") if "data" in raw else None
+        if (model is None) != (data is None):
+            missing = "[data]" if data is None else "[model]"
+            raise ValueError(f"{missing} is missing: a project names both its model and its "
+                             "data (edgekd init writes both)")
+        budget_raw = raw.pop("budget", None)
+        extra = {k: raw.pop(k) for k in ("target", "out", "runtimes") if k in raw}
+        for key in ("target", "out"):
+            if key in extra and not (isinstance(extra[key], str) and extra[key]):
+                raise ValueError(f"{key} must be a non-empty string, got {extra[key]!r}")
+        if "runtimes" in extra:
+            rts = extra["runtimes"]
+            if not (isinstance(rts, list) and rts and all(isinstance(r, str) for r in rts)):
+                raise ValueError(f"runtimes must be a list of runtime names, got {rts!r}")
+            extra["runtimes"] = tuple(rts)
+        try:
+            build = BuildConfig.from_dict(raw)
+        except ValueError as exc:
+            if str(exc).startswith("unknown config key"):
+                key = str(exc).split("'")[1]
+                allowed = ", ".join([*_PROJECT_KEYS, *BuildConfig().to_dict()])
+                raise ValueError(f"unknown key {key!r}; allowed: {allowed}") from exc
+            raise
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from exc
+    budget, budgets = _budgets(budget_raw, source)
+    return Project(root=root, source=source, build=build, model=model, data=data,
+                   budget=budget, budgets=budgets, **extra)
+
+
+def load_project(path: Path | None, overrides: Sequence[str] = (), *,
+                 cwd: Path | None = None, replace_model: bool = False) -> Project:
+    """The project in ``path`` (or ``edgekd.toml`` in ``cwd``; without one, the built-in
+    demonstration), with ``section.key=value`` overrides applied on top. ``replace_model``
+    drops the file's ``[model]`` first (``--model`` names another one)."""
+    cwd = cwd or Path.cwd()
+    if path is None and (cwd / PROJECT_FILE).is_file():
+        path = cwd / PROJECT_FILE
+    raw: dict[str, Any] = {}
+    root, source = cwd, "built-in"
+    if path is not None:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROJECT_FILE
+        if not path.is_file():
+            raise UsageError(f"project file {path} does not exist: run `edgekd init` to write "
+                             "one, or pass --config FILE")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path}: TOML syntax error: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read project file {path} ({exc}): check the file and "
+                             "its permissions") from exc
+        root, source = path.resolve().parent, str(path)
+    if replace_model:
+        raw.pop("model", None)
+    if overrides:  # on the file's own table, so what the file leaves out stays default
+        schema = config_schema()
+        schema[""] = [*_PROJECT_KEYS, *schema[""]]
+        schema |= {"model": [f.name for f in fields(ModelSpec)],
+                   "data": [f.name for f in fields(DataSpec)], "budget": list(BUDGET_KEYS)}
+        try:
+            raw = set_items(raw, list(overrides), schema)
+        except ValueError as exc:
+            raise UsageError(f"bad option: {exc}") from exc
+    return parse_project(raw, root, source)
+
+
+STARTER = '''\
+# edgekd project file. `edgekd build` reads it from the current folder (or --config FILE);
+# command-line flags override it (--target, --out, --seed, --set section.key=value).
+# Relative paths are relative to this file's folder and may not leave it.
+
+target = "raspberrypi"   # `edgekd targets` lists them
+out = "build"            # artifacts and reports go to <out>/<target>/
+seed = 0
+# runtimes = ["onnxruntime", "openvino"]   # build only some of the target's runtimes
+
+[model]
+# The model to deploy: a factory returning a torch.nn.Module, as "file.py:function" or
+# "package.module:function", called with student_args.
+student = "models.py:student"
+student_args = { num_classes = 10 }
+# student_weights = "weights/student.safetensors"   # trained already: no distillation
+# The teacher to distill from (its weights: .safetensors or a state dict; without weights
+# edgekd trains it first on data.train).
+teacher = "models.py:teacher"
+teacher_args = { num_classes = 10 }
+teacher_weights = "weights/teacher.safetensors"
+# onnx = "model.onnx"      # instead of the above: a finished ONNX model, no training
+task = "classification"    # or "regression": any model that is not a classifier
+
+[data]
+# Each split: a folder of images in class sub-folders, a .npz with x (and y), a .npy of
+# inputs, or "file.py:function" returning a torch Dataset of (x, y).
+train = "data/train"
+# test = "data/test"              # default: test_fraction of train
+# validation = "data/val"         # accuracy-aware INT8; default: calibration if labeled
+# calibration = "calibration/"    # unlabeled samples are fine; default: taken from train
+test_fraction = 0.2
+# Preprocessing, x = (raw * scale - mean) / std, per channel or one number; scale defaults
+# to 1/255 for image folders and 1 otherwise.
+# scale = 0.00392156862745098
+# mean = [0.485, 0.456, 0.406]
+# std = [0.229, 0.224, 0.225]
+# image_size = [96, 96]           # resize images to height, width
+# color = "rgb"                   # gray | rgb | auto
+
+[distill]
+temperature = 4.0
+alpha = 0.5
+epochs = 30
+# pairs = [["features.3", "features.10"]]   # feature/attention layer pairs (student, teacher)
+
+[prune]
+method = "unstructured"   # or "structured": removes channels, faster on every runtime
+sparsity = 0.5
+finetune_epochs = 10
+
+[quant]
+calibration_samples = 200
+method = "minmax"         # minmax | percentile | entropy
+max_accuracy_drop = 1.0   # points; layers stay in float until INT8 is within it
+
+[budget]                  # every target; [budget.raspberrypi] overrides per target
+# max_size_kb = 500
+# max_p95_ms = 20
+# max_accuracy_drop = 2.0
+'''

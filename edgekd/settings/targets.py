@@ -1,0 +1,97 @@
+"""Deployment targets: small flat TOML files in ``targets/``, checked against :class:`Target`.
+
+A target says which runtimes get an artifact and how they run there (threads, execution
+providers). It holds data only; anything that needs logic belongs in a backend module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import tomllib
+
+from edgekd.errors import UsageError
+from edgekd.settings.budgets import Budget, parse_budget
+from edgekd.settings.resources import targets_dir
+
+# The runtimes a target may name: one module each in edgekd.backends.
+RUNTIMES = ("onnxruntime", "openvino", "tflite")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    runtimes: tuple[str, ...]
+    threads: int
+    cpu: str = ""
+    # ONNX Runtime execution providers, in order of preference. A GPU target lists only GPU
+    # providers: the build fails when none of them is available instead of using the CPU.
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    budget: Budget = Budget()  # the [budget] table (see edgekd.settings.budgets)
+
+    def __post_init__(self) -> None:
+        if not self.runtimes:
+            raise ValueError(f"target {self.name!r}: runtimes is empty; choose from "
+                             f"{', '.join(RUNTIMES)}")
+        unknown = [r for r in self.runtimes if r not in RUNTIMES]
+        if unknown:
+            raise ValueError(f"target {self.name!r}: unknown runtime {unknown[0]!r}; choose "
+                             f"from {', '.join(RUNTIMES)}")
+        if self.threads < 1:
+            raise ValueError(f"target {self.name!r}: threads must be >= 1, got {self.threads}")
+        if not self.providers:
+            raise ValueError(f"target {self.name!r}: providers is empty")
+
+    @property
+    def needs_gpu(self) -> bool:
+        return "CPUExecutionProvider" not in self.providers
+
+
+_KEYS = tuple(f.name for f in fields(Target) if f.name != "name")
+
+
+def target_names(directory: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (directory or targets_dir()).glob("*.toml"))
+
+
+def parse_target(name: str, text: str, source: str) -> Target:
+    """Build a :class:`Target` from TOML text; every problem is a one-line UsageError."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{source}: TOML syntax error: {exc}") from exc
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise UsageError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(_KEYS)}")
+    missing = [k for k in ("description", "runtimes", "threads") if k not in raw]
+    if missing:
+        raise UsageError(f"{source}: missing key {missing[0]!r}")
+    for key in ("runtimes", "providers"):
+        if key in raw:
+            if not isinstance(raw[key], list) or not all(isinstance(v, str) for v in raw[key]):
+                raise UsageError(f"{source}: {key} must be a list of strings")
+            raw[key] = tuple(raw[key])
+    if "budget" in raw:
+        raw["budget"] = parse_budget(raw["budget"], source)
+    if not isinstance(raw["threads"], int) or isinstance(raw["threads"], bool):
+        raise UsageError(f"{source}: threads must be an integer")
+    try:
+        return Target(name=name, **raw)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from exc
+
+
+def load_target(name: str, directory: Path | None = None) -> Target:
+    """The target called ``name``; names are looked up among the files, never joined blindly."""
+    directory = directory or targets_dir()
+    known = target_names(directory)
+    if name not in known:
+        raise UsageError(f"unknown target {name!r}; known targets: {', '.join(known)}")
+    path = directory / f"{name}.toml"
+    return parse_target(name, path.read_text(encoding="utf-8"), str(path))
+
+
+def all_targets(directory: Path | None = None) -> list[Target]:
+    return [load_target(n, directory) for n in target_names(directory)]

@@ -1,0 +1,78 @@
+"""Augmented training views for distillation: "function matching" (Beyer et al., 2022, *A good
+teacher is patient and consistent*).
+
+A teacher that has memorised its training set gives near one-hot answers on it, so soft
+targets on the training images alone carry little more than the labels. On inputs it has not
+seen (shifted digits, mixtures of two digits) its answers carry the "dark knowledge" a small
+student can learn from. ``training_views`` appends ``views`` augmented copies of the training
+split (a random shift of up to one pixel, then mixup with a random partner); the teacher's
+outputs for all of them are computed once and cached like any other sample's, and the scratch
+baseline trains on exactly the same inputs with the mixed labels (:class:`SoftTargets`), so
+the comparison stays fair. The original samples come first, so sample ``i < len(split)`` is
+the same in the augmented split and in the original one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.inputs.dataset import Split
+
+
+def random_shift(x: np.ndarray, rng: np.random.Generator, max_pixels: int = 1) -> np.ndarray:
+    """Translate each NCHW image by up to ``max_pixels`` in each direction, filling with the
+    image's own minimum (the background once preprocessed)."""
+    out = np.empty_like(x)
+    h, w = x.shape[2:]
+    for i, (dy, dx) in enumerate(rng.integers(-max_pixels, max_pixels + 1, (len(x), 2))):
+        out[i] = x[i].min()
+        out[i, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            x[i, :, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def training_views(split: Split, views: int, *, mixup: float, num_classes: int,
+                   seed: int) -> tuple[Split, np.ndarray]:
+    """The split followed by ``views`` augmented copies, and soft labels (rows sum to 1).
+
+    ``mixup`` is the Beta(a, a) parameter of the mixing weight (0 = shifts only); the weight of
+    the sample's own image is at least 0.5, so its hard label stays the dominant class.
+    """
+    rng = np.random.default_rng(seed)
+    onehot = np.eye(num_classes, dtype=np.float32)[split.y]
+    xs, labels = [split.x], [onehot]
+    for _ in range(views):
+        x = random_shift(split.x, rng)
+        soft = onehot
+        if mixup > 0:
+            partner = rng.permutation(len(x))
+            lam = rng.beta(mixup, mixup, len(x)).astype(np.float32)
+            lam = np.maximum(lam, 1 - lam)
+            x = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+            soft = lam[:, None] * onehot + (1 - lam[:, None]) * onehot[partner]
+        xs.append(x.astype(np.float32))
+        labels.append(soft)
+    soft_labels = np.concatenate(labels)
+    x_all = np.concatenate(xs)
+    index = np.concatenate([split.index] * (views + 1))
+    return Split(x_all, soft_labels.argmax(1).astype(np.int64), index), soft_labels
+
+
+class SoftTargets:
+    """Cross-entropy against per-sample label distributions (mixup labels): the scratch
+    baseline's loss on augmented views."""
+
+    def __init__(self, soft_labels: np.ndarray) -> None:
+        self.soft_labels = torch.from_numpy(soft_labels)
+
+    def __call__(self, logits: torch.Tensor, index: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, self.soft_labels[index].to(logits.device))
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return ()

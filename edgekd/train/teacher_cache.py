@@ -1,0 +1,144 @@
+"""The teacher's outputs for every training sample, computed once and memory-mapped.
+
+Inputs are not augmented, so the teacher's logits and features for a sample never change
+between epochs or stages (distillation, pruning fine-tune). Computing them once removes the
+teacher's forward pass from every training step; storing them as ``.npy`` files opened with
+``mmap_mode="r"`` means a batch reads only its own rows, so features that do not fit in
+memory still work, and later builds with the same teacher and data reuse them.
+(``numpy.lib.format.open_memmap`` is the whole storage layer; nothing hand-written.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@contextmanager
+def tap(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Capture the outputs of the named submodules during forward passes."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"no layer named {missing[0]!r} in {type(model).__name__}; layers: "
+                         f"{', '.join(n for n in modules if n)}")
+    seen: dict[str, torch.Tensor] = {}
+    handles = [modules[n].register_forward_hook(
+        lambda _m, _i, out, n=n: seen.__setitem__(n, out)) for n in names]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass(frozen=True)
+class TeacherOutputs:
+    """Rows are training-sample indices; arrays are memory-mapped when loaded from disk."""
+
+    logits: np.ndarray
+    features: dict[str, np.ndarray]
+
+    def logits_for(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.logits[index.numpy()]))
+
+    def feature_for(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.features[name][index.numpy()]))
+
+
+def cache_key(teacher: nn.Module, x: np.ndarray, layers: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(x).tobytes())
+    h.update(json.dumps(list(layers)).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def _compute(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], folder: Path,
+             batch_size: int) -> None:
+    teacher.eval()
+    arrays: dict[str, np.ndarray] = {}
+    with tap(teacher, layers) as seen:
+        for start in range(0, len(x), batch_size):
+            logits = teacher(torch.from_numpy(x[start:start + batch_size]))
+            for name, value in [("logits", logits), *((n, seen[n]) for n in layers)]:
+                value = value.float().numpy()
+                if name not in arrays:
+                    arrays[name] = np.lib.format.open_memmap(
+                        folder / f"{len(arrays)}.npy", mode="w+", dtype=np.float32,
+                        shape=(len(x), *value.shape[1:]))
+                arrays[name][start:start + len(value)] = value
+    for array in arrays.values():
+        array.flush()  # type: ignore[attr-defined]
+    (folder / "index.json").write_text(json.dumps(list(arrays)), encoding="utf-8")
+
+
+def _open(folder: Path) -> TeacherOutputs:
+    names = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    arrays = {n: np.load(folder / f"{i}.npy", mmap_mode="r") for i, n in enumerate(names)}
+    logits = arrays.pop("logits")
+    return TeacherOutputs(logits, arrays)
+
+
+def teacher_outputs(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], cache_dir: Path,
+                    *, batch_size: int = 256, fresh: bool = False
+                    ) -> tuple[TeacherOutputs, bool]:
+    """The teacher's logits and ``layers`` outputs for every row of ``x``; (outputs, cached).
+    ``fresh`` recomputes them even when an earlier build left them in ``cache_dir``.
+
+    Under ``torchrun`` rank 0 writes the cache and the other ranks wait, then all map it.
+    """
+    folder = cache_dir / f"teacher-outputs-{cache_key(teacher, x, layers)}"
+    distributed = dist.is_available() and dist.is_initialized()
+    cached = not fresh and (folder / "index.json").is_file()
+    if not cached and (not distributed or dist.get_rank() == 0):
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _compute(teacher, x, layers, tmp, batch_size)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    if distributed:
+        dist.barrier()
+    return _open(folder), cached
+
+
+class OnlineTeacher:
+    """The same interface as :class:`TeacherOutputs`, but runs the teacher on every batch:
+    what training costs without the cache (``benchmarks/teacher_cache.py`` compares them)."""
+
+    def __init__(self, teacher: nn.Module, x: np.ndarray, layers: Sequence[str]) -> None:
+        self.teacher, self.x, self.layers = teacher.eval(), torch.from_numpy(x), list(layers)
+        self._index: torch.Tensor | None = None
+        self._out: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), tap(self.teacher, self.layers) as seen:
+            self.teacher(self.x[:1])
+            self.features = {n: np.empty((0, *seen[n].shape[1:]), np.float32)
+                             for n in self.layers}  # shapes only, for projections
+
+    @torch.no_grad()
+    def _run(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._index is None or not torch.equal(self._index, index):
+            with tap(self.teacher, self.layers) as seen:
+                logits = self.teacher(self.x[index])
+            self._index, self._out = index, {"logits": logits, **seen}
+        return self._out
+
+    def logits_for(self, index: torch.Tensor) -> torch.Tensor:
+        return self._run(index)["logits"]
+
+    def feature_for(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        return self._run(index)[name]
