@@ -20,12 +20,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.backends.from_torch import to_onnx
-from edgekd.compress.quantize import ort_accuracy, quantize
-from edgekd.inputs.digits import load_digits
-from edgekd.settings.config import BuildConfig, QuantConfig
-from edgekd.settings.resources import default_calibration_file
-from edgekd.train.loop import Schedule, set_seed, train
+from edgekd import (
+    BuildConfig,
+    QuantConfig,
+    Schedule,
+    default_calibration_file,
+    load_digits,
+    ort_accuracy,
+    quantize,
+    set_seed,
+    to_onnx,
+    train,
+)
 from edgekd.train.models import STUDENTS
 
 METHODS = ("minmax", "percentile", "entropy")

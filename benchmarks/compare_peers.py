@@ -2,8 +2,8 @@
 
 Pairs (each INT8 model is measured in the runtime it is for):
 
-- ONNX Runtime: edgekd's QDQ model (``edgekd.compress.quantize``: ORT pre-processing, U8S8, per-channel,
-  min-max) vs ``onnxruntime.quantization.quantize_static`` called with its defaults.
+- ONNX Runtime: edgekd's QDQ model (``edgekd.compress.quantize``: ORT pre-processing, U8S8,
+  per-channel, min-max) vs ``onnxruntime.quantization.quantize_static`` called with its defaults.
 - OpenVINO: edgekd's IR (its QDQ ONNX converted by OpenVINO) vs NNCF's ``nncf.quantize`` on the
   OpenVINO FP32 model (its defaults, ``subset_size`` = all calibration samples).
 - LiteRT: edgekd's TFLite INT8 vs LiteRT-Torch's documented PT2E recipe
@@ -41,15 +41,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.backends import ExportSource, get_backend, predict_batches
-from edgekd.backends.from_torch import to_onnx
+from edgekd import (
+    BenchSpec,
+    ExportSource,
+    QuantConfig,
+    default_calibration_file,
+    get_backend,
+    load_digits,
+    mobilenet_v2,
+    predict_batches,
+    run_bench,
+    to_onnx,
+)
 from edgekd.common.quiet import quiet
 from edgekd.compress.quantize import CalibrationReader, quantize
-from edgekd.inputs.digits import load_digits
-from edgekd.measure.bench import BenchSpec, run_bench
-from edgekd.settings.config import QuantConfig
-from edgekd.settings.resources import default_calibration_file
-from edgekd.train.models import mobilenet_v2
 
 
 def upsampled(x: np.ndarray, size: int) -> np.ndarray:
@@ -140,8 +145,7 @@ def top1(path: Path, runtime: str, x: np.ndarray, y: np.ndarray, threads: int) -
 
 def trained_mobilenet(data: Any, size: int, epochs: int) -> torch.nn.Module:
     """MobileNetV2 trained on the digits' training split, upsampled to ``size``."""
-    from edgekd.inputs.dataset import Split
-    from edgekd.train.loop import Schedule, train
+    from edgekd import Schedule, Split, train
 
     split = Split(upsampled(data.train.x, size), data.train.y, data.train.index)
     return train(mobilenet_v2(10), split, Schedule(epochs, 3e-3, 64), seed=0).eval()

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd import BenchSpec
 from edgekd.device.runtimes import openvino_config
-from edgekd.measure.bench import BenchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,12 +45,9 @@ BIN = Path(sys.executable).parent
 def make_artifacts(out: Path, size: int) -> list[tuple[str, Path]]:
     import torch
 
-    from edgekd.backends import ExportSource
+    from edgekd import ExportSource, mobilenet_v2, quantize_int8, to_onnx
     from edgekd.backends import openvino as ov_backend
     from edgekd.backends import tflite as tflite_backend
-    from edgekd.backends.from_torch import to_onnx
-    from edgekd.compress.quantize import quantize_int8
-    from edgekd.train.models import mobilenet_v2
 
     torch.manual_seed(0)
     model = mobilenet_v2(1000).eval()

@@ -26,12 +26,17 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.inputs.digits import load_digits
-from edgekd.settings.config import BuildConfig
-from edgekd.settings.resources import default_calibration_file
+from edgekd import (
+    BuildConfig,
+    Schedule,
+    accuracy,
+    default_calibration_file,
+    load_digits,
+    set_seed,
+    train,
+)
 from edgekd.train.augment import SoftTargets, training_views
 from edgekd.train.distill import Distillation, auto_pairs
-from edgekd.train.loop import Schedule, accuracy, set_seed, train
 from edgekd.train.models import STUDENTS, count_params, teacher_cnn
 from edgekd.train.teacher_cache import teacher_outputs
 

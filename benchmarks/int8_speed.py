@@ -22,15 +22,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.backends import ExportSource
+from edgekd import (
+    BenchSpec,
+    ExportSource,
+    QuantConfig,
+    default_calibration_file,
+    load_digits,
+    mobilenet_v2,
+    ort_accuracy,
+    quantize,
+    run_bench,
+    to_onnx,
+)
 from edgekd.backends import openvino as ov_backend
-from edgekd.backends.from_torch import to_onnx
-from edgekd.compress.quantize import ort_accuracy, quantize
-from edgekd.inputs.digits import load_digits
-from edgekd.measure.bench import BenchSpec, run_bench
-from edgekd.settings.config import QuantConfig
-from edgekd.settings.resources import default_calibration_file
-from edgekd.train.models import mobilenet_v2
 
 # (name, config): activations x weights, per-channel or per-tensor weights; all QDQ, min-max.
 VARIANTS = [

@@ -1,11 +1,12 @@
 """Does distillation make the student more robust? Accuracy under input corruptions, several seeds.
 
 Per seed, trains the teacher, the scratch student and the distilled student exactly as
-``edgekd build`` does (the default epochs and learning rates of ``edgekd.settings.config``), exports the
-distilled student to INT8 QDQ ONNX (ORT's static quantization, as the build; not pruned) and
-measures all four on the same corrupted test inputs (``edgekd.measure.robustness``: raw-pixel
-corruptions, clipped, then preprocessed). Prints the mean accuracy per condition and model,
-and the distilled-minus-scratch gap per seed and on average.
+``edgekd build`` does (the default epochs and learning rates of ``edgekd.settings.config``),
+exports the distilled student to INT8 QDQ ONNX (ORT's static quantization, as the build; not
+pruned) and measures all four on the same corrupted test inputs
+(``edgekd.measure.robustness``: raw-pixel corruptions, clipped, then preprocessed). Prints the
+mean accuracy per condition and model, and the distilled-minus-scratch gap per seed and on
+average.
 
     python benchmarks/robustness.py --seeds 0 1 2
 """
@@ -21,15 +22,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.backends.from_torch import to_onnx
-from edgekd.compress.quantize import quantize_int8
-from edgekd.inputs.digits import load_digits
+from edgekd import (
+    LogitDistillation,
+    default_calibration_file,
+    load_digits,
+    quantize_int8,
+    student_cnn,
+    teacher_cnn,
+    to_onnx,
+)
 from edgekd.measure.robustness import artifact_predictor, measure_robustness
 from edgekd.settings.config import CORRUPTIONS, BuildConfig, RobustnessConfig
-from edgekd.settings.resources import default_calibration_file
-from edgekd.train.distill import LogitDistillation
 from edgekd.train.loop import Schedule, logits_of, predictor, set_seed, train
-from edgekd.train.models import student_cnn, teacher_cnn
 
 MODELS = ("teacher", "student_scratch", "student_distilled", "distilled_int8.onnx")
 

@@ -29,16 +29,20 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from edgekd.backends.from_torch import to_onnx
-from edgekd.compress.prune import prune_model
-from edgekd.compress.quantize import quantize_int8
+from edgekd import (
+    BenchSpec,
+    BuildConfig,
+    Dataset,
+    LogitDistillation,
+    PruneConfig,
+    default_calibration_file,
+    load_digits,
+    prune_model,
+    quantize_int8,
+    run_bench,
+    to_onnx,
+)
 from edgekd.compress.structured import macs
-from edgekd.inputs.dataset import Dataset
-from edgekd.inputs.digits import load_digits
-from edgekd.measure.bench import BenchSpec, run_bench
-from edgekd.settings.config import BuildConfig, PruneConfig
-from edgekd.settings.resources import default_calibration_file
-from edgekd.train.distill import LogitDistillation
 from edgekd.train.loop import Objective, Schedule, accuracy, logits_of, set_seed, train
 from edgekd.train.models import count_params, student_cnn, student_convnet, teacher_cnn
 

@@ -20,11 +20,16 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from edgekd.inputs.digits import load_digits
-from edgekd.settings.resources import default_calibration_file
+from edgekd import (
+    Schedule,
+    default_calibration_file,
+    load_digits,
+    set_seed,
+    student_cnn,
+    teacher_cnn,
+    train,
+)
 from edgekd.train.distill import Distillation, auto_pairs
-from edgekd.train.loop import Schedule, set_seed, train
-from edgekd.train.models import student_cnn, teacher_cnn
 from edgekd.train.teacher_cache import OnlineTeacher, teacher_outputs
 
 

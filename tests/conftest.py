@@ -1,7 +1,10 @@
-"""Shared fixtures: the real digits data and a small student trained on it (once per session)."""
+"""Shared fixtures: the real digits data and a small student trained on it (once per session);
+and a check, at the end of the session, of every report.json the tests' builds wrote."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,40 @@ import pytest
 
 from edgekd.inputs.dataset import Dataset
 from edgekd.inputs.digits import load_digits
+from edgekd.report.schema import validate_report
 from edgekd.settings.resources import default_calibration_file
+
+
+def _report_problems(path: Path) -> list[str]:
+    """Schema problems of a report a build wrote (manifest.json beside it) or that claims a
+    schema_version; other report.json files are tests' own stand-ins (a staging placeholder,
+    a trimmed older report for the gate) and are not checked."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        data = exc
+    written = (path.parent / "manifest.json").is_file() or (
+        isinstance(data, dict) and "schema_version" in data)
+    if not written:
+        return []
+    if isinstance(data, Exception):
+        return [f"not JSON ({data})"]
+    return validate_report(data)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_report_matches_the_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test: every report.json under the session's temporary folder must
+    match edgekd/report/report.schema.json, so each build a test runs checks the schema."""
+    yield
+    bad = []
+    for path in sorted(tmp_path_factory.getbasetemp().rglob("report.json")):
+        problems = _report_problems(path)
+        if problems:
+            bad.append(f"{path}:\n  " + "\n  ".join(problems[:5]))
+    if bad:
+        pytest.fail("report.json that does not match the schema:\n" + "\n".join(bad),
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgekd.inputs.digits import load_digits
-from edgekd.settings.resources import default_calibration_file
+from edgekd import default_calibration_file, load_digits, student_cnn, teacher_cnn
 from edgekd.train.distill import Distillation, auto_pairs
 from edgekd.train.loop import Schedule, distributed, set_seed, train
-from edgekd.train.models import student_cnn, teacher_cnn
 from edgekd.train.teacher_cache import teacher_outputs
 
 EPOCHS = 6

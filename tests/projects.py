@@ -125,15 +125,25 @@ def trained_regressor(root: Path) -> Path:
     spec = importlib.util.spec_from_file_location("user_models", root / "models.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    torch.manual_seed(0)
-    model = mod.regressor()
-    (root / "weights").mkdir(exist_ok=True)
-    save_file(model.state_dict(), root / "weights" / "regressor.safetensors")
     rng = np.random.default_rng(0)
     t = np.linspace(0, 6.28, 64, dtype=np.float32)
     x = np.stack([np.sin(t * (1 + k % 5) + rng.uniform(0, 6)) for k in range(3 * 160)])
-    np.save(root / "signals.npy", (x.reshape(160, 3, 64) + 0.05 * rng.standard_normal(
-        (160, 3, 64))).astype(np.float32))
+    signals = (x.reshape(160, 3, 64) + 0.05 * rng.standard_normal((160, 3, 64))
+               ).astype(np.float32)
+    np.save(root / "signals.npy", signals)
+    # Trained to a smooth target (each channel's mean and spread, and their sum): the INT8
+    # check of untrained weights would measure noise in near-zero outputs, not quantization.
+    torch.manual_seed(0)
+    model = mod.regressor()
+    xs = torch.from_numpy(signals)
+    target = torch.cat([xs.mean(2)[:, :2], xs.std(2)[:, :1], xs.sum((1, 2))[:, None] / 64], 1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(xs), target).backward()
+        opt.step()
+    (root / "weights").mkdir(exist_ok=True)
+    save_file(model.eval().state_dict(), root / "weights" / "regressor.safetensors")
     return write(root, """
         target = "raspberrypi"
         [model]

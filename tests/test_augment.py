@@ -4,7 +4,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgekd.inputs.dataset import Dataset
+from edgekd import Dataset
 from edgekd.train.augment import SoftTargets, random_shift, training_views
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekd import BuildError, UsageError, load_target
 from edgekd.backends import BACKENDS, ExportSource, get_backend, predict_batches
-from edgekd.errors import BuildError, UsageError
-from edgekd.settings.targets import load_target
 from tests.conftest import torch_logits
 
 

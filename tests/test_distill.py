@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from torch import nn
 from edgekd.inputs.dataset import Dataset
 from edgekd.train.distill import Distillation, LayerPair, attention_map, auto_pairs, kd_loss
 from edgekd.train.models import student_cnn, teacher_cnn
-from edgekd.train.teacher_cache import OnlineTeacher, tap, teacher_outputs
+from edgekd.train.teacher_cache import OnlineTeacher, cache_key, tap, teacher_outputs
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,40 @@ def test_teacher_outputs_are_cached_memory_mapped_and_exact(teacher: nn.Module, 
     assert len(list(tmp_path.iterdir())) == 2
 
 
+def test_teacher_outputs_recompute_when_fresh_or_damaged(teacher: nn.Module, digits: Dataset,
+                                                         tmp_path: Path) -> None:
+    x = digits.train.x[:40]
+    first, _ = teacher_outputs(teacher, x, ["5"], tmp_path)
+    expected = np.array(first.logits)
+    again, cached = teacher_outputs(teacher, x, ["5"], tmp_path, fresh=True)
+    assert not cached and np.array_equal(again.logits, expected)
+    [entry] = tmp_path.iterdir()  # replaced, not duplicated, and no temporary folder left
+    assert entry.name == f"teacher-outputs-{cache_key(teacher, x, ['5'])}"
+    del first, again  # let go of the memory maps before damaging the files
+    (entry / "0.npy").write_bytes((entry / "0.npy").read_bytes()[:100])  # truncated
+    repaired, cached = teacher_outputs(teacher, x, ["5"], tmp_path)
+    assert not cached and np.array_equal(repaired.logits, expected)
+    assert teacher_outputs(teacher, x, ["5"], tmp_path)[1]
+
+
+def test_teacher_cache_key_follows_weights_inputs_and_layers(teacher: nn.Module,
+                                                            digits: Dataset) -> None:
+    x = digits.train.x[:8]
+    key = cache_key(teacher, x, ["5"])
+    assert key == cache_key(teacher, x.copy(), ["5"]) and len(key) == 16
+    assert cache_key(teacher, x[:7], ["5"]) != key
+    assert cache_key(teacher, x, ["5", "9"]) != key
+    other = teacher_cnn()
+    other.load_state_dict(teacher.state_dict())
+    assert cache_key(other, x, ["5"]) == key
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1e-3
+    assert cache_key(other, x, ["5"]) != key
+    assert cache_key(copy.deepcopy(teacher).to(torch.bfloat16), x, ["5"]) != key  # not numpy
+
+
 def test_distillation_terms(teacher: nn.Module, digits: Dataset, tmp_path: Path) -> None:
+    assert digits.train.y is not None
     x, y = digits.train.x[:64], torch.from_numpy(digits.train.y[:64])
     outputs, _ = teacher_outputs(teacher, x, ["5"], tmp_path)
     example = torch.from_numpy(x[:1])

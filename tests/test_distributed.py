@@ -13,9 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from edgekd.inputs.dataset import Dataset
+from edgekd import Dataset, student_cnn, teacher_cnn
 from edgekd.train.loop import Schedule, accuracy, predict, set_seed, train
-from edgekd.train.models import student_cnn, teacher_cnn
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 from torch import nn
 
-from edgekd.errors import UsageError
+from edgekd import UsageError
 from edgekd.inputs.model_files import (
     inspect_onnx,
     load_factory,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekd.errors import UsageError
+from edgekd import UsageError
 from edgekd.report.staging import staged_dir
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edgekd import BenchConfig, BuildConfig, DistillConfig, PruneConfig, TrainConfig
 from edgekd.common.cache import sha256_file
 from edgekd.pipeline.run import build
-from edgekd.settings.config import BenchConfig, BuildConfig, DistillConfig, PruneConfig, TrainConfig
 
 QUICK = BuildConfig(
     teacher=TrainConfig(epochs=3), student=TrainConfig(epochs=3, lr=3e-3),

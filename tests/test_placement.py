@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.measure.bench import BenchSpec, run_bench
+from edgekd import BenchSpec, run_bench
 
 
 def _placement(path: Path, runtime: str) -> dict:

@@ -15,10 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from edgekd import Dataset, Split, to_onnx
 from edgekd.compress import prune
-from edgekd.backends.from_torch import to_onnx
 from edgekd.compress.structured import macs, prune_channels
-from edgekd.inputs.dataset import Dataset, Split
 from edgekd.settings.config import STUDENT_MODELS, BuildConfig, PruneConfig
 from edgekd.train.loop import CrossEntropy, Schedule, train
 from edgekd.train.models import (

@@ -4,7 +4,9 @@ methods, per-channel vs per-tensor weights, and the accuracy-aware mixed-precisi
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -12,7 +14,7 @@ import torch
 from onnx import numpy_helper
 
 from edgekd.backends.from_torch import to_onnx
-from edgekd.compress.quantize import layers, ort_accuracy, quantize
+from edgekd.compress.quantize import Quantized, layers, ort_accuracy, quantize, quantize_cached
 from edgekd.inputs.dataset import Dataset
 from edgekd.settings.config import QuantConfig
 
@@ -82,6 +84,38 @@ def test_mixed_precision_keeps_the_damaged_layer_in_float(trained_student, digit
     assert test_acc > plain_acc
 
 
+def test_quantize_cached_reuses_replaces_and_ignores_entries(onnx_pair: dict[str, Path],
+                                                              digits: Dataset,
+                                                              tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    calibration = digits.calibration.x[:32]
+    validation = (digits.calibration.x, digits.calibration.y)
+    config = QuantConfig(max_accuracy_drop=5.0)
+
+    def run(name: str, config: QuantConfig = config, **kw: Any) -> Quantized:
+        return quantize_cached(cache, "model-1", onnx_pair["fp32"], tmp_path / name,
+                               calibration, config, validation=validation, **kw)
+
+    first = run("a.onnx")
+    again = run("b.onnx")
+    assert not first.cached and again.cached
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert replace(again, path=first.path, cached=False) == first
+    [entry] = cache.iterdir()  # one entry, no temporary folder
+    assert entry.name.startswith("int8-")
+    # Other settings, samples or model: another entry.
+    assert not run("c.onnx", QuantConfig(per_channel=False, max_accuracy_drop=5.0)).cached
+    assert not quantize_cached(cache, "model-1", onnx_pair["fp32"], tmp_path / "d.onnx",
+                               calibration[:16], config, validation=validation).cached
+    assert not quantize_cached(cache, "model-2", onnx_pair["fp32"], tmp_path / "e.onnx",
+                               calibration, config, validation=validation).cached
+    assert len(list(cache.iterdir())) == 4
+    assert not run("f.onnx", fresh=True).cached
+    (entry / "model.onnx").unlink()  # damaged: quantized again, and the entry repaired
+    assert not run("g.onnx").cached
+    assert run("h.onnx").cached and len(list(cache.iterdir())) == 4
+
+
 def test_config_rejects_unknown_method() -> None:
     with pytest.raises(ValueError, match="minmax, percentile, entropy"):
         QuantConfig(method="kl")
@@ -106,8 +140,11 @@ def test_cross_layer_equalisation_keeps_the_function_and_evens_the_ranges() -> N
     eq = equalize(block)
     assert len(pairs(eq)) == 2
     torch.testing.assert_close(eq(x), block(x), rtol=1e-4, atol=1e-4)
-    depthwise = eq[3]
+    assert isinstance(eq, nn.Sequential)
+    depthwise, conv, bn = eq[3], block[3], block[4]
+    assert isinstance(depthwise, nn.Conv2d) and isinstance(conv, nn.Conv2d)
+    assert isinstance(bn, nn.BatchNorm2d)
     spread = float(out_ranges(depthwise).max() / out_ranges(depthwise).min())
-    before = nn.utils.fusion.fuse_conv_bn_eval(block[3], block[4])
+    before = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
     spread_before = float(out_ranges(before).max() / out_ranges(before).min())
     assert spread < spread_before / 5, (spread, spread_before)

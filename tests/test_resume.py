@@ -1,5 +1,6 @@
 """Reproducible and resumable builds, for real: separate `edgekd build` processes, SIGKILL
-in the middle of training, SIGINT, a changed setting, --fresh."""
+in the middle of training, SIGINT, a changed setting, --fresh (slow); and the stage cache
+they resume from, on its own (fast)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from edgekd.train import stage_cache
+from edgekd.train.models import student_cnn
+from edgekd.train.stage_cache import StageCache, digest
 
 QUICK = ["--set", "teacher.epochs=2", "--set", "student.epochs=2", "--set", "distill.epochs=3",
          "--set", "prune.finetune_epochs=1", "--set", "bench.runs=10", "--set", "bench.warmup=2",
          "--set", "bench.seconds=0", "--set", "robustness.noise_sigmas=[]",
          "--set", "robustness.corruptions=[]"]
-pytestmark = pytest.mark.slow
 
 
 def _cmd(out: Path, *extra: str) -> list[str]:
@@ -76,6 +81,7 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_same_inputs_same_numbers_and_same_sha256(first: Path, tmp_path: Path) -> None:
     code, text = _run(tmp_path)  # another process, another output root, no shared cache
     assert code == 0, text
@@ -92,6 +98,7 @@ def test_same_inputs_same_numbers_and_same_sha256(first: Path, tmp_path: Path) -
     assert all(manifest["sha256"][name] == h for name, h in hashes.items())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_build_resumes_after_the_last_finished_stage(first: Path,
                                                                  tmp_path: Path) -> None:
     proc = subprocess.Popen(_cmd(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -112,8 +119,11 @@ def test_sigkill_mid_build_resumes_after_the_last_finished_stage(first: Path,
     assert _hashes(tmp_path / "raspberrypi") == _hashes(first / "raspberrypi")
     assert _accuracies(tmp_path / "raspberrypi") == _accuracies(first / "raspberrypi")
     assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+    # Whole cache entries only: no temporary folder survives the resumed build.
+    assert not [p for p in (tmp_path / ".cache" / "stages").iterdir() if p.name[0] == "."]
 
 
+@pytest.mark.slow
 def test_a_changed_setting_reruns_only_the_stages_it_affects(first: Path) -> None:
     code, text = _run(first, "--set", "prune.sparsity=0.6")
     assert code == 0, text
@@ -130,6 +140,7 @@ def test_a_changed_setting_reruns_only_the_stages_it_affects(first: Path) -> Non
     assert not any(_cached(text).values())
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_the_previous_build_untouched(first: Path) -> None:
     before = {p.name: p.read_bytes() for p in (first / "raspberrypi").iterdir() if p.is_file()}
     proc = subprocess.Popen(_cmd(first, "--fresh"), stdout=subprocess.PIPE,
@@ -142,3 +153,48 @@ def test_ctrl_c_leaves_the_previous_build_untouched(first: Path) -> None:
     after = {p.name: p.read_bytes() for p in (first / "raspberrypi").iterdir() if p.is_file()}
     assert after == before
     assert not [p for p in first.iterdir() if ".staging-" in p.name]
+
+
+# -- the stage cache, without a build -----------------------------------------------------
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return student_cnn()
+
+
+def test_a_saved_stage_loads_into_a_fresh_model(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    trained = _model(1)
+    assert cache.load("student_pruned", "k1", _model(2)) is None
+    cache.save("student_pruned", "k1", trained, {"weight_sparsity": 0.5})
+    loaded = _model(2)
+    assert cache.load("student_pruned", "k1", loaded) == {"weight_sparsity": 0.5}
+    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert StageCache(tmp_path, fresh=True).load("student_pruned", "k1", _model(2)) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["student_pruned-k1"]  # no temp folder
+
+
+def test_a_damaged_stage_is_recomputed_and_replaced(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path)
+    cache.save("teacher", "k1", _model(1), {})
+    (tmp_path / "teacher-k1" / "model.safetensors").write_bytes(b"not safetensors")
+    assert cache.load("teacher", "k1", _model(2)) is None
+    cache.save("teacher", "k1", _model(1), {"again": True})
+    assert cache.load("teacher", "k1", _model(2)) == {"again": True}
+
+
+def test_only_rank_0_saves_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stage_cache, "world", lambda: (1, 2))
+    StageCache(tmp_path / "c").save("teacher", "k1", _model(1), {})
+    assert not (tmp_path / "c").exists()
+
+
+def test_stage_keys_follow_their_parts_and_the_torch_version(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    key = digest("pruned", {"sparsity": 0.5, "method": "l1"}, 0)
+    assert len(key) == 16 and key == digest("pruned", {"method": "l1", "sparsity": 0.5}, 0)
+    assert digest("pruned", {"sparsity": 0.6, "method": "l1"}, 0) != key
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert digest("pruned", {"sparsity": 0.5, "method": "l1"}, 0) != key

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from edgekd.inputs.dataset import Dataset
+from edgekd import Dataset, verify_artifact
 from edgekd.measure.robustness import (
     DESCRIPTIONS,
     accuracy_under,
@@ -25,7 +26,6 @@ from edgekd.measure.robustness import (
     shifted,
     summarize,
 )
-from edgekd.measure.verify import verify_artifact
 from edgekd.settings.config import CORRUPTIONS, BuildConfig, RobustnessConfig
 from edgekd.train.loop import predictor
 
@@ -164,18 +164,24 @@ def test_robustness_config_round_trips_through_json() -> None:
     assert again == config and again.robustness.noise_sigmas == (1.0, 3.5)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"noise_sigmas": (-1.0,)}, "noise_sigmas must be finite and >= 0"),
-    ({"noise_sigmas": (float("nan"),)}, "noise_sigmas must be finite"),
-    ({"noise_sigmas": 2.0}, "noise_sigmas must be a list"),
-    ({"noise_sigmas": (2.0, 2.0)}, "duplicates"),
-    ({"corruptions": ("fog",)}, "unknown corruption 'fog'; allowed: dropout, salt_pepper"),
-    ({"corruptions": "shift"}, "corruptions must be a list of names"),
+@pytest.mark.parametrize("kwargs, message, from_file", [
+    ({"noise_sigmas": (-1.0,)}, "noise_sigmas must be finite and >= 0", None),
+    ({"noise_sigmas": (float("nan"),)}, "noise_sigmas must be finite",
+     "robustness.noise_sigmas[0]: expected a finite number, got nan (float)"),
+    ({"noise_sigmas": 2.0}, "noise_sigmas must be a list",
+     "robustness.noise_sigmas: expected a list of numbers, got 2.0 (float)"),
+    ({"noise_sigmas": (2.0, 2.0)}, "duplicates", None),
+    ({"corruptions": ("fog",)}, "unknown corruption 'fog'; allowed: dropout, salt_pepper", None),
+    ({"corruptions": "shift"}, "corruptions must be a list of names",
+     "robustness.corruptions: expected a list of strings, got 'shift' (str)"),
 ])
-def test_bad_robustness_config_says_what_is_allowed(kwargs, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_robustness_config_says_what_is_allowed(kwargs, message: str,  # type: ignore[no-untyped-def]
+                                                    from_file: str | None) -> None:
+    """In Python the config checks itself; from a file (or JSON) the typed check names the
+    key and the expected type first."""
     with pytest.raises(ValueError, match=message):
         RobustnessConfig(**kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(from_file) if from_file else message):
         BuildConfig.from_dict({"robustness": {k: list(v) if isinstance(v, tuple) else v
                                               for k, v in kwargs.items()}})
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.backends import ExportSource, predict_batches
+from edgekd import ExportSource, predict_batches
 from edgekd.backends import tflite as backend
 from edgekd.train.models import InvertedResidual
 

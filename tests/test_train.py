@@ -4,9 +4,9 @@ import math
 
 import torch
 
+from edgekd import count_params, student_cnn, teacher_cnn
 from edgekd.compress import prune
 from edgekd.train.distill import kd_loss
-from edgekd.train.models import count_params, student_cnn, teacher_cnn
 
 
 def test_student_is_over_20x_smaller_than_teacher() -> None:

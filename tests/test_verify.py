@@ -24,8 +24,7 @@ def test_artifact_of_another_model_fails_naming_it(trained_student, digits,
     """An ONNX file of a different (untrained) student must not pass as the trained one."""
     import torch
 
-    from edgekd.backends.from_torch import to_onnx
-    from edgekd.train.models import student_cnn
+    from edgekd import student_cnn, to_onnx
 
     torch.manual_seed(123)
     wrong = to_onnx(student_cnn().eval(), digits.test.x[:1], tmp_path / "student_int8.onnx")

@@ -1,39 +1,42 @@
-"""Runtime backends: one module per runtime, listed in :data:`BACKENDS`, imported lazily.
-
-Every backend module has the same few members:
+"""Runtime backends: one module per runtime, listed in :data:`BACKENDS`, imported lazily,
+each satisfying the :class:`Backend` protocol:
 
 - ``FORMAT`` (``onnx`` | ``openvino`` | ``tflite``) and ``SUFFIX`` of its artifacts;
+- ``QUANTIZER``: who makes its INT8 artifact and which ``quant.*`` settings that tool ignores;
 - ``check(target)`` raises :class:`~edgekd.errors.RuntimeMissingError` when the runtime (or
   the converter it needs, or the execution provider a target asks for) is missing;
 - ``export(source, out_dir)`` writes the FP32 and INT8 artifacts, returns ``{precision: path}``;
 - ``load(path, threads, providers)`` returns a :class:`Runner`; it never imports torch;
 - ``runtime_version()``.
 
-Adding a backend is one module, one line in :data:`BACKENDS`, one test parameter.
+The runtime modules never import torch; the PyTorch side of export (``torch.onnx``,
+LiteRT-Torch) is :mod:`edgekd.backends.from_torch`, imported only when a build exports.
+Adding a backend is one module, its name in ``edgekd.settings.targets.RUNTIMES`` (which
+:data:`BACKENDS` maps to the module), one test parameter.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from edgekd.errors import UsageError
+from edgekd.settings.config import QuantConfig
 from edgekd.settings.targets import RUNTIMES
 
 if TYPE_CHECKING:
-    from torch import nn
+    from edgekd.settings.targets import Target
 
-BACKENDS: dict[str, str] = {
-    "onnxruntime": "edgekd.backends.onnxruntime",
-    "openvino": "edgekd.backends.openvino",
-    "tflite": "edgekd.backends.tflite",
-}
-assert tuple(BACKENDS) == RUNTIMES, "a target's runtimes are the backends listed here"
+log = logging.getLogger(__name__)
+
+# One module per runtime a target may name (the names are data, in edgekd.settings.targets).
+BACKENDS: dict[str, str] = {name: f"edgekd.backends.{name}" for name in RUNTIMES}
 
 
 class Runner(Protocol):
@@ -53,7 +56,7 @@ class ExportSource:
     ONNX Runtime's tools) to files that the OpenVINO backend converts to IR.
     """
 
-    model: nn.Module
+    model: Any | None  # torch.nn.Module; None for a finished ONNX model (no TFLite then)
     example: np.ndarray  # one preprocessed input, batch 1
     calibration: np.ndarray  # preprocessed calibration samples
     onnx: dict[str, Path]
@@ -61,10 +64,38 @@ class ExportSource:
     stem: str = "student"  # artifact file names: <stem>_<precision><suffix>
 
 
-def get_backend(name: str) -> ModuleType:
+@dataclass(frozen=True)
+class Quantizer:
+    """Who makes a runtime's INT8 artifact. ``when``: ``before export`` (an INT8 ONNX model
+    that the runtime converts) or ``during conversion`` (the converter quantizes).
+    ``ignores``: the ``quant.*`` settings that tool has no counterpart for."""
+
+    tool: str
+    when: str
+    ignores: tuple[str, ...] = ()
+
+
+class Backend(Protocol):
+    """What every module in :data:`BACKENDS` provides (a module satisfies it structurally)."""
+
+    FORMAT: str
+    SUFFIX: str
+    QUANTIZER: Quantizer
+
+    def check(self, target: Target) -> None: ...
+
+    def export(self, source: ExportSource, out_dir: Path) -> dict[str, Path]: ...
+
+    def load(self, path: Path, threads: int,
+             providers: tuple[Any, ...] = ("CPUExecutionProvider",)) -> Runner: ...
+
+    def runtime_version(self) -> str: ...
+
+
+def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise UsageError(f"unknown runtime {name!r}; choose from {', '.join(BACKENDS)}")
-    return importlib.import_module(BACKENDS[name])
+    return cast(Backend, importlib.import_module(BACKENDS[name]))
 
 
 def runtime_for_suffix(path: Path) -> str:
@@ -84,3 +115,20 @@ def predict_batches(runner: Runner, x: np.ndarray, batch_size: int = 256) -> np.
         raise UsageError(f"the model takes batches of exactly {fixed} and {len(x)} samples do "
                          "not divide into them: export it with a dynamic batch axis")
     return np.concatenate([runner.run(x[i:i + size]) for i in range(0, len(x), size)])
+
+
+def quantizers(runtimes: Sequence[str], config: QuantConfig) -> dict[str, dict[str, Any]]:
+    """Who quantizes for each runtime, and which ``quant.*`` settings it applies or ignores
+    (a setting left at its default is listed too: the user may wonder)."""
+    names = list(asdict(config))
+    out = {}
+    for runtime in runtimes:
+        who = get_backend(runtime).QUANTIZER
+        out[runtime] = {"tool": who.tool, "when": who.when,
+                        "applies": [n for n in names if n not in who.ignores],
+                        "ignored": [n for n in names if n in who.ignores]}
+        changed = [n for n in who.ignores if getattr(config, n) != getattr(QuantConfig(), n)]
+        if changed:
+            log.warning("%s: %s quantizes %s and ignores %s", runtime, who.tool, who.when,
+                        ", ".join(f"quant.{n}" for n in changed))
+    return out

@@ -1,5 +1,6 @@
 """ONNX Runtime backend: the ONNX files (FP32, INT8 QDQ, FP16 for GPUs) and an ORT session
-runner. Never imports torch: the PyTorch -> ONNX export is :func:`edgekd.backends.from_torch.to_onnx`.
+runner. Never imports torch: the PyTorch -> ONNX export is
+:func:`edgekd.backends.from_torch.to_onnx`.
 
 Who quantizes: ONNX Runtime's own ``quantize_static`` (QDQ), run by
 :mod:`edgekd.compress.quantize` *after* conversion (as Olive does), so every ``quant.*``
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekd.backends import ExportSource
+from edgekd.backends import ExportSource, Quantizer
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 FORMAT = "onnx"
 SUFFIX = ".onnx"
+# ORT quantizes the ONNX model before export (edgekd.compress.quantize): every quant.* applies.
+QUANTIZER = Quantizer("ONNX Runtime quantize_static (QDQ)", "before export")
 _INSTALL = "pip install onnxruntime (or onnxruntime-gpu for the GPU providers)"
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekd.backends import ExportSource
+from edgekd.backends import ExportSource, Quantizer
 from edgekd.device.runtimes import openvino_config
 from edgekd.errors import BuildError, RuntimeMissingError
 
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 FORMAT = "openvino"
 SUFFIX = ".xml"
+# OpenVINO converts the QDQ model ORT made: every quant.* applies, as for ONNX Runtime.
+QUANTIZER = Quantizer("ONNX Runtime quantize_static (QDQ), converted to IR by OpenVINO",
+                      "before export")
 
 
 def _decline_telemetry() -> None:

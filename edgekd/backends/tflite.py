@@ -15,12 +15,13 @@ callers always pass and get float32.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekd.backends import ExportSource
+from edgekd.backends import ExportSource, Quantizer
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
@@ -28,6 +29,11 @@ if TYPE_CHECKING:
 
 FORMAT = "tflite"
 SUFFIX = ".tflite"
+# LiteRT-Torch quantizes while converting from PyTorch, with its own min-max observers and
+# symmetric INT8: the calibration samples, per_channel and equalize apply; the rest does not.
+QUANTIZER = Quantizer("LiteRT-Torch PT2E quantizer (full-integer INT8)", "during conversion",
+                      ignores=("method", "percentile", "activation_type", "weight_type",
+                               "max_accuracy_drop"))
 _INSTALL = "pip install ai-edge-litert (or tflite-runtime on a device with numpy<2)"
 
 
@@ -55,11 +61,10 @@ def runtime_version() -> str:
 
 def check(target: Target) -> None:
     _interpreter_class()
-    try:
-        import litert_torch  # noqa: F401
-    except ImportError as exc:
+    # Looked up, not imported: importing litert_torch imports torch, jax and transformers.
+    if importlib.util.find_spec("litert_torch") is None:
         raise RuntimeMissingError("litert-torch is not installed, so TFLite models cannot be "
-                                  "converted: pip install litert-torch") from exc
+                                  "converted: pip install 'edgekd[litert]'")
 
 
 def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:

@@ -4,6 +4,7 @@ print."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -178,7 +179,7 @@ def check(
 
 def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> int:
     from edgekd.report.gate import budget_checks, junit_xml, load_report
-    from edgekd.settings.budgets import Budget, load_budget_file
+    from edgekd.settings.budgets import load_budget_file, parse_budget
 
     try:
         report = load_report(report_path)
@@ -186,7 +187,8 @@ def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> i
             budget, source = load_budget_file(budget_path), str(budget_path)
         else:
             recorded = report.get("budget") or {}
-            budget = Budget(**recorded.get("limits", {}))
+            budget = parse_budget(recorded.get("limits", {}), str(report_path),
+                                  "budget.limits")
             source = recorded.get("source", str(report_path))
         if budget.empty:
             raise UsageError(f"no budgets to check in {source}: add a [budget] table to the "
@@ -228,7 +230,8 @@ def _legacy(seed: int | None, temperature: float | None, alpha: float | None,
              ("distill.epochs", epochs), ("student.epochs", epochs),
              ("prune.sparsity", sparsity), ("min_agreement", min_agreement),
              ("bench.runs", runs)]
-    return [f"{k}={v}" for k, v in pairs if v is not None]
+    # JSON, as --set reads it: inf and nan stay numbers (and are refused as such).
+    return [f"{k}={json.dumps(v)}" for k, v in pairs if v is not None]
 
 
 def _os_error(exc: OSError) -> EdgekdError:

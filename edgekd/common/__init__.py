@@ -1,4 +1,6 @@
-"""Small helpers every room may use: quieting third-party output (:mod:`.quiet`), the
-one cache-entry and digest helper (:mod:`.cache`).
+"""Small helpers every room may use: quieting third-party output (:mod:`.quiet`), and the
+one digest and cache-entry helper (:mod:`.cache`: ``Digest`` / ``digest_of`` for content
+keys, ``CacheDir`` for atomic, evictable cache entries, used by the stage, INT8 and
+teacher-output caches).
 
 Rule: standard library and NumPy only; imports nothing from edgekd but :mod:`edgekd.errors`."""

@@ -12,10 +12,8 @@ model is within budget. OpenVINO converts the same QDQ file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 import edgekd
+from edgekd.common.cache import CacheDir, digest_of
 from edgekd.errors import BuildError
 from edgekd.settings.config import QuantConfig
 
@@ -223,27 +222,25 @@ def quantize_cached(cache: Path, key: str, fp32: Path, out: Path, calibration: n
                     tensorrt: bool = False, fresh: bool = False) -> Quantized:
     """:func:`quantize`, cached under ``cache`` like a training stage (the accuracy-aware
     search runs the model many times). ``key`` identifies the FP32 model; the entry's key
-    adds the settings and the calibration and validation samples."""
-    h = hashlib.sha256(json.dumps([edgekd.__version__, key, asdict(config), tensorrt],
-                                  sort_keys=True).encode())
-    for array in (calibration, *(validation or ())):
-        if array is not None:
-            h.update(np.ascontiguousarray(array).tobytes())
-    entry = cache / f"int8-{h.hexdigest()[:16]}"
-    if not fresh and (entry / "meta.json").is_file():
-        shutil.copyfile(entry / "model.onnx", out)
-        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-        return Quantized(out, meta["method"], tuple(meta["float_layers"]), meta["fp32_accuracy"],
-                         meta["int8_accuracy"], tuple(meta["steps"]), cached=True)
+    adds the settings, the calibration and validation samples and ONNX Runtime's version
+    (its quantization tools write the model)."""
+    import onnxruntime
+
+    entries = CacheDir(cache, fresh=fresh)
+    entry_key = digest_of(edgekd.__version__, onnxruntime.__version__, key, asdict(config),
+                          tensorrt, calibration, *(validation or ()), length=16)
+    entry = entries.entry("int8", entry_key)
+    if entry is not None:
+        try:
+            meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+            shutil.copyfile(entry / "model.onnx", out)
+            return Quantized(out, meta["method"], tuple(meta["float_layers"]),
+                             meta["fp32_accuracy"], meta["int8_accuracy"], tuple(meta["steps"]),
+                             cached=True)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: quantize again
+            log.warning("ignoring unreadable INT8 cache entry %s: %s", entry, exc)
     q = quantize(fp32, out, calibration, config, validation=validation, tensorrt=tensorrt)
-    tmp = cache / f".{entry.name}.tmp{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:  # written beside the entry, renamed into place: a killed build leaves no half entry
+    with entries.write("int8", entry_key) as tmp:
         shutil.copyfile(out, tmp / "model.onnx")
         (tmp / "meta.json").write_text(json.dumps(q.to_dict()), encoding="utf-8")
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return q

@@ -45,15 +45,16 @@ import resource
 import sys
 import time
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 if __package__:  # part of edgekd: python -m edgekd.device.worker
-    from .runtimes import LOADERS, WorkerError, import_runtime
+    from .runtimes import LOADERS, Loaded, WorkerError, import_runtime
 else:  # copied onto a device beside runtimes.py (edgekd bench --remote): python3 worker.py
-    from runtimes import LOADERS, WorkerError, import_runtime  # type: ignore[no-redef]
+    from runtimes import LOADERS, Loaded, WorkerError, import_runtime  # type: ignore[no-redef]
 
 EXIT_ERROR = 3
 MAX_SAMPLES = 2000
@@ -138,34 +139,39 @@ def device_info() -> dict[str, Any]:
             "python": platform.python_version(), "numpy": np.__version__}
 
 
-def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Load, time and inspect one artifact as ``spec`` says (see the module docstring)."""
-    path = Path(spec["artifact"])
+def _ms_since(t0_ns: int) -> float:
+    return (time.perf_counter_ns() - t0_ns) / 1e6
+
+
+def _artifact_files(path: Path) -> list[Path]:
+    """The artifact's files on disk: an OpenVINO IR is its .xml and its .bin."""
     files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
     for f in files:
         if not f.is_file():
             raise WorkerError(f"artifact {f} not found")
-    spec.setdefault("batch", 1)
-    rng = np.random.default_rng(spec.get("seed", 0))
-    baseline = rss_mb()
+    return files
 
+
+def _load(spec: dict[str, Any], rng: np.random.Generator) -> tuple[Loaded, float, float]:
+    """Import the runtime and load the artifact in it; also the milliseconds each took."""
     t0 = time.perf_counter_ns()
     module = import_runtime(spec["runtime"])
-    import_ms = (time.perf_counter_ns() - t0) / 1e6
+    import_ms = _ms_since(t0)
     t0 = time.perf_counter_ns()
     try:
-        infer, placement, version = LOADERS[spec["runtime"]](module, spec, rng)
+        loaded = LOADERS[spec["runtime"]](module, spec, rng)
     except WorkerError:
         raise
     except Exception as exc:  # noqa: BLE001 - the runtime's own message, on one line
         msg = " ".join(str(exc).split())[:300]
-        raise WorkerError(f"{spec['runtime']} could not load {path.name}: {msg}") from exc
-    load_ms = (time.perf_counter_ns() - t0) / 1e6
+        name = Path(spec["artifact"]).name
+        raise WorkerError(f"{spec['runtime']} could not load {name}: {msg}") from exc
+    return loaded, import_ms, _ms_since(t0)
 
-    t0 = time.perf_counter_ns()
-    infer()
-    first_ms = (time.perf_counter_ns() - t0) / 1e6
-    loaded = rss_mb()
+
+def _timed_runs(infer: Callable[[], None], spec: dict[str, Any]) -> tuple[array[float], float]:
+    """``warmup`` untimed runs, then the timed ones: their latencies (ms) and the seconds
+    they took together."""
     for _ in range(spec.get("warmup", 50)):
         infer()
     times = array("d")  # 8 bytes a run: a long --seconds run barely moves peak RSS
@@ -176,8 +182,31 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
            or (seconds and time.perf_counter() - start < seconds)):
         t0 = time.perf_counter_ns()
         infer()
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    timed_s = time.perf_counter() - start
+        times.append(_ms_since(t0))
+    return times, time.perf_counter() - start
+
+
+def _placement(placement: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Where the runtime put each operator; best-effort, the timing stands without it."""
+    try:
+        return placement()
+    except Exception as exc:  # noqa: BLE001 - inspection is best-effort, timing stands
+        return {"error": " ".join(str(exc).split())[:300]}
+
+
+def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load, time and inspect one artifact as ``spec`` says (see the module docstring)."""
+    path = Path(spec["artifact"])
+    files = _artifact_files(path)
+    spec.setdefault("batch", 1)
+    rng = np.random.default_rng(spec.get("seed", 0))
+    baseline = rss_mb()
+    (infer, placement, version), import_ms, load_ms = _load(spec, rng)
+    t0 = time.perf_counter_ns()
+    infer()
+    first_ms = _ms_since(t0)
+    loaded = rss_mb()
+    times, timed_s = _timed_runs(infer, spec)
     peak = peak_rss_mb()
     result = {
         "artifact": path.name, "runtime": spec["runtime"], "runtime_version": version,
@@ -194,10 +223,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "device": device_info(),
     }
     if spec.get("placement", True):
-        try:
-            result["placement"] = placement()
-        except Exception as exc:  # noqa: BLE001 - inspection is best-effort, timing stands
-            result["placement"] = {"error": " ".join(str(exc).split())[:300]}
+        result["placement"] = _placement(placement)
     if spec.get("samples"):  # for plots: at most MAX_SAMPLES, evenly spread over the run
         step = max(1, math.ceil(len(times) / MAX_SAMPLES))
         result["samples_ms"] = [round(t, 5) for t in times[::step]]

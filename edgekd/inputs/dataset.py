@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgekd.common.cache import digest_of
 
 
 @dataclass(frozen=True)
@@ -62,24 +63,25 @@ class Dataset:
         return (1, *self.train.x.shape[1:])
 
     def fingerprint(self) -> str:
-        """sha256 over every split's inputs and labels: changes whenever the data does."""
-        h = hashlib.sha256()
-        for split in (self.train, self.test, self.calibration, self.validation):
-            if split is not None:
-                h.update(split_fingerprint(split).encode())
-        return h.hexdigest()
+        """The data's content digest: every split's inputs and labels, by split name.
+        Changes whenever the data does (or a sample moves to another split)."""
+        return digest_of(self._split_fingerprints())
+
+    def _split_fingerprints(self) -> dict[str, str]:
+        return {name: split_fingerprint(s) for name, s in (
+            ("train", self.train), ("test", self.test), ("calibration", self.calibration),
+            ("validation", self.validation)) if s is not None}
 
     def summary(self) -> dict[str, object]:
         splits = {"train": len(self.train), "test": len(self.test),
                   "calibration": len(self.calibration)}
         if self.validation is not None:
             splits["validation"] = len(self.validation)
+        per_split = self._split_fingerprints()  # each split's arrays hashed once
         summary: dict[str, object] = {
             "name": self.name, "seed": self.seed, "num_classes": self.num_classes,
-            "splits": splits, "fingerprint": self.fingerprint(),
-            "split_fingerprints": {name: split_fingerprint(s) for name, s in (
-                ("train", self.train), ("test", self.test), ("calibration", self.calibration),
-                ("validation", self.validation)) if s is not None},
+            "splits": splits, "fingerprint": digest_of(per_split),
+            "split_fingerprints": per_split,
         }
         if self.sources:
             summary["sources"] = self.sources
@@ -87,8 +89,5 @@ class Dataset:
 
 
 def split_fingerprint(split: Split) -> str:
-    h = hashlib.sha256(str(split.x.shape).encode())
-    h.update(np.ascontiguousarray(split.x).tobytes())
-    if split.y is not None:
-        h.update(np.ascontiguousarray(split.y).tobytes())
-    return h.hexdigest()
+    """The content digest of one split's inputs and labels (dtype, shape and values)."""
+    return digest_of(split.x, split.y)

@@ -17,7 +17,6 @@ cannot run code. Relative paths start at the project folder and may not leave it
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.common.cache import digest_of
 from edgekd.errors import UsageError
 from edgekd.inputs.model_files import load_factory, resolve_path
 
@@ -60,13 +60,9 @@ class Samples:
         return len(self.x)
 
     def fingerprint(self) -> str:
-        """sha256 over the dtype, shape and bytes of ``x`` and ``y``."""
-        h = hashlib.sha256(f"{self.x.dtype}{self.x.shape}".encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
-        if self.y is not None:
-            h.update(f"{self.y.dtype}{self.y.shape}".encode())
-            h.update(np.ascontiguousarray(self.y).tobytes())
-        return h.hexdigest()
+        """The content digest of ``x`` and ``y`` (dtype, shape and values), as
+        :func:`~edgekd.inputs.dataset.split_fingerprint` computes it for a split."""
+        return digest_of(self.x, self.y)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -186,18 +186,23 @@ def measure_robustness(data: Dataset, config: RobustnessConfig, models: Mapping[
             seed: int) -> dict[str, Any]:
     """The report's ``robustness`` section: accuracy per condition per model, distilled minus
     scratch per condition, and a summary (when both students are among ``models``)."""
+    labels = data.test.y
+    if labels is None:  # robustness runs on the built-in digits, which always have labels
+        raise ValueError("measure_robustness needs a labelled test split")
     conds = conditions(raw_test_images(data), config, seed=seed)
-    acc = {name: accuracy_under(fn, conds, data.preprocessing, data.test.y)
+    acc = {name: accuracy_under(fn, conds, data.preprocessing, labels)
            for name, fn in models.items()}
     both = "student_scratch" in acc and "student_distilled" in acc
     prep = data.preprocessing
+    # The corrupted images have one channel, so a per-channel std has one entry.
+    std = prep.std[0] if isinstance(prep.std, tuple) else prep.std
     rows = []
     for c in conds:
         row: dict[str, Any] = {"name": c.name, "description": c.description}
         if c.sigma is not None:
             # The same sigma in the models' input units, for readers who think in those.
             row["sigma_raw"] = c.sigma
-            row["sigma_normalised"] = round(c.sigma * prep.scale / prep.std, 4)
+            row["sigma_normalised"] = round(c.sigma * prep.scale / std, 4)
         row["accuracy"] = {m: acc[m][c.name] for m in models}
         if both:
             row["distilled_minus_scratch_points"] = _points(acc["student_distilled"][c.name],

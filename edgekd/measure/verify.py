@@ -1,4 +1,4 @@
-"""Verification: run an artifact in its real runtime on the whole test split and compare_outputs it
+"""Verification: run an artifact in its real runtime on the whole test split and compare it
 with the PyTorch model it was made from. Imports no torch."""
 
 from __future__ import annotations

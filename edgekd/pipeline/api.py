@@ -71,7 +71,7 @@ def load(config: str | Path | BuildConfig | None = None, *,
     if seed is not None:
         items.insert(0, f"seed={seed}")
     built = config if isinstance(config, BuildConfig) else None
-    path = None if built is not None or config is None else Path(config)
+    path = None if isinstance(config, BuildConfig) or config is None else Path(config)
     extra = model_settings(model, weights, cwd)
     if extra:  # --model replaces the file's [model] (keeping its task)
         project = load_project(path, cwd=cwd)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,54 @@ def _teacher(make: Factory, trains: bool, data: Dataset, config: BuildConfig,
     return model.eval(), {"cached": False, "trained": True}
 
 
+@dataclass
+class _Run:
+    """What every training stage reads, and the report rows they append to."""
+
+    data: Dataset
+    config: BuildConfig
+    cache: StageCache
+    step: Callable[[str], Any]
+    base: str  # the data's digest and the seed: the root of every stage key
+    split: Split  # what the students train on: the training split plus augmented views
+    soft_labels: Any  # labels of the augmented views (mixed), or None
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, name: str, model: nn.Module, cached: bool, s: dict[str, str],
+               **extra: Any) -> None:
+        self.stages.append(stage_entry(name, model, accuracy(model, self.data.test),
+                                       cached=cached, **extra))
+        s["detail"] = f"{self.stages[-1]['accuracy']:.2%}" + (" (cached)" if cached else "")
+
+
+class _Objectives:
+    """The distillation objective for a student; the teacher's outputs are computed (or
+    read from their cache) only when a stage actually has to train."""
+
+    def __init__(self, run: _Run, teacher: nn.Module, pairs: list[LayerPair],
+                 cache_dir: Path) -> None:
+        self.run, self.teacher, self.pairs, self.cache_dir = run, teacher, pairs, cache_dir
+        self.example = torch.from_numpy(run.data.train.x[:1])
+        self.outputs: Any = None
+
+    def __call__(self, model: nn.Module) -> Distillation:
+        run, d = self.run, self.run.config.distill
+        if self.outputs is None:
+            with run.step("teacher outputs") as s:
+                self.outputs, hit = teacher_outputs(
+                    self.teacher, run.split.x, [p.teacher for p in self.pairs],
+                    self.cache_dir, fresh=run.cache.fresh)
+                s["detail"] = (f"{len(run.split)} samples, logits + {len(self.pairs)} "
+                               "layer(s), memory-mapped" + (" (cached)" if hit else ""))
+        try:
+            return Distillation(model, self.outputs, self.pairs, self.example,
+                                temperature=d.temperature, alpha=d.alpha,
+                                feature_weight=d.feature_weight,
+                                attention_weight=d.attention_weight)
+        except ValueError as exc:  # a pair whose features cannot be compared
+            raise UsageError(f"distill.pairs: {exc}") from exc
+
+
 def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                  teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
                  cache_dir: Path, step: Callable[[str], Any]) -> Trained:
@@ -93,91 +141,88 @@ def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
     if data.num_classes is None or data.train.y is None or len(data.train) == 0:
         raise UsageError("distillation needs labeled training samples of a classifier: set "
                          "data.train to a labeled source")
-    base = digest("data", data.fingerprint(), config.seed)
-    with step("teacher") as s:
-        t_key = digest("teacher", teacher_key, base, asdict(config.teacher))
-        teacher_model, info = _teacher(teacher, teacher_trains, data, config, cache, t_key)
-        stages = [stage_entry("teacher", teacher_model, accuracy(teacher_model, data.test),
-                              **info)]
-        s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if info["cached"] else "")
-
     d = config.distill
     # Scratch and distilled students train on the same inputs: the training split, plus
     # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
     split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
                                         num_classes=data.num_classes, seed=config.seed)
-    st = config.student
-    scratch = None
-    if config.baseline:
-        with step("student_scratch") as s:
-            key = digest("scratch", base, asdict(st), d.views, d.mixup)
-            set_seed(config.seed)
-            scratch = student()
-            hit = cache.load("student_scratch", key, scratch) is not None
-            if not hit:
-                train(scratch, split, Schedule(st.epochs, st.lr, st.batch_size),
-                      seed=config.seed, objective=SoftTargets(soft_labels) if d.views else None)
-                cache.save("student_scratch", key, scratch, {})
-            scratch.eval()
-            stages.append(stage_entry("student_scratch", scratch, accuracy(scratch, data.test),
-                                      cached=hit))
-            s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if hit else "")
+    run = _Run(data, config, cache, step, digest("data", data.fingerprint(), config.seed),
+               split, soft_labels)
+    teacher_model, t_key = _teacher_stage(run, teacher, teacher_trains, teacher_key)
+    scratch = _scratch_stage(run, student) if config.baseline else None
+    pairs = _pairs(d, student(), teacher_model, torch.from_numpy(data.train.x[:1]))
+    objectives = _Objectives(run, teacher_model, pairs, cache_dir)
+    distilled, kd_key = _distilled_stage(run, student, t_key, objectives)
+    pruned, key = _pruned_stage(run, distilled, kd_key, objectives)
+    return Trained(run.stages, teacher_model, scratch, distilled, pruned, key)
 
-    example = torch.from_numpy(data.train.x[:1])
-    pairs = _pairs(d, student(), teacher_model, example)
-    kd_key = digest("distilled", t_key, base, asdict(d), [(p.student, p.teacher) for p in pairs])
-    outputs = None
 
-    def objective_for(model: nn.Module) -> Distillation:
-        nonlocal outputs
-        if outputs is None:  # the teacher runs only when a stage has to train
-            with step("teacher outputs") as s:
-                outputs, hit = teacher_outputs(teacher_model, split.x,
-                                               [p.teacher for p in pairs], cache_dir,
-                                               fresh=cache.fresh)
-                s["detail"] = (f"{len(split)} samples, logits + {len(pairs)} layer(s), "
-                               "memory-mapped" + (" (cached)" if hit else ""))
-        try:
-            return Distillation(model, outputs, pairs, example, temperature=d.temperature,
-                                alpha=d.alpha, feature_weight=d.feature_weight,
-                                attention_weight=d.attention_weight)
-        except ValueError as exc:  # a pair whose features cannot be compared
-            raise UsageError(f"distill.pairs: {exc}") from exc
+def _teacher_stage(run: _Run, make: Factory, trains: bool, teacher_key: str
+                   ) -> tuple[nn.Module, str]:
+    with run.step("teacher") as s:
+        key = digest("teacher", teacher_key, run.base, asdict(run.config.teacher))
+        model, info = _teacher(make, trains, run.data, run.config, run.cache, key)
+        run.stages.append(stage_entry("teacher", model, accuracy(model, run.data.test),
+                                      **info))
+        s["detail"] = (f"{run.stages[-1]['accuracy']:.2%}"
+                       + (" (cached)" if info["cached"] else ""))
+    return model, key
 
-    with step("student_distilled") as s:
-        set_seed(config.seed)
-        distilled = student()
-        hit = cache.load("student_distilled", kd_key, distilled) is not None
+
+def _scratch_stage(run: _Run, student: Factory) -> nn.Module:
+    """The student trained on labels alone: the baseline distillation is measured against."""
+    st, d, seed = run.config.student, run.config.distill, run.config.seed
+    with run.step("student_scratch") as s:
+        key = digest("scratch", run.base, asdict(st), d.views, d.mixup)
+        set_seed(seed)
+        scratch = student()
+        hit = run.cache.load("student_scratch", key, scratch) is not None
         if not hit:
-            kd = objective_for(distilled)
-            train(distilled, split, Schedule(d.epochs, d.lr, d.batch_size), seed=config.seed,
-                  objective=kd)
-            kd.close()
-            cache.save("student_distilled", kd_key, distilled, {})
-        distilled.eval()
-        stages.append(stage_entry(
-            "student_distilled", distilled, accuracy(distilled, data.test), cached=hit,
-            temperature=d.temperature, alpha=d.alpha, feature_weight=d.feature_weight,
-            attention_weight=d.attention_weight, pairs=[[p.student, p.teacher] for p in pairs],
-            views=d.views, **({"note": "logits only: automatic layer pairs need nn.Sequential "
-                                       "CNNs; name them in distill.pairs for feature and "
-                                       "attention terms"}
-                              if not pairs and (d.feature_weight or d.attention_weight)
-                              else {})))
-        s["detail"] = f"{stages[-1]['accuracy']:.2%}" + (" (cached)" if hit else "")
+            train(scratch, run.split, Schedule(st.epochs, st.lr, st.batch_size), seed=seed,
+                  objective=SoftTargets(run.soft_labels) if d.views else None)
+            run.cache.save("student_scratch", key, scratch, {})
+        run.record("student_scratch", scratch.eval(), hit, s)
+    return scratch
 
-    p = config.prune
-    with step("student_pruned") as s:
-        key = digest("pruned", kd_key, asdict(p), config.seed)
-        pruned, info, hit = _pruned(distilled, p, data.train, objective_for, key, cache,
-                                    seed=config.seed + 1, batch_size=d.batch_size,
-                                    example=torch.from_numpy(data.test.x[:1]))
-        stages.append(stage_entry("student_pruned", pruned, accuracy(pruned, data.test),
-                                  cached=hit, **info))
-        s["detail"] = (f"{stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
+
+def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objectives
+                     ) -> tuple[nn.Module, str]:
+    d, pairs = run.config.distill, objectives.pairs
+    key = digest("distilled", t_key, run.base, asdict(d), [(p.student, p.teacher) for p in pairs])
+    with run.step("student_distilled") as s:
+        set_seed(run.config.seed)
+        distilled = student()
+        hit = run.cache.load("student_distilled", key, distilled) is not None
+        if not hit:
+            kd = objectives(distilled)
+            train(distilled, run.split, Schedule(d.epochs, d.lr, d.batch_size),
+                  seed=run.config.seed, objective=kd)
+            kd.close()
+            run.cache.save("student_distilled", key, distilled, {})
+        note = ({"note": "logits only: automatic layer pairs need nn.Sequential CNNs; name "
+                         "them in distill.pairs for feature and attention terms"}
+                if not pairs and (d.feature_weight or d.attention_weight) else {})
+        run.record("student_distilled", distilled.eval(), hit, s, temperature=d.temperature,
+                   alpha=d.alpha, feature_weight=d.feature_weight,
+                   attention_weight=d.attention_weight,
+                   pairs=[[p.student, p.teacher] for p in pairs], views=d.views, **note)
+    return distilled, key
+
+
+def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Objectives
+                  ) -> tuple[nn.Module, str]:
+    p = run.config.prune
+    with run.step("student_pruned") as s:
+        key = digest("pruned", kd_key, asdict(p), run.config.seed)
+        pruned, info, hit = _pruned(distilled, p, run.data.train, objectives, key, run.cache,
+                                    seed=run.config.seed + 1,
+                                    batch_size=run.config.distill.batch_size,
+                                    example=torch.from_numpy(run.data.test.x[:1]))
+        run.record("student_pruned", pruned, hit, s, **info)
+        s["detail"] = (f"{run.stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
                        f"{info['weight_sparsity']:.0%} weight sparsity"
                        + (" (cached)" if hit else ""))
-    return Trained(stages, teacher_model, scratch, distilled, pruned, key)
+    return pruned, key
 
 
 def _pruned(distilled: nn.Module, p: Any, train_split: Split,

@@ -1,15 +1,20 @@
 """The CI gate: a report (or an ``edgekd bench --json`` file) checked against a budget, as
-checks with margins and as JUnit XML. Torch-free: ``edgekd check`` runs in any CI job."""
+checks with margins and as JUnit XML. Torch-free: ``edgekd check`` runs in any CI job.
+
+A file that is not a well-formed report is refused on load (:func:`load_report`) with one
+line naming the file and the first bad field, before any check reads it."""
 
 from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekd.errors import UsageError
+from edgekd.report.schema import validate, validate_report
 from edgekd.settings.budgets import UNITS, Budget
 
 
@@ -45,7 +50,7 @@ def _measurements(artifact: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def budget_checks(report: dict[str, Any], budget: Budget) -> list[Check]:
+def budget_checks(report: Mapping[str, Any], budget: Budget) -> list[Check]:
     """Every budget against every shipped artifact (see the module docstring)."""
     artifacts = report.get("artifacts", [])
     shipped = [a for a in artifacts if a.get("precision", "int8") != "fp32"]
@@ -96,18 +101,81 @@ def budget_checks(report: dict[str, Any], budget: Budget) -> list[Check]:
     return checks
 
 
-def load_report(path: Path) -> dict[str, Any]:
-    """A build's report.json, or an ``edgekd bench --json`` file seen as one."""
+# What budget_checks reads, as JSON Schema: reports that carry no schema_version (written
+# before report schema 1.0, or trimmed by hand) and ``edgekd bench --json`` entries are held
+# to this; a report with a schema_version to the whole report.schema.json.
+_NUMBER = {"type": "number"}
+_MEASURED = {
+    "latency_ms": {"type": "object", "required": ["p50", "p95", "p50_ci95"],
+                   "properties": {"p50": {"type": "number", "minimum": 0}, "p95": _NUMBER,
+                                  "p50_ci95": {"type": "array", "items": _NUMBER,
+                                               "minItems": 2, "maxItems": 2}}},
+    "memory": {"type": "object", "required": ["peak_rss_mb"],
+               "properties": {"peak_rss_mb": _NUMBER}},
+}
+_REMOTE = {"type": "object", "required": ["remote", "latency_ms", "memory"],
+           "properties": {"remote": {"type": "string"}, **_MEASURED}}
+_OLDER_REPORT = {"type": "object", "required": ["artifacts"], "properties": {
+    "artifacts": {"type": "array", "items": {
+        "type": "object", "required": ["path", "size_bytes", "latency_ms", "memory"],
+        "properties": {"path": {"type": "string", "minLength": 1}, "runtime": {"type": "string"},
+                       "precision": {"type": "string"}, "size_bytes": {"type": "integer"},
+                       "accuracy": {"type": ["number", "null"]}, **_MEASURED,
+                       "remote": {"type": "array", "items": _REMOTE}}}},
+    "stages": {"type": "array", "items": {
+        "type": "object", "required": ["name"],
+        "properties": {"name": {"type": "string"}, "accuracy": {"type": ["number", "null"]}}}},
+    "task": {"type": "string"}}}
+_BENCH_FILE = {"type": "object", "required": ["benchmarks"], "properties": {
+    "benchmarks": {"type": "array", "items": {
+        "type": "object", "required": ["artifact", "runtime", "file_size_bytes", "latency_ms",
+                                       "memory"],
+        "properties": {"artifact": {"type": "string", "minLength": 1},
+                       "runtime": {"type": "string"}, "file_size_bytes": {"type": "integer"},
+                       "placement": {"type": "object"}, "remote": {"type": ["string", "null"]},
+                       **_MEASURED}}}}}
+
+
+def _read(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: report not found; run edgekd build (it writes "
                          "OUT/<target>/report.json) or edgekd bench --json FILE") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: not a readable JSON report ({exc})") from exc
-    if isinstance(data, dict) and isinstance(data.get("artifacts"), list):
+    except RecursionError as exc:  # the C parser recurses per nesting level
+        raise UsageError(f"{path}: not an edgekd report (JSON nested too deeply)") from exc
+
+
+def _why_null(problem: str, data: dict[str, Any]) -> str:
+    """The writer's reason when the bad field is a null it listed in ``nulls``."""
+    notes = data.get("nulls")
+    if not isinstance(notes, list):
+        notes = []
+    why = next((n.get("why") for n in notes if isinstance(n, dict)
+                and problem.startswith(f"{n.get('field')}: ")), None)
+    return f" (written as null: {why})" if why else ""
+
+
+def _require(problems: list[str], path: Path, data: dict[str, Any], what: str) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise UsageError(f"{path}: not a valid {what}: {problems[0]}"
+                         f"{_why_null(problems[0], data)}{more}")
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A build's report.json, or an ``edgekd bench --json`` file seen as one; anything
+    malformed is one :class:`UsageError` naming the file and the first bad field."""
+    data = _read(path)
+    if isinstance(data, dict) and "artifacts" in data:
+        problems = (validate_report(data) if "schema_version" in data
+                    else validate(data, _OLDER_REPORT))
+        _require(problems, path, data, "edgekd report")
         return data
-    if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
+    if isinstance(data, dict) and "benchmarks" in data:
+        _require(validate(data, _BENCH_FILE), path, data, "edgekd bench --json file")
         return {"artifacts": [
             {**b, "path": b["artifact"], "size_bytes": b["file_size_bytes"],
              "precision": "int8" if (b.get("placement") or {}).get("quantized") else "fp32"}

@@ -1,34 +1,101 @@
 """``report.md``: the build report as Markdown that reads well as a GitHub Actions step
-summary."""
+summary. One function per section, in page order; numbers go through :mod:`.format`, so
+they read as they do in ``report.html`` and the command line's summary."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from edgekd.report import format as fmt
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.2f} %"
-
-
-def _version(v: str) -> str:
-    """"2026.4.1-22982-e213a147257-releases/2026/4" -> "2026.4.1"; others unchanged."""
-    return v.split("-")[0] if v[:1].isdigit() else v
+Lines = list[str]
 
 
-def _ms(v: float) -> str:
-    return f"{v:.4g}"
+def _title(report: dict[str, Any]) -> Lines:
+    """Title, target, the budget verdict and the flags: what a reader must see first."""
+    lines = [f"# edgekd build: `{report['target']}`", "", f"{report['target_description']}", ""]
+    budget = report.get("budget")
+    if budget:
+        broken = [c for c in budget["checks"] if not c["ok"]]
+        lines += [f"**Budgets: {'❌ ' + str(len(broken)) + ' broken' if broken else '✅ all hold'}"
+                  f"** ({len(budget['checks'])} checks, {budget['source']})", ""]
+    lines += [f"> ⚠️ {flag}" for flag in report.get("flags", [])]
+    return [*lines, ""] if report.get("flags") else lines
 
 
-def _latency_rows(name: str, where: str, m: dict[str, Any], size: int) -> str:
-    lat, mem = m["latency_ms"], m["memory"]
-    lo, hi = lat["p50_ci95"]
-    return (f"| `{name}` | {where} | {m.get('threads', '')} | {_ms(lat['p50'])} "
-            f"({_ms(lo)}–{_ms(hi)}) | {_ms(lat['p95'])} | {_ms(lat['p99'])} | "
-            f"{_ms(lat['mean'])} ± {_ms(lat['std'])} | {mem['peak_rss_mb']:.1f} | "
-            f"{mem['model_rss_mb']:.1f} | {size / 1024:.1f} |")
+def _models(report: dict[str, Any]) -> Lines:
+    """The data, every model stage, and what compression and distillation bought."""
+    data, inp = report["dataset"], report["input"]
+    splits = data["splits"]
+    lines = [f"Data: {data['name']} — train {splits['train']}, test {splits['test']}, "
+             f"calibration {splits['calibration']} (seed {data['seed']}). "
+             f"Input `{inp['shape']}` {inp['dtype']}, `{inp['preprocessing']['formula']}`.",
+             "", "## Models", "",
+             "| stage | params | non-zero | test accuracy |", "|---|---:|---:|---:|"]
+    lines += [f"| {s['name']} | {fmt.count(s['params'])} | {fmt.count(s['nonzero_params'])} | "
+              f"{fmt.percent(s['accuracy'])} |" for s in report["stages"]]
+    if not report["stages"]:
+        lines.append(f"| (finished model: {report.get('model', {}).get('onnx', 'ONNX')}) "
+                     "| | | |")
+    summary = report.get("summary", {})
+    lines.append("")
+    if "compression" in summary:
+        lines.append(f"- Compression: the student has **{fmt.fold(summary['compression'])} "
+                     "fewer parameters** than the teacher.")
+    if "distillation_gain_points" in summary:
+        lines.append(f"- Distillation: {fmt.percent(summary['distilled_accuracy'])} vs "
+                     f"{fmt.percent(summary['scratch_accuracy'])} from scratch "
+                     f"(**{fmt.points(summary['distillation_gain_points'])} points**).")
+    return lines
 
 
-def _robustness(report: dict[str, Any]) -> list[str]:
+def _artifacts(report: dict[str, Any]) -> Lines:
+    """Each shipped file, checked against the model it came from."""
+    lines = [
+        "", "## Artifacts", "",
+        "Each artifact is compared with the model it came from on the whole test split: top-1 "
+        "agreement for classifiers; for every model the worst sample's cosine similarity and "
+        "relative error (‖Δ‖ / ‖reference‖).", "",
+        "| file | runtime | precision | size KiB | gzip KiB | accuracy | agreement | "
+        "min cosine | max rel. error | max abs Δ |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| `{a['path']}` | {a['runtime']} {fmt.version(a['runtime_version'])} | "
+              f"{a['precision']} | {fmt.kib(a['size_bytes'])} | "
+              f"{fmt.kib(a.get('size_gzip_bytes'))} | {fmt.percent(a['accuracy'])} | "
+              f"{fmt.percent(a['top1_agreement'])} | {fmt.cosine(a.get('cosine_min'))} | "
+              f"{fmt.error(a.get('max_rel_error'))} | {fmt.error(a.get('max_abs_diff'))} |"
+              for a in report["artifacts"]]
+    return [*lines, ""]
+
+
+def _quantization(report: dict[str, Any]) -> Lines:
+    """How the INT8 model was made, and who quantized for each runtime."""
+    q = report.get("quantization")
+    if not q:
+        return []
+    lines = ["## Quantization", "",
+             f"Static INT8 (ONNX Runtime's tools, QDQ), calibration `{q['method']}`."]
+    if q.get("fp32_accuracy") is not None:
+        lines.append(f"On the calibration split: FP32 {fmt.percent(q['fp32_accuracy'])}, INT8 "
+                     f"{fmt.percent(q['int8_accuracy'])}.")
+    for i, step in enumerate(q.get("steps", [])[1:], 1):
+        lines.append(f"- step {i}: kept in float {', '.join(step['float_layers'])} -> "
+                     f"{fmt.percent(step['accuracy'])}")
+    if q.get("float_layers"):
+        lines.append(f"Kept in float to stay within the accuracy budget: "
+                     f"{', '.join(q['float_layers'])}.")
+    by_runtime = q.get("by_runtime") or {}
+    if by_runtime:
+        lines += ["", "| runtime | INT8 made by | when | `quant.*` settings it ignores |",
+                  "|---|---|---|---|"]
+        lines += [f"| {rt} | {w['tool']} | {w['when']} | "
+                  f"{', '.join(w['ignored']) or 'none'} |" for rt, w in by_runtime.items()]
+    return [*lines, ""]
+
+
+def _robustness(report: dict[str, Any]) -> Lines:
     """Accuracy per corruption and model, the distilled-minus-scratch gap, and the finding."""
     rob = report.get("robustness")
     if not rob:
@@ -40,9 +107,9 @@ def _robustness(report: dict[str, Any]) -> list[str]:
              + (" | distilled − scratch |" if gap else " |"),
              "|---|" + "---:|" * (len(models) + gap)]
     for c in rob["conditions"]:
-        cells = [_pct(c["accuracy"][m]) for m in models]
+        cells = [fmt.percent(c["accuracy"][m]) for m in models]
         if gap:
-            cells.append(f"{c['distilled_minus_scratch_points']:+.2f}")
+            cells.append(fmt.points(c.get("distilled_minus_scratch_points")))
         lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
     lines += ["", f"Corruptions on {rob['pixel_units']}; noise sigma in raw pixel units; "
               f"seed {rob['seed']}, {rob['samples']} test samples, the same corrupted inputs "
@@ -53,33 +120,61 @@ def _robustness(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _pruning(report: dict[str, Any]) -> list[str]:
+def _latency_row(name: str, where: str, m: dict[str, Any], size: Any) -> str:
+    lat, mem = m["latency_ms"], m["memory"]
+    return (f"| `{name}` | {where} | {m.get('threads', '')} | {fmt.ms(lat['p50'])} "
+            f"({fmt.ms_range(lat['p50_ci95'])}) | {fmt.ms(lat['p95'])} | {fmt.ms(lat['p99'])} | "
+            f"{fmt.ms(lat['mean'])} ± {fmt.ms(lat['std'])} | {fmt.mib(mem['peak_rss_mb'])} | "
+            f"{fmt.mib(mem.get('model_rss_mb'))} | {fmt.kib(size)} |")
+
+
+def _latency(report: dict[str, Any]) -> Lines:
+    """Every measurement (this host and each device), and how it was measured."""
+    lines = ["", "## Latency (ms) and memory (MiB)", "",
+             "| file | where | threads | p50 (95 % CI) | p95 | p99 | mean ± std | peak RSS | "
+             "model RSS | file KiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for a in report["artifacts"] + report.get("references", []):
+        if "latency_ms" in a:
+            lines.append(_latency_row(a["path"], "this host", a, a["size_bytes"]))
+        for r in a.get("remote", []):
+            dev = r.get("device", {})
+            where = f"{r['remote']} ({dev.get('model') or dev.get('cpu', '?')})"
+            lines.append(_latency_row(a["path"], where, r, a["size_bytes"]))
+    b = report["bench"]
+    return [*lines, "",
+            f"Each artifact in its own process: {b['warmup']} warm-up runs, then at least "
+            f"{b['runs']} timed runs and {b.get('seconds', 0):g} s; batch {b['batch']}; "
+            f"{b['threads']} thread(s) here (the target asks for {b['target_threads']}; remote "
+            "devices use the target's count). Timed: one inference call with inputs already "
+            "bound. **peak RSS**: the process's high-water mark (Python + NumPy + runtime + "
+            "model). **model RSS**: resident memory after importing the runtime, loading the "
+            "model and one inference, minus the empty interpreter's (runtime libraries + model "
+            "+ arena). `reference/dense_fp32.*` is the distilled student before pruning.", ""]
+
+
+def _payoff(report: dict[str, Any]) -> Lines:
+    if not report.get("payoff"):
+        return []
+    return ["## Does each step pay off?", "",
+            *[f"- {'⚠️ ' if r['verdict'] == 'slower' else ''}{r['detail']}"
+              for r in report["payoff"]], ""]
+
+
+def _pruning(report: dict[str, Any]) -> Lines:
     """Per-layer shapes and sparsity of the pruned student, and dense vs pruned FP32 files."""
     stage: dict[str, Any] = next(
         (s for s in report["stages"] if s["name"] == "student_pruned"), {})
     if "layers" not in stage:
         return []
+    unit = "channels" if stage["method"] == "structured" else "weights"
     lines = [f"## Pruning: {stage['method']}, {stage['schedule']}, target "
-             f"{stage['target_sparsity']:.0%} of "
-             f"{'channels' if stage['method'] == 'structured' else 'weights'}", "",
+             f"{fmt.share(stage['target_sparsity'])} of {unit}", "",
              "| layer | type | weight shape before → after | zero |", "|---|---|---|---:|"]
-    lines += [f"| `{r['layer']}` | {r['type']} | {'×'.join(map(str, r['before']))} → "
-              f"{'×'.join(map(str, r['after']))} | {r['zero_fraction']:.1%} |"
+    lines += [f"| `{r['layer']}` | {r['type']} | {fmt.shape(r['before'])} → "
+              f"{fmt.shape(r['after'])} | {fmt.fine_share(r['zero_fraction'])} |"
               for r in stage["layers"]]
-    lines.append("")
-    pruned = {a["runtime"]: a for a in report["artifacts"] if a["precision"] == "fp32"}
-    speed = {r["runtime"]: r for r in report.get("payoff", [])
-             if r["step"] == "pruning" and r["where"] == "host"}
-    for dense in report.get("references", []):
-        a = pruned.get(dense["runtime"])
-        if not a or "latency_ms" not in a or "latency_ms" not in dense:
-            continue
-        verdict = speed.get(dense["runtime"], {}).get("verdict", "not compared")
-        lines.append(
-            f"- {dense['runtime']}: `reference/{dense['path']}` → `{a['path']}`: file "
-            f"{dense['size_bytes'] / 1024:.1f} → {a['size_bytes'] / 1024:.1f} KiB, gzip "
-            f"{dense['size_gzip_bytes'] / 1024:.1f} → {a['size_gzip_bytes'] / 1024:.1f} KiB, "
-            f"p50 {dense['latency_ms']['p50']:.4g} → {a['latency_ms']['p50']:.4g} ms ({verdict})")
+    lines += ["", *_dense_vs_pruned(report)]
     if stage["method"] == "unstructured":
         lines.append("\n**Unstructured sparsity gives no speed-up on ONNX Runtime, OpenVINO or "
                      "LiteRT**: the zeroed weights keep their dense shapes and run through the "
@@ -88,121 +183,34 @@ def _pruning(report: dict[str, Any]) -> list[str]:
                      "from the machine, not from pruning. `prune.method = \"structured\"` removes "
                      "channels instead.")
     else:
-        lines.append(f"\nChannels were removed: {stage['macs_before']:,} → "
-                     f"{stage['macs_after']:,} multiply-adds per sample.")
+        lines.append(f"\nChannels were removed: {fmt.count(stage['macs_before'])} → "
+                     f"{fmt.count(stage['macs_after'])} multiply-adds per sample.")
     return [*lines, ""]
 
 
-def _quantization(report: dict[str, Any]) -> list[str]:
-    q = report.get("quantization")
-    if not q:
-        return []
-    lines = ["## Quantization", "",
-             f"Static INT8 (ONNX Runtime's tools, QDQ), calibration `{q['method']}`."]
-    if q.get("fp32_accuracy") is not None:
-        lines.append(f"On the calibration split: FP32 {_pct(q['fp32_accuracy'])}, INT8 "
-                     f"{_pct(q['int8_accuracy'])}.")
-    for i, step in enumerate(q.get("steps", [])[1:], 1):
-        lines.append(f"- step {i}: kept in float {', '.join(step['float_layers'])} -> "
-                     f"{_pct(step['accuracy'])}")
-    if q.get("float_layers"):
-        lines.append(f"Kept in float to stay within the accuracy budget: "
-                     f"{', '.join(q['float_layers'])}.")
-    return [*lines, ""]
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """The build report as Markdown that reads well as a GitHub Actions step summary."""
-    stages = report["stages"]
-    lines = [f"# edgekd build: `{report['target']}`", "", f"{report['target_description']}", ""]
-    budget = report.get("budget")
-    if budget:
-        broken = [c for c in budget["checks"] if not c["ok"]]
-        lines += [f"**Budgets: {'❌ ' + str(len(broken)) + ' broken' if broken else '✅ all hold'}"
-                  f"** ({len(budget['checks'])} checks, {budget['source']})", ""]
-    for flag in report.get("flags", []):
-        lines.append(f"> ⚠️ {flag}")
-    if report.get("flags"):
-        lines.append("")
-    lines += [
-        f"Data: {report['dataset']['name']} — train {report['dataset']['splits']['train']}, "
-        f"test {report['dataset']['splits']['test']}, calibration "
-        f"{report['dataset']['splits']['calibration']} (seed {report['dataset']['seed']}). "
-        f"Input `{report['input']['shape']}` {report['input']['dtype']}, "
-        f"`{report['input']['preprocessing']['formula']}`.",
-        "",
-        "## Models",
-        "",
-        "| stage | params | non-zero | test accuracy |",
-        "|---|---:|---:|---:|",
-    ]
-    for s in stages:
-        lines.append(f"| {s['name']} | {s['params']:,} | {s['nonzero_params']:,} | "
-                     f"{_pct(s['accuracy'])} |")
-    if not stages:
-        lines.append(f"| (finished model: {report.get('model', {}).get('onnx', 'ONNX')}) "
-                     "| | | |")
-    summary = report.get("summary", {})
-    lines.append("")
-    if "compression" in summary:
-        lines.append(f"- Compression: the student has **{summary['compression']:.1f}× fewer "
-                     "parameters** than the teacher.")
-    if "distillation_gain_points" in summary:
-        lines.append(f"- Distillation: {_pct(summary['distilled_accuracy'])} vs "
-                     f"{_pct(summary['scratch_accuracy'])} from scratch "
-                     f"(**{summary['distillation_gain_points']:+.2f} points**).")
-    lines += [
-        "",
-        "## Artifacts",
-        "",
-        "Each artifact is compared with the model it came from on the whole test split: top-1 "
-        "agreement for classifiers; for every model the worst sample's cosine similarity and "
-        "relative error (‖Δ‖ / ‖reference‖).",
-        "",
-        "| file | runtime | precision | size KiB | gzip KiB | accuracy | agreement | "
-        "min cosine | max rel. error | max abs Δ |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for a in report["artifacts"]:
+def _dense_vs_pruned(report: dict[str, Any]) -> Lines:
+    """One line per runtime: the dense reference file against the pruned FP32 artifact."""
+    pruned = {a["runtime"]: a for a in report["artifacts"] if a["precision"] == "fp32"}
+    speed = {r["runtime"]: r for r in report.get("payoff", [])
+             if r["step"] == "pruning" and r["where"] == "host"}
+    lines = []
+    for dense in report.get("references", []):
+        a = pruned.get(dense["runtime"])
+        if not a or "latency_ms" not in a or "latency_ms" not in dense:
+            continue
+        verdict = speed.get(dense["runtime"], {}).get("verdict", "not compared")
         lines.append(
-            f"| `{a['path']}` | {a['runtime']} {_version(a['runtime_version'])} | "
-            f"{a['precision']} | {a['size_bytes'] / 1024:.1f} | "
-            f"{a.get('size_gzip_bytes', 0) / 1024:.1f} | {_pct(a['accuracy'])} | "
-            f"{_pct(a['top1_agreement'])} | {a.get('cosine_min', float('nan')):.5f} | "
-            f"{a.get('max_rel_error', float('nan')):.3g} | {a['max_abs_diff']:.3g} |")
-    lines += _quantization(report)
-    lines += _robustness(report)
-    lines += ["", "## Latency (ms) and memory (MiB)", "",
-              "| file | where | threads | p50 (95 % CI) | p95 | p99 | mean ± std | peak RSS | "
-              "model RSS | file KiB |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for a in report["artifacts"] + report.get("references", []):
-        if "latency_ms" in a:
-            lines.append(_latency_rows(a["path"], "this host", a, a["size_bytes"]))
-        for r in a.get("remote", []):
-            dev = r.get("device", {})
-            where = f"{r['remote']} ({dev.get('model') or dev.get('cpu', '?')})"
-            lines.append(_latency_rows(a["path"], where, r, a["size_bytes"]))
-    b = report["bench"]
-    lines += [
-        "",
-        f"Each artifact in its own process: {b['warmup']} warm-up runs, then at least "
-        f"{b['runs']} timed runs and {b.get('seconds', 0):g} s; batch {b['batch']}; "
-        f"{b['threads']} thread(s) here (the target asks for {b['target_threads']}; remote "
-        "devices use the target's count). Timed: one inference call with inputs already "
-        "bound. **peak RSS**: the process's high-water mark (Python + NumPy + runtime + "
-        "model). **model RSS**: resident memory after importing the runtime, loading the "
-        "model and one inference, minus the empty interpreter's (runtime libraries + model "
-        "+ arena). `reference/dense_fp32.*` is the distilled student before pruning.",
-        "",
-    ]
-    if report.get("payoff"):
-        lines += ["## Does each step pay off?", ""]
-        lines += [f"- {'⚠️ ' if r['verdict'] == 'slower' else ''}{r['detail']}"
-                  for r in report["payoff"]]
-        lines.append("")
-    lines += _pruning(report)
-    lines += ["## What ran where", ""]
+            f"- {dense['runtime']}: `reference/{dense['path']}` → `{a['path']}`: file "
+            f"{fmt.kib(dense['size_bytes'])} → {fmt.kib(a['size_bytes'])} KiB, gzip "
+            f"{fmt.kib(dense['size_gzip_bytes'])} → {fmt.kib(a['size_gzip_bytes'])} KiB, "
+            f"p50 {fmt.ms(dense['latency_ms']['p50'])} → {fmt.ms(a['latency_ms']['p50'])} ms "
+            f"({verdict})")
+    return lines
+
+
+def _placement(report: dict[str, Any]) -> Lines:
+    """Which nodes did not run as intended (float kernels in an INT8 model, fallbacks)."""
+    lines = ["## What ran where", ""]
     for a in report["artifacts"]:
         p = a.get("placement") or {}
         off = p.get("not_as_intended") or []
@@ -214,16 +222,38 @@ def render_markdown(report: dict[str, Any]) -> str:
         elif p:
             lines.append(f"- `{a['path']}`: all {p['nodes']} node(s) as intended "
                          f"({'INT8' if p['quantized'] else 'float'}; {p['how']})")
-    lines.append("")
-    if budget:
-        lines += ["## Budgets", "", "| budget | artifact | measured | limit | margin | |",
-                  "|---|---|---:|---:|---:|---|"]
-        lines += [f"| {c['budget']} | `{c['subject']}` | {c['measured']:.4g} {c['unit']} | "
-                  f"{c['limit']:g} | {c['margin']:+.4g} | {'✅' if c['ok'] else '❌'} |"
-                  for c in budget["checks"]]
-        lines.append("")
-    lines += [f"Built in {report['build_seconds']:.1f} s on {report['host']['machine']} "
-              f"({report['host']['cpus']} CPUs).", ""]
+    return [*lines, ""]
+
+
+def _budgets(report: dict[str, Any]) -> Lines:
+    budget = report.get("budget")
+    if not budget:
+        return []
+    return ["## Budgets", "", "| budget | artifact | measured | limit | margin | |",
+            "|---|---|---:|---:|---:|---|",
+            *[f"| {c['budget']} | `{c['subject']}` | {fmt.number(c['measured'])} {c['unit']} | "
+              f"{fmt.limit(c['limit'])} | {fmt.signed(c['margin'])} | "
+              f"{'✅' if c['ok'] else '❌'} |" for c in budget["checks"]], ""]
+
+
+def _nulls(report: dict[str, Any]) -> Lines:
+    """Values the build could not measure as finite numbers, so the tables show "–"."""
+    notes = report.get("nulls") or []
+    if not notes:
+        return []
+    return ["## Values written as null", "",
+            *[f"- `{n['field']}`: {n['why']}" for n in notes], ""]
+
+
+def render_markdown(build_report: Mapping[str, Any]) -> str:
+    """The build report as Markdown that reads well as a GitHub Actions step summary."""
+    report = dict(build_report)
+    sections = (_title, _models, _artifacts, _quantization, _robustness, _latency, _payoff,
+                _pruning, _placement, _budgets, _nulls)
+    lines: Lines = []
+    for line in (line for section in sections for line in section(report)):
+        if line or (lines and lines[-1]):  # sections pad themselves: one blank line between
+            lines.append(line)
+    lines += [f"Built in {fmt.seconds(report['build_seconds'])} on "
+              f"{report['host']['machine']} ({report['host']['cpus']} CPUs).", ""]
     return "\n".join(lines)
-
-

@@ -1,42 +1,257 @@
-"""Build outputs that people and CI read: ``report.json``, ``report.md``, ``manifest.json``."""
+"""The build report (``report.json``) as one typed structure, assembled in one place:
+:func:`assemble`. Its JSON Schema is ``report.schema.json`` beside this module, checked by
+:mod:`.schema`. ``manifest.json`` and the artifact file helpers live in :mod:`.manifest` and
+are importable from here too, as is :func:`write_json` (:mod:`.nulls`).
+
+The report stays plain JSON data (``TypedDict``, not objects): it is written as is, read back
+by ``edgekd check`` on another machine, and rendered by :mod:`.markdown`, :mod:`.html` and the
+CLI through :mod:`.format`. A number that is not finite never reaches the JSON: it becomes
+``null`` and the top-level ``nulls`` list says which field and why (:mod:`.nulls`).
+"""
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import os
 import platform
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import edgekd
-from edgekd.common.cache import sha256_file
-from edgekd.report.versions import versions
+from edgekd.measure.payoff import flags, payoff
+from edgekd.report.gate import budget_checks
+from edgekd.report.manifest import artifact_files, build_manifest, gzip_size
+from edgekd.report.nulls import NullNote, with_nulls, write_json
+from edgekd.settings.budgets import Budget
 
 if TYPE_CHECKING:
     from edgekd.inputs.dataset import Dataset
     from edgekd.settings.config import BuildConfig
-    from edgekd.settings.project import Project
     from edgekd.settings.targets import Target
 
+# Major: a reader of 1.x can read every 1.y report. A new optional field is a minor bump; a
+# removed, renamed or retyped field is a major one (and edgekd check refuses the other major).
+SCHEMA_VERSION = "1.0"
 
-def artifact_files(path: Path) -> list[Path]:
-    """The files that make up an artifact (an OpenVINO IR is its .xml and its .bin)."""
-    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+__all__ = ["SCHEMA_VERSION", "Artifact", "BudgetCheck", "Input", "Latency", "Memory", "NullNote",
+           "PayoffRow", "Quantization", "Reference", "RemoteMeasurement", "Report",
+           "RuntimeQuantizer", "Stage", "artifact_files", "assemble", "build_manifest",
+           "gzip_size", "write_json"]
 
 
-def gzip_size(files: list[Path]) -> int:
-    """Bytes after gzip -9: what pruning's zeros save in a download or an OTA update."""
-    return sum(len(gzip.compress(f.read_bytes(), compresslevel=9, mtime=0)) for f in files)
+# -- the report's parts (the schema says the same in JSON Schema) -----------------------------
+# Each part with optional keys is a required base plus a ``total=False`` subclass, so the
+# required keys read as one block, as the schema's "required" list does (a test compares them).
+
+class Preprocessing(TypedDict):
+    raw: str
+    scale: float
+    mean: float | list[float]  # one value, or one per channel
+    std: float | list[float]
+    formula: str
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+class Tensor(TypedDict):
+    name: str
+    shape: list[int]
+    dtype: str
 
+
+class Input(Tensor):
+    layout: str
+    preprocessing: Preprocessing
+    output: Tensor
+
+
+class Stage(TypedDict):
+    """A training stage; the stage's own settings and results ride along (open)."""
+
+    name: str
+    params: int
+    nonzero_params: int
+    accuracy: float | None  # None: not a classifier, or no labels
+
+
+class Summary(TypedDict, total=False):
+    compression: float
+    scratch_accuracy: float
+    distilled_accuracy: float
+    distillation_gain_points: float
+
+
+class Latency(TypedDict):
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    p50_ci95: list[float]  # [lo, hi]: 95 % confidence interval of the median
+
+
+class Memory(TypedDict):
+    baseline_rss_mb: float
+    model_rss_mb: float
+    peak_rss_mb: float
+
+
+class _Measured(TypedDict):
+    latency_ms: Latency
+    memory: Memory
+
+
+class Measurement(_Measured, total=False):
+    """One benchmark of one artifact on one machine (see :mod:`edgekd.device.worker`)."""
+
+    load_ms: float
+    first_inference_ms: float
+    threads: int
+    runs: int
+    placement: dict[str, Any]  # what ran where, or {"error": ...}; runtime-specific keys
+    device: dict[str, Any]
+    latency_samples_ms: list[float]
+
+
+class RemoteMeasurement(Measurement):
+    remote: str  # user@host
+    runtime_version: str
+
+
+class _Described(TypedDict):
+    path: str
+    files: list[str]
+    format: str
+    precision: str  # fp32 | int8 | fp16
+    runtime: str
+    runtime_version: str
+    size_bytes: int
+    size_gzip_bytes: int
+    sha256: str
+
+
+class Reference(_Described, Measurement, total=False):
+    """A dense FP32 file the payoff rows compare against (``reference/``)."""
+
+    remote: list[RemoteMeasurement]
+
+
+class Verification(TypedDict):
+    """The artifact against the model it came from, on the whole test split."""
+
+    accuracy: float | None
+    top1_agreement: float | None
+    max_abs_diff: float | None
+    max_rel_error: float | None
+    cosine_min: float | None
+    cosine_mean: float | None
+
+
+class Artifact(Reference, Verification):
+    """A shipped file: described, verified in its runtime, benchmarked."""
+
+
+class PayoffRow(TypedDict):
+    runtime: str
+    where: str
+    step: str  # int8 | pruning
+    baseline: str
+    candidate: str
+    speedup: float
+    verdict: str  # faster | slower | no measurable change
+    size_ratio: float
+    gzip_size_ratio: float
+    detail: str
+
+
+class RuntimeQuantizer(TypedDict):
+    """Who made one runtime's INT8 artifact, and which ``quant.*`` settings it used."""
+
+    tool: str
+    when: Literal["before export", "during conversion"]
+    applies: list[str]
+    ignored: list[str]
+
+
+class _Quantization(TypedDict):
+    path: str
+    method: str
+    float_layers: list[str]
+    fp32_accuracy: float | None
+    int8_accuracy: float | None
+    steps: list[dict[str, Any]]  # {"float_layers": [...], "accuracy": ...}
+    cached: bool
+
+
+class Quantization(_Quantization, total=False):
+    by_runtime: dict[str, RuntimeQuantizer]
+
+
+class Bench(TypedDict):
+    warmup: int
+    runs: int
+    seconds: float
+    batch: int
+    threads: int
+    target_threads: int
+
+
+class Host(TypedDict):
+    machine: str
+    cpus: int | None
+    processor: str
+
+
+class BudgetCheck(TypedDict):
+    budget: str
+    subject: str
+    measured: float
+    limit: float
+    margin: float
+    ok: bool
+    unit: str
+
+
+class BudgetSection(TypedDict):
+    source: str
+    limits: dict[str, float]
+    checks: list[BudgetCheck]
+
+
+class _Report(TypedDict):
+    schema_version: str
+    edgekd_version: str
+    target: str
+    target_description: str
+    input: Input
+    dataset: dict[str, Any]  # Dataset.summary(): open (sources, validation split ...)
+    stages: list[Stage]
+    summary: Summary
+    artifacts: list[Artifact]
+    bench: Bench
+    host: Host
+    build_seconds: float
+    task: str
+    model: dict[str, Any]  # what the user gave (factories, files): open
+    flags: list[str]
+
+
+class Report(_Report, total=False):
+    """``report.json``. Keys are written in this order: the required ones up to ``model``,
+    then ``references``, ``payoff``, ``quantization``, ``robustness``, ``flags``, ``budget``,
+    ``nulls``."""
+
+    references: list[Reference]
+    payoff: list[PayoffRow]
+    quantization: Quantization
+    robustness: dict[str, Any]  # models and conditions vary with the build: open
+    budget: BudgetSection
+    nulls: list[NullNote]
+
+
+# -- assembling ------------------------------------------------------------------------------
 
 def _summary(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """What distillation and compression bought, from the stage rows."""
     by_name = {s["name"]: s for s in stages}
     out: dict[str, Any] = {}
     last = stages[-1] if stages else None
@@ -50,11 +265,12 @@ def _summary(stages: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def build_report(target: Target, data: Dataset, config: BuildConfig, stages: list[dict[str, Any]],
-                 artifacts: list[dict[str, Any]], threads: int, seconds: float, *,
-                 output_shape: list[int] | None = None) -> dict[str, Any]:
+def _head(target: Target, data: Dataset, stages: list[dict[str, Any]],
+          artifacts: list[dict[str, Any]], output_shape: list[int] | None) -> dict[str, Any]:
+    """From ``schema_version`` to ``artifacts``: what was built from what."""
     prep = data.preprocessing
     return {
+        "schema_version": SCHEMA_VERSION,
         "edgekd_version": edgekd.__version__,
         "target": target.name,
         "target_description": target.description,
@@ -72,6 +288,12 @@ def build_report(target: Target, data: Dataset, config: BuildConfig, stages: lis
         "stages": stages,
         "summary": _summary(stages),
         "artifacts": artifacts,
+    }
+
+
+def _how(target: Target, config: BuildConfig, threads: int, seconds: float) -> dict[str, Any]:
+    """``bench``, ``host`` and ``build_seconds``: how and where it was measured."""
+    return {
         "bench": {"warmup": config.bench.warmup, "runs": config.bench.runs,
                   "seconds": config.bench.seconds, "batch": 1, "threads": threads,
                   "target_threads": target.threads},
@@ -81,22 +303,42 @@ def build_report(target: Target, data: Dataset, config: BuildConfig, stages: lis
     }
 
 
-def build_manifest(target: Target, data: Dataset, project: Project, stage: Path,
-                   artifacts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Everything needed to reproduce the build: versions, seeds, the full settings, where
-    the data came from with a fingerprint of each split, and the sha256 of every file."""
-    files = {f: sha256_file(stage / f) for a in artifacts for f in a["files"]}
-    if (stage / "student.safetensors").is_file():
-        files["student.safetensors"] = sha256_file(stage / "student.safetensors")
-    config = project.build
-    return {
-        "edgekd_version": edgekd.__version__,
-        "versions": versions(),
-        "seeds": {"build": config.seed, "calibration_sample": data.seed},
-        "config": config.to_dict(),
-        "project": project.to_dict(),
-        "target": asdict(target),
-        "dataset": data.summary(),
-        "sha256": files,
-        "input_example_sha256": hashlib.sha256(data.test.x[:1].tobytes()).hexdigest(),
-    }
+def _budget(report: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+    """The budget section: ``checks`` as given, or evaluated here from ``limits``."""
+    if "checks" in budget:
+        return {"source": budget["source"], "limits": budget["limits"],
+                "checks": budget["checks"]}
+    checks = budget_checks(report, Budget(**budget["limits"]))
+    return {"source": budget["source"], "limits": budget["limits"],
+            "checks": [c.to_dict() for c in checks]}
+
+
+def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
+             model: dict[str, Any], stages: list[dict[str, Any]],
+             artifacts: list[dict[str, Any]], references: list[dict[str, Any]],
+             quantization: dict[str, Any] | None, robustness: dict[str, Any] | None,
+             threads: int, output_shape: list[int], build_seconds: float,
+             budget: dict[str, Any] | None) -> Report:
+    """The whole report of a build, in the order it is written.
+
+    Computes ``summary`` (from the stages), ``payoff`` (when there are references) and
+    ``flags``. ``budget`` is ``{"source", "limits"}`` (the checks are evaluated here, against
+    this report) or ``{"source", "limits", "checks"}`` (kept as given); ``None``: no budget.
+    Non-finite numbers become ``null``, each listed in ``nulls`` with the reason, so the
+    returned report is exactly what ``report.json`` holds.
+    """
+    report = _head(target, data, stages, artifacts, output_shape)
+    report |= _how(target, config, threads, build_seconds)
+    report["task"] = task
+    report["model"] = model
+    if references:
+        report["references"] = references
+        report["payoff"] = payoff(artifacts, references)
+    if quantization is not None:
+        report["quantization"] = quantization
+    if robustness is not None:
+        report["robustness"] = robustness
+    report["flags"] = flags(report.get("payoff", []), artifacts)
+    if budget is not None:
+        report["budget"] = _budget(report, budget)
+    return cast(Report, with_nulls(report))

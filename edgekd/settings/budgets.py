@@ -16,13 +16,13 @@ are references. Every key is optional. The check of a report against a budget is
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from edgekd.errors import UsageError
+from edgekd.settings.typed import from_table
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class Budget:
     max_peak_rss_mb: float | None = None
     max_accuracy_drop: float | None = None
     min_int8_speedup: float | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in self.to_dict().items():
+            if value < 0:
+                raise ValueError(f"budget {key} must be >= 0, got {value}")
 
     def to_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)
@@ -47,20 +52,13 @@ UNITS = {"max_size_kb": "KiB", "max_p95_ms": "ms", "max_peak_rss_mb": "MiB",
          "max_accuracy_drop": "points", "min_int8_speedup": "×"}
 
 
-def parse_budget(table: Any, source: str) -> Budget:
-    """A :class:`Budget` from a TOML table; every problem is one :class:`UsageError` line."""
-    if not isinstance(table, dict):
-        raise UsageError(f"{source}: [budget] must be a table of numbers")
-    unknown = sorted(set(table) - set(KEYS))
-    if unknown:
-        raise UsageError(f"{source}: unknown budget key {unknown[0]!r}; allowed: "
-                         f"{', '.join(KEYS)}")
-    for key, value in table.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UsageError(f"{source}: budget {key} must be a number, got {value!r}")
-        if value < 0:
-            raise UsageError(f"{source}: budget {key} must be >= 0, got {value}")
-    return Budget(**{k: float(v) for k, v in table.items()})
+def parse_budget(table: Any, source: str, key: str = "budget") -> Budget:
+    """A :class:`Budget` from the TOML table at ``key`` in ``source``; every problem is one
+    :class:`UsageError` line naming both."""
+    try:
+        return from_table(Budget, table, key)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from exc
 
 
 def load_budget_file(path: Path) -> Budget:

@@ -1,11 +1,17 @@
-"""Build settings: frozen dataclasses that check themselves and round-trip through JSON."""
+"""Build settings: frozen dataclasses that check themselves and round-trip through JSON.
+
+Field annotations are the schema for tables read from files, JSON and ``--set``
+(:func:`BuildConfig.from_dict`, checked by :mod:`edgekd.settings.typed`); ranges and rules
+between fields are each class's ``__post_init__``."""
 
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Annotated, Any
+
+from edgekd.settings.typed import OneOf, from_table
 
 
 def _check(cond: bool, message: str) -> None:
@@ -48,7 +54,8 @@ class DistillConfig:
     # +0.52 points over scratch, + FitNets +0.62, + attention transfer +0.83, both +0.83.
     feature_weight: float = 0.0
     attention_weight: float = 100.0
-    pairs: tuple[tuple[str, str], ...] = ()
+    # Each pair's shape is checked in __post_init__, whose message names the two roles.
+    pairs: tuple[tuple[str, ...], ...] = ()
     views: int = 0
     mixup: float = 1.0
 
@@ -74,6 +81,9 @@ class DistillConfig:
 STUDENT_MODELS = ("student_cnn", "student_convnet", "student_tiny")
 PRUNE_METHODS = ("unstructured", "structured")
 PRUNE_SCHEDULES = ("oneshot", "gradual")
+StudentModel = Annotated[str, OneOf(STUDENT_MODELS, "student model")]
+PruneMethod = Annotated[str, OneOf(PRUNE_METHODS, "prune method")]
+PruneSchedule = Annotated[str, OneOf(("auto", *PRUNE_SCHEDULES), "prune schedule")]
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,8 @@ class PruneConfig:
     ``auto`` (the default) is ``gradual`` for unstructured and ``oneshot`` for structured.
     """
 
-    method: str = "unstructured"
-    schedule: str = "auto"
+    method: PruneMethod = "unstructured"
+    schedule: PruneSchedule = "auto"
     sparsity: float = 0.5
     frequency: int = 10
     finetune_epochs: int = 10
@@ -118,6 +128,7 @@ class PruneConfig:
 
 
 QUANT_METHODS = ("minmax", "percentile", "entropy")
+QuantMethod = Annotated[str, OneOf(QUANT_METHODS, "quant method")]
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ class QuantConfig:
     """
 
     calibration_samples: int = 200
-    method: str = "minmax"
+    method: QuantMethod = "minmax"
     percentile: float = 99.999
     per_channel: bool = True
     activation_type: str = "auto"
@@ -174,6 +185,7 @@ class BenchConfig:
 
 # Corruptions edgekd.measure.robustness knows, each at one fixed severity (described there).
 CORRUPTIONS = ("dropout", "salt_pepper", "shift", "contrast", "blur")
+Corruption = Annotated[str, OneOf(CORRUPTIONS, "corruption")]
 
 
 @dataclass(frozen=True)
@@ -186,7 +198,7 @@ class RobustnessConfig:
     """
 
     noise_sigmas: tuple[float, ...] = (2.0, 4.0, 8.0)
-    corruptions: tuple[str, ...] = ("dropout", "shift")
+    corruptions: tuple[Corruption, ...] = ("dropout", "shift")
 
     def __post_init__(self) -> None:
         _check(not isinstance(self.noise_sigmas, str | int | float),
@@ -224,7 +236,7 @@ class BuildConfig:
     # sample (the worst sample counts): the check for models that are not classifiers.
     min_cosine: float = 0.99
     # The built-in student architecture, a name in edgekd.train.models.STUDENTS.
-    student_model: str = "student_cnn"
+    student_model: StudentModel = "student_cnn"
     # Train the student from scratch too, to measure what distillation bought.
     baseline: bool = True
 
@@ -244,24 +256,29 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> BuildConfig:
-        sections = {f.name: f.type for f in fields(cls)}
-        nested = {"teacher": TrainConfig, "student": TrainConfig, "distill": DistillConfig,
-                  "prune": PruneConfig, "quant": QuantConfig, "bench": BenchConfig,
-                  "robustness": RobustnessConfig}
-        unknown = sorted(set(raw) - set(sections))
-        if unknown:
-            raise ValueError(f"unknown config key {unknown[0]!r}; allowed: {', '.join(sections)}")
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key in nested:
-                allowed = [f.name for f in fields(nested[key])]
-                bad = sorted(set(value) - set(allowed))
-                if bad:
-                    raise ValueError(f"unknown key {key}.{bad[0]!r}; allowed: {', '.join(allowed)}")
-                values[key] = nested[key](**value)
-            else:
-                values[key] = value
-        return cls(**values)
+        """A config from :meth:`to_dict`'s form, a TOML table or JSON: every key and value
+        checked against the annotations; a section left out keeps its defaults, and so do
+        the keys a section leaves out (``[student] epochs = 2`` keeps the student's own
+        ``lr``, 3e-3, not the section class's 1e-3)."""
+        return from_table(cls, _with_section_defaults(raw))
+
+
+def _with_section_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each given section completed by BuildConfig's own defaults for that
+    section where they differ from the section class's (the student's epochs and lr)."""
+    if not isinstance(raw, dict):
+        return raw
+    out = dict(raw)
+    base = BuildConfig()
+    for f in fields(BuildConfig):
+        given, default = raw.get(f.name), getattr(base, f.name)
+        if not (isinstance(given, dict) and hasattr(default, "__dataclass_fields__")):
+            continue
+        plain = type(default)()
+        own = {g.name: getattr(default, g.name) for g in fields(default)
+               if getattr(default, g.name) != getattr(plain, g.name) and g.name not in given}
+        out[f.name] = {**own, **given}
+    return out
 
 
 def config_schema() -> dict[str, list[str]]:
@@ -312,8 +329,4 @@ def set_items(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]
 
 def apply_overrides(config: BuildConfig, items: list[str]) -> BuildConfig:
     """``section.key=value`` settings on top of ``config``, validated like any config."""
-    raw = set_items(config.to_dict(), items, config_schema())
-    try:
-        return BuildConfig.from_dict(raw)
-    except TypeError as exc:  # a value of the wrong kind where a section was expected
-        raise ValueError(f"--set: {exc}") from exc
+    return BuildConfig.from_dict(set_items(config.to_dict(), items, config_schema()))

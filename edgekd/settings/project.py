@@ -1,11 +1,14 @@
 """The project file, ``edgekd.toml``: the user's model, data, settings and budgets.
 
 One flat TOML file in the project folder (or ``--config FILE``). Top-level keys are
-``target``, ``out``, ``runtimes`` and the build settings of :class:`~edgekd.settings.config.BuildConfig`
-(``seed``, ``[distill]``, ``[prune]``, ``[quant]``, ...); ``[model]`` and ``[data]`` say what
-to build from (:class:`ModelSpec`, :class:`DataSpec`); ``[budget]`` holds budgets for every
-target and ``[budget.<target>]`` tables override them per target. ``edgekd init`` writes a
-commented starter (:data:`STARTER`). Relative paths are relative to the file's folder.
+``target``, ``out``, ``runtimes`` and the build settings of
+:class:`~edgekd.settings.config.BuildConfig` (``seed``, ``[distill]``, ``[prune]``,
+``[quant]``, ...); ``[model]`` and ``[data]`` say what to build from (:class:`ModelSpec`,
+:class:`DataSpec`); ``[budget]`` holds budgets for every target and ``[budget.<target>]``
+tables override them per target. ``edgekd init`` writes a commented starter
+(:data:`STARTER`). Relative paths are relative to the file's folder. Every key and value is
+checked against the annotations of :class:`Project` and the classes above
+(:mod:`edgekd.settings.typed`) when the file loads, before any work starts.
 
 With no project file, the build uses the built-in demonstration: scikit-learn's digits,
 ``edgekd.train.models.teacher_cnn`` trained here and the ``student_model`` named in the settings.
@@ -14,20 +17,22 @@ With no project file, the build uses the built-in demonstration: scikit-learn's 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import tomllib
+from typing import Annotated, Any
 
 from edgekd.errors import UsageError
 from edgekd.settings.budgets import KEYS as BUDGET_KEYS
 from edgekd.settings.budgets import Budget, parse_budget
 from edgekd.settings.config import BuildConfig, config_schema, set_items
+from edgekd.settings.targets import Runtime
+from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields
 
 PROJECT_FILE = "edgekd.toml"
 TASKS = ("classification", "regression")
+Task = Annotated[str, OneOf(TASKS, "task")]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -51,7 +56,7 @@ class ModelSpec:
     teacher_args: dict[str, Any] = field(default_factory=dict)
     teacher_weights: str | None = None
     onnx: str | None = None
-    task: str = "classification"
+    task: Task = "classification"
 
     def __post_init__(self) -> None:
         _check(self.task in TASKS, f"model.task must be one of {', '.join(TASKS)}, "
@@ -142,7 +147,7 @@ class Project:
     data: DataSpec | None = None  # None: the built-in digits
     target: str | None = None
     out: str | None = None
-    runtimes: tuple[str, ...] | None = None  # a subset of the target's runtimes
+    runtimes: tuple[Runtime, ...] | None = None  # a subset of the target's runtimes
     budget: Budget | None = None
     budgets: dict[str, Budget] = field(default_factory=dict)  # per target
 
@@ -166,68 +171,48 @@ class Project:
         return json.loads(json.dumps(raw, default=list))
 
 
+# Top-level keys of the file besides the build settings; all but budget are Project fields.
 _PROJECT_KEYS = ("target", "out", "runtimes", "model", "data", "budget")
-
-
-def _section(cls: type, raw: Any, name: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ValueError(f"[{name}] must be a table")
-    allowed = [f.name for f in fields(cls)]
-    bad = sorted(set(raw) - set(allowed))
-    if bad:
-        raise ValueError(f"unknown key {name}.{bad[0]}; allowed: {', '.join(allowed)}")
-    try:
-        return cls(**raw)
-    except TypeError as exc:
-        raise ValueError(f"[{name}]: {exc}") from exc
+_OWN_KEYS = _PROJECT_KEYS[:-1]
 
 
 def _budgets(raw: Any, source: str) -> tuple[Budget | None, dict[str, Budget]]:
     if raw is None:
         return None, {}
-    if not isinstance(raw, dict):
-        raise UsageError(f"{source}: [budget] must be a table")
-    per_target = {k: parse_budget(v, f"{source} [budget.{k}]")
+    try:
+        raw = convert(raw, dict[str, Any], "budget")
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from exc
+    per_target = {k: parse_budget(v, source, f"budget.{k}")
                   for k, v in raw.items() if isinstance(v, dict)}
     common = {k: v for k, v in raw.items() if not isinstance(v, dict)}
-    return (parse_budget(common, f"{source} [budget]") if common else None), per_target
+    return (parse_budget(common, source) if common else None), per_target
 
 
 def parse_project(raw: dict[str, Any], root: Path, source: str) -> Project:
     """A :class:`Project` from a TOML table; every problem is one line naming the file."""
-    raw = dict(raw)
     try:
-        model = _section(ModelSpec, raw.pop("model"), "model") if "model" in raw else None
-        data = _section(DataSpec, raw.pop("data"), "data") if "data" in raw else None
-        if (model is None) != (data is None):
-            missing = "[data]" if data is None else "[model]"
-            raise ValueError(f"{missing} is missing: a project names both its model and its "
-                             "data (edgekd init writes both)")
-        budget_raw = raw.pop("budget", None)
-        extra = {k: raw.pop(k) for k in ("target", "out", "runtimes") if k in raw}
-        for key in ("target", "out"):
-            if key in extra and not (isinstance(extra[key], str) and extra[key]):
-                raise ValueError(f"{key} must be a non-empty string, got {extra[key]!r}")
-        if "runtimes" in extra:
-            rts = extra["runtimes"]
-            if not (isinstance(rts, list) and rts and all(isinstance(r, str) for r in rts)):
-                raise ValueError(f"runtimes must be a list of runtime names, got {rts!r}")
-            extra["runtimes"] = tuple(rts)
-        try:
-            build = BuildConfig.from_dict(raw)
-        except ValueError as exc:
-            if str(exc).startswith("unknown config key"):
-                key = str(exc).split("'")[1]
-                allowed = ", ".join([*_PROJECT_KEYS, *BuildConfig().to_dict()])
-                raise ValueError(f"unknown key {key!r}; allowed: {allowed}") from exc
-            raise
-        except TypeError as exc:
-            raise ValueError(str(exc)) from exc
+        check_keys(raw, [*_PROJECT_KEYS, *(f.name for f in fields(BuildConfig))])
+        own = convert_fields(Project, {k: raw[k] for k in _OWN_KEYS if k in raw})
+        _check_own(own)
+        build = BuildConfig.from_dict({k: v for k, v in raw.items() if k not in _PROJECT_KEYS})
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
-    budget, budgets = _budgets(budget_raw, source)
-    return Project(root=root, source=source, build=build, model=model, data=data,
-                   budget=budget, budgets=budgets, **extra)
+    budget, budgets = _budgets(raw.get("budget"), source)
+    return Project(root=root, source=source, build=build, budget=budget, budgets=budgets,
+                   **own)
+
+
+def _check_own(own: dict[str, Any]) -> None:
+    """Rules for the file's own keys once their types are right."""
+    if (own.get("model") is None) != (own.get("data") is None):
+        missing = "[data]" if own.get("data") is None else "[model]"
+        raise ValueError(f"{missing} is missing: a project names both its model and its "
+                         "data (edgekd init writes both)")
+    for key in ("target", "out"):
+        _check(own.get(key) != "", f"{key} must be a non-empty string, got ''")
+    _check(own.get("runtimes") != (), "runtimes is empty: name at least one of the target's "
+                                      "runtimes, or leave runtimes out for all of them")
 
 
 def load_project(path: Path | None, overrides: Sequence[str] = (), *,

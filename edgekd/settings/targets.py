@@ -6,24 +6,26 @@ providers). It holds data only; anything that needs logic belongs in a backend m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from pathlib import Path
-
 import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
 from edgekd.errors import UsageError
-from edgekd.settings.budgets import Budget, parse_budget
+from edgekd.settings.budgets import Budget
 from edgekd.settings.resources import targets_dir
+from edgekd.settings.typed import OneOf, from_table
 
 # The runtimes a target may name: one module each in edgekd.backends.
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
+Runtime = Annotated[str, OneOf(RUNTIMES, "runtime")]
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
     description: str
-    runtimes: tuple[str, ...]
+    runtimes: tuple[Runtime, ...]
     threads: int
     cpu: str = ""
     # ONNX Runtime execution providers, in order of preference. A GPU target lists only GPU
@@ -49,9 +51,6 @@ class Target:
         return "CPUExecutionProvider" not in self.providers
 
 
-_KEYS = tuple(f.name for f in fields(Target) if f.name != "name")
-
-
 def target_names(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (directory or targets_dir()).glob("*.toml"))
 
@@ -62,23 +61,8 @@ def parse_target(name: str, text: str, source: str) -> Target:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{source}: TOML syntax error: {exc}") from exc
-    unknown = sorted(set(raw) - set(_KEYS))
-    if unknown:
-        raise UsageError(f"{source}: unknown key {unknown[0]!r}; allowed keys: {', '.join(_KEYS)}")
-    missing = [k for k in ("description", "runtimes", "threads") if k not in raw]
-    if missing:
-        raise UsageError(f"{source}: missing key {missing[0]!r}")
-    for key in ("runtimes", "providers"):
-        if key in raw:
-            if not isinstance(raw[key], list) or not all(isinstance(v, str) for v in raw[key]):
-                raise UsageError(f"{source}: {key} must be a list of strings")
-            raw[key] = tuple(raw[key])
-    if "budget" in raw:
-        raw["budget"] = parse_budget(raw["budget"], source)
-    if not isinstance(raw["threads"], int) or isinstance(raw["threads"], bool):
-        raise UsageError(f"{source}: threads must be an integer")
-    try:
-        return Target(name=name, **raw)
+    try:  # the name is the file's, never a key in it
+        return from_table(Target, raw, fixed={"name": name})
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
 

@@ -5,14 +5,15 @@ between epochs or stages (distillation, pruning fine-tune). Computing them once 
 teacher's forward pass from every training step; storing them as ``.npy`` files opened with
 ``mmap_mode="r"`` means a batch reads only its own rows, so features that do not fit in
 memory still work, and later builds with the same teacher and data reuse them.
-(``numpy.lib.format.open_memmap`` is the whole storage layer; nothing hand-written.)
+(``numpy.lib.format.open_memmap`` is the whole storage layer; nothing hand-written.) The
+entries live in a :class:`~edgekd.common.cache.CacheDir`, so they appear whole or not at
+all and are evicted with the other cache entries.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from edgekd.common.cache import CacheDir, Digest
+
+log = logging.getLogger(__name__)
+
+ENTRY = "teacher-outputs"  # entries are <cache_dir>/teacher-outputs-<cache_key>/
 
 @contextmanager
 def tap(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
@@ -57,13 +63,13 @@ class TeacherOutputs:
 
 
 def cache_key(teacher: nn.Module, x: np.ndarray, layers: Sequence[str]) -> str:
-    h = hashlib.sha256()
+    """A short digest of the teacher's weights, the inputs and the tapped layers."""
+    d = Digest()
     for name, tensor in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(np.ascontiguousarray(x).tobytes())
-    h.update(json.dumps(list(layers)).encode())
-    return h.hexdigest()[:16]
+        # As raw bytes, with the torch dtype named: numpy has no bfloat16.
+        t = tensor.detach().cpu().contiguous()
+        d.update(name, str(t.dtype), list(t.shape), t.reshape(-1).view(torch.uint8).numpy())
+    return d.update(x, list(layers)).hexdigest(16)
 
 
 @torch.no_grad()
@@ -93,6 +99,17 @@ def _open(folder: Path) -> TeacherOutputs:
     return TeacherOutputs(logits, arrays)
 
 
+def _load(folder: Path | None) -> TeacherOutputs | None:
+    """The entry's outputs; None when absent or unreadable (then they are recomputed)."""
+    if folder is None:
+        return None
+    try:
+        return _open(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable teacher outputs %s: %s", folder, exc)
+        return None
+
+
 def teacher_outputs(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], cache_dir: Path,
                     *, batch_size: int = 256, fresh: bool = False
                     ) -> tuple[TeacherOutputs, bool]:
@@ -101,19 +118,23 @@ def teacher_outputs(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], ca
 
     Under ``torchrun`` rank 0 writes the cache and the other ranks wait, then all map it.
     """
-    folder = cache_dir / f"teacher-outputs-{cache_key(teacher, x, layers)}"
+    cache = CacheDir(cache_dir, fresh=fresh)
+    key = cache_key(teacher, x, layers)
     distributed = dist.is_available() and dist.is_initialized()
-    cached = not fresh and (folder / "index.json").is_file()
-    if not cached and (not distributed or dist.get_rank() == 0):
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _compute(teacher, x, layers, tmp, batch_size)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+    outputs = None
+    if not distributed or dist.get_rank() == 0:
+        outputs = _load(cache.entry(ENTRY, key))
+        cached = outputs is not None
+        if outputs is None:
+            with cache.write(ENTRY, key) as tmp:
+                _compute(teacher, x, layers, tmp, batch_size)
+    else:  # only reported: rank 0 decides whether to compute
+        cached = cache.entry(ENTRY, key) is not None
     if distributed:
         dist.barrier()
-    return _open(folder), cached
+    if outputs is None:  # written just now, here or by rank 0
+        outputs = _open(cache.path(ENTRY, key))
+    return outputs, cached
 
 
 class OnlineTeacher:

@@ -1,0 +1,127 @@
+"""How a number of the report reads, the same in ``report.md``, ``report.html`` and the
+command line's summary: one function per kind of value.
+
+Every formatter takes whatever the report holds (a number, ``None`` where the report writes
+``null``, or a missing key's default) and never raises: anything that is not a finite real
+number prints as :data:`MISSING`. The renderers add their own markup around the text.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MISSING = "–"  # an en dash: one character for "not measured", "not a classifier", null
+
+
+def real(v: Any) -> float | None:
+    """``v`` as a float when it is a finite real number (not a bool), else ``None``."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _fmt(v: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    x = real(v)
+    return MISSING if x is None else f"{x * scale:{spec}}{unit}"
+
+
+def percent(fraction: Any) -> str:
+    """A fraction (accuracy, agreement) as a percentage: ``0.89375`` -> ``89.38 %``."""
+    return _fmt(fraction, ".2f", 100, " %")
+
+
+def share(fraction: Any) -> str:
+    """A coarse fraction (sparsity, a pruning target): ``0.5`` -> ``50%``."""
+    return _fmt(fraction, ".0%")
+
+
+def fine_share(fraction: Any) -> str:
+    """A per-layer fraction with one decimal: ``0.4987`` -> ``49.9%``."""
+    return _fmt(fraction, ".1%")
+
+
+def points(v: Any) -> str:
+    """A difference in percentage points, always signed: ``16.25`` -> ``+16.25``."""
+    return _fmt(v, "+.2f")
+
+
+def ms(v: Any) -> str:
+    """A latency in milliseconds, four significant digits (sub-µs to seconds): ``0.00926``."""
+    return _fmt(v, ".4g")
+
+
+def ms_range(pair: Any) -> str:
+    """A confidence interval ``[lo, hi]`` in milliseconds: ``0.009–0.0095``."""
+    if not isinstance(pair, list | tuple) or len(pair) != 2 or real(pair[0]) is None:
+        return MISSING
+    return f"{ms(pair[0])}–{ms(pair[1])}"
+
+
+def kib(size_bytes: Any) -> str:
+    """A size in bytes as KiB with one decimal: ``129872`` -> ``126.8``."""
+    return _fmt(size_bytes, ".1f", 1 / 1024)
+
+
+def mib(v: Any) -> str:
+    """Memory already in MiB (RSS), one decimal."""
+    return _fmt(v, ".1f")
+
+
+def count(v: Any) -> str:
+    """A whole count with thousands separators: ``900042`` -> ``900,042``."""
+    return _fmt(v, ",.0f")
+
+
+def cosine(v: Any) -> str:
+    """A cosine similarity, five decimals: ``0.99998`` (1.00000 is identical)."""
+    return _fmt(v, ".5f")
+
+
+def error(v: Any) -> str:
+    """An error (max |Δ|, relative error), three significant digits: ``2e-06``."""
+    return _fmt(v, ".3g")
+
+
+def number(v: Any) -> str:
+    """Any other measured value (a budget's measurement or margin), four significant digits."""
+    return _fmt(v, ".4g")
+
+
+def signed(v: Any) -> str:
+    """A margin: how far inside (+) or over (−) a budget."""
+    return _fmt(v, "+.4g")
+
+
+def limit(v: Any) -> str:
+    """A limit as the user wrote it: ``64``, ``0.5``."""
+    return _fmt(v, "g")
+
+
+def times(v: Any) -> str:
+    """A ratio (speed-up, size ratio): ``3.222`` -> ``3.22×``."""
+    return _fmt(v, ".2f", unit="×")
+
+
+def fold(v: Any) -> str:
+    """A large ratio (how many times fewer parameters): ``28.51`` -> ``28.5×``."""
+    return _fmt(v, ".1f", unit="×")
+
+
+def seconds(v: Any) -> str:
+    """A duration: ``69.64`` -> ``69.6 s``."""
+    return _fmt(v, ".1f", unit=" s")
+
+
+def version(v: Any) -> str:
+    """A runtime version without its build suffix:
+    ``2026.4.1-22982-e213a147257-releases/2026/4`` -> ``2026.4.1``; others unchanged."""
+    if not isinstance(v, str) or not v:
+        return MISSING
+    return v.split("-")[0] if v[:1].isdigit() else v
+
+
+def shape(dims: Any) -> str:
+    """A tensor or weight shape: ``[32, 1, 3, 3]`` -> ``32×1×3×3``."""
+    if not isinstance(dims, list | tuple):
+        return MISSING
+    return "×".join(map(str, dims))
