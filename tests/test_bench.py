@@ -126,3 +126,79 @@ def test_missing_runtime_is_named(onnx_pair, tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert "onnxruntime is not installed" in json.loads(proc.stdout)["error"]
     assert "pip install onnxruntime" in json.loads(proc.stdout)["error"]
+
+
+# -- bounds: a count or a duration past them only exhausts the machine ---------------------
+
+@pytest.mark.parametrize("field,value,says", [
+    ("threads", 0, "threads must be 1.."),
+    ("threads", 100_000, "threads must be 1.."),
+    ("seed", -1, "seed must be 0..4294967295, got -1"),
+    ("seed", 2**32, "seed must be 0..4294967295"),
+    ("seconds", float("inf"), "seconds must be > 0 and <= 600"),
+    ("seconds", float("nan"), "seconds must be > 0 and <= 600"),
+    ("seconds", 601.0, "seconds must be > 0 and <= 600"),
+    ("runs", 0, "runs must be 1..1000000"),
+    ("runs", 10**7, "runs must be 1..1000000"),
+    ("warmup", 10**6, "warmup must be 0..100000"),
+    ("batch", 10**5, "batch must be 1..4096"),
+])
+def test_bench_spec_refuses_unbounded_values(tmp_path: Path, field: str, value: float,
+                                              says: str) -> None:
+    kw = {"threads": 1, field: value}
+    with pytest.raises(ValueError, match=says.replace(".", r"\.").replace("(", r"\(")):
+        BenchSpec(tmp_path / "m.onnx", "onnxruntime", **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("setting,says", [
+    ("bench.seconds=1e9", "bench.seconds must be 0..600 per artifact"),
+    ("bench.seconds=Infinity", "bench.seconds: expected a finite number"),
+    ("bench.runs=100000000", "bench.runs must be <= 1000000"),
+    ("bench.warmup=1000000", "bench.warmup must be 0..100000"),
+    ("seed=-1", "seed must be 0..4294967295, got -1"),
+    ("seed=4294967296", "seed must be 0..4294967295"),
+])
+def test_build_settings_are_bounded(setting: str, says: str) -> None:
+    from edgekd.settings.config import BuildConfig, apply_overrides
+
+    with pytest.raises(ValueError, match=says.replace(".", r"\.")):
+        apply_overrides(BuildConfig(), [setting])
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from edgekd.cli.commands import app
+
+    got = CliRunner().invoke(app, list(args))
+    return got.exit_code, got.output
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--threads", "100000"], "error: bad option: threads must be 1.."),
+    (["--seed", "-1"], "error: bad option: seed must be 0..4294967295, got -1"),
+    (["--seconds", "1e9"], "error: bad option: seconds must be > 0 and <= 600"),
+    (["--json", "no/such/folder/r.json"], "error: --json no/such/folder/r.json: the folder "
+                                          "no/such/folder does not exist"),
+])
+def test_bench_command_refuses_bad_options_before_any_work(onnx_pair, tmp_path: Path,
+                                                           args: list[str], says: str,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out = _cli("bench", str(onnx_pair["fp32"]), *args)
+    assert code == 2, out
+    assert " ".join(out.split()).startswith(says), out
+    assert len(out.strip().splitlines()) <= 2  # one line, wrapped at most once by the console
+    assert list(tmp_path.iterdir()) == []  # no folder created, no JSON written
+
+
+def test_junit_into_a_missing_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    junit = tmp_path / "missing" / "junit.xml"
+    # `check` refuses before reading the report (which does not exist either) ...
+    code, out = _cli("check", str(tmp_path / "report.json"), "--junit", str(junit))
+    assert code == 2 and "the folder" in out and "does not exist" in out, out
+    # ... and `build --check` before it trains or writes anything.
+    code, out = _cli("build", "--out", str(tmp_path / "out"), "--check", "--junit", str(junit))
+    assert code == 2 and "--junit" in out and "does not exist" in out, out
+    assert not (tmp_path / "out").exists() and not junit.parent.exists()

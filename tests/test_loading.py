@@ -417,3 +417,39 @@ def test_onnx_files_edgekd_cannot_use(tmp_path: Path) -> None:
                                "input")
     assert err("no_out.onnx") == (f"model.onnx: {tmp_path}/no_out.onnx has no outputs: export "
                                   "it again with its outputs")
+
+
+def test_integer_weights_into_float_parameters_are_refused(tmp_path: Path) -> None:
+    """load_state_dict would cast int8 weights into float parameters silently (a model at
+    chance); float16 / bfloat16 into float32 is a lossless widening and loads."""
+    net = nn.Sequential(nn.Linear(4, 5))
+    save_file({k: (v * 100).to(torch.int8) for k, v in net.state_dict().items()},
+              tmp_path / "q.safetensors")
+    assert _err(load_weights, nn.Sequential(nn.Linear(4, 5)), tmp_path / "q.safetensors",
+                W) == (
+        f"{W}: {tmp_path}/q.safetensors holds 0.weight as int8 but the model's parameter is "
+        "float32: save the float weights (not quantized or integer ones) of this model")
+    for dtype in (torch.float16, torch.bfloat16):
+        save_file({k: v.to(dtype) for k, v in net.state_dict().items()},
+                  tmp_path / "h.safetensors")
+        other = nn.Sequential(nn.Linear(4, 5))
+        load_weights(other, tmp_path / "h.safetensors", W)
+        assert torch.allclose(other[0].weight, net[0].weight, atol=1e-2)
+
+
+def test_standard_library_and_builtin_factories_are_refused(tmp_path: Path) -> None:
+    """`student = "os:system"` with student_args would run a shell command."""
+    what = "model.student"
+    (tmp_path / "nets.py").write_text("from os import system\nfrom shutil import rmtree\n"
+                                      "run = print\nclass Net:\n    pass\n")
+    for spec, says in (
+            ("os:system", "names the standard-library module 'os'"),
+            ("subprocess:run", "names the standard-library module 'subprocess'"),
+            ("builtins:eval", "names the standard-library module 'builtins'"),
+            ("os.path:join", "names the standard-library module 'os'"),
+            ("nets.py:system", "is the standard-library posix.system, not a function or class"),
+            ("nets.py:rmtree", "is the standard-library shutil.rmtree"),
+            ("nets.py:run", "is the standard-library builtins.print")):
+        msg = _err(load_factory, spec, tmp_path, what)
+        assert msg.startswith(f"{what}: {spec!r} ") and says in msg, msg
+    assert load_factory("nets.py:Net", tmp_path, what).__name__ == "Net"  # the user's class

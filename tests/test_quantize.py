@@ -148,3 +148,52 @@ def test_cross_layer_equalisation_keeps_the_function_and_evens_the_ranges() -> N
     before = nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
     spread_before = float(out_ranges(before).max() / out_ranges(before).min())
     assert spread < spread_before / 5, (spread, spread_before)
+
+
+def test_nan_weights_or_samples_are_refused_before_calibration(onnx_pair: dict[str, Path],
+                                                               digits: Dataset,
+                                                               tmp_path: Path) -> None:
+    """ORT's calibrator fails with `AssertionError: scale issue` on NaN activations: the
+    FP32 model's outputs and the samples are checked first, in one line."""
+    import numpy as np
+
+    from edgekd.errors import BuildError
+
+    model = onnx.load(str(onnx_pair["fp32"]))
+    first = model.graph.initializer[0]
+    weights = numpy_helper.to_array(first).copy()
+    weights.flat[:] = np.nan
+    first.CopyFrom(numpy_helper.from_array(weights, first.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    config = QuantConfig(max_accuracy_drop=None)
+    with pytest.raises(BuildError, match=r"cannot calibrate INT8: the FP32 model's outputs on "
+                                         r"the calibration samples are not finite"):
+        quantize(tmp_path / "nan.onnx", tmp_path / "q.onnx", digits.calibration.x[:32], config)
+    samples = digits.calibration.x[:32].copy()
+    samples[5, 0, 0, 0] = np.nan
+    with pytest.raises(BuildError, match=r"the samples are not finite \(NaN or inf in 1 of 32"):
+        quantize(onnx_pair["fp32"], tmp_path / "q.onnx", samples, config)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_of_an_infinite_activation_is_one_line(method: str,
+                                                                      digits: Dataset,
+                                                                      tmp_path: Path) -> None:
+    """ORT's histogram calibrators raise `ValueError: supplied range of [-inf, inf] is not
+    finite` when an activation inside the model overflows (here exp, clamped afterwards, so
+    the outputs are finite): one BuildError naming the cause and the fix."""
+    from edgekd.errors import BuildError
+
+    class Overflow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.clamp(torch.exp(x.flatten(1) * 1000), max=1.0))
+
+    fp32 = to_onnx(Overflow().eval(), digits.test.x[:1], tmp_path / "overflow.onnx")
+    with pytest.raises(BuildError, match=rf'quant.method = "{method}" failed: an activation '
+                                         r"inside the model is infinite on the calibration"):
+        quantize(fp32, tmp_path / "q.onnx", digits.calibration.x[:16],
+                 QuantConfig(method=method, max_accuracy_drop=None))

@@ -154,3 +154,53 @@ def test_build_fails_before_training_when_the_device_is_unreachable(sshd: SshSer
                                    str(sshd.config)])
     assert res.exit_code == 1 and "ssh failed" in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+def _remote_workers(artifact: str) -> dict[int, Path]:
+    """Device-side workers (``python worker.py specN.json`` in an ``edgekd-bench`` folder)
+    benchmarking a file named ``artifact``: pid -> their folder."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+        except (OSError, ValueError):
+            continue
+        if len(args) >= 3 and args[1] == b"worker.py" and (cwd / "a0" / artifact).exists():
+            found[int(entry.name)] = cwd
+    return found
+
+
+def test_sigterm_stops_ssh_and_the_device_side_worker(sshd: SshServer, onnx_pair,
+                                                      tmp_path: Path) -> None:
+    """CI cancel during `bench --remote`: no ssh left here, no worker or folder left there."""
+    import signal
+    import time
+
+    artifact = tmp_path / f"m{os.getpid()}.onnx"  # a name no other test's worker has
+    artifact.write_bytes(onnx_pair["fp32"].read_bytes())
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", "bench", str(artifact), "--seconds",
+                             "300", "--remote", sshd.host, "--remote-python", sys.executable,
+                             "--ssh-config", str(sshd.config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := _remote_workers(artifact.name)) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        assert workers, "no device-side worker within 120 s"
+        ssh = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "ssh"],
+                                              capture_output=True, text=True).stdout.split()]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out
+    assert "interrupted: the benchmark was stopped; nothing was written" in out
+    deadline = time.monotonic() + 30  # the watchdog notices the closed channel within ~1 s
+    while (_remote_workers(artifact.name) or any(Path(f"/proc/{p}").exists() for p in ssh)
+           ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _remote_workers(artifact.name)
+    assert not any(Path(f"/proc/{p}").exists() for p in ssh)
+    assert not any(folder.exists() for folder in workers.values())

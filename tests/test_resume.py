@@ -143,11 +143,18 @@ def test_a_changed_setting_reruns_only_the_stages_it_affects(first: Path) -> Non
 @pytest.mark.slow
 def test_ctrl_c_leaves_the_previous_build_untouched(first: Path) -> None:
     before = {p.name: p.read_bytes() for p in (first / "raspberrypi").iterdir() if p.is_file()}
+    # Started with SIGINT ignored, as a shell starts background jobs (and as some CI runners
+    # start tests): Python keeps it ignored, so edgekd must install its own handler, or this
+    # Ctrl-C is lost and the build runs on to the end.
     proc = subprocess.Popen(_cmd(first, "--fresh"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=_env())
-    _until(proc, "✓ teacher")
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
+                            stderr=subprocess.STDOUT, text=True, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        _until(proc, "✓ teacher")  # a stage is done: the signal lands mid-build, never before
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=300)  # generous: a loaded machine
+    finally:
+        proc.kill()
     assert proc.returncode == 130, rest
     assert "interrupted" in rest and "Traceback" not in rest
     after = {p.name: p.read_bytes() for p in (first / "raspberrypi").iterdir() if p.is_file()}

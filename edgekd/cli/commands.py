@@ -16,6 +16,7 @@ from rich.table import Table
 
 import edgekd
 from edgekd.cli.display import console, err_console, print_bench, print_checks, print_summary
+from edgekd.common.interrupts import catch_interrupts, interrupt_exit_code
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.measure.bench import BenchSpec
 
@@ -58,6 +59,29 @@ def targets() -> None:
         table.add_row(t.name, ", ".join(t.runtimes), str(t.threads), t.description)
     console.print(table)
 
+
+
+def _output_file(path: Path | None, flag: str) -> None:
+    """Refuse, before any work, a file that could not be written at the end. Folders are not
+    created: a typo in a path should not leave new folders behind."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give the path of a file")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist: create it "
+                         "first or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists()
+                                                   and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path} is not writable: choose another path or fix its "
+                         "permissions")
+
+
+def _interrupted(what: str) -> typer.Exit:
+    """SIGINT, SIGTERM or SIGHUP: one line, exit 128 + the signal (130, 143, 129)."""
+    err_console.print(f"[bold red]interrupted:[/] {what}", soft_wrap=True)
+    return typer.Exit(interrupt_exit_code())
 
 
 # Options shared by `bench --remote` and `build --remote`.
@@ -122,6 +146,7 @@ def bench(
     from edgekd.measure.bench import run_bench
 
     try:
+        _output_file(json_out, "--json")
         if runs is None and seconds is None:
             runs, seconds = 200, 2.0  # at least 200 runs and 2 s, whichever takes longer
         try:
@@ -141,23 +166,28 @@ def bench(
                          for h in remote]
             except ValueError as exc:
                 raise UsageError(str(exc)) from exc
-            with console.status(f"benchmarking on {', '.join(remote)} …"):
+            with catch_interrupts(), console.status(f"benchmarking on {', '.join(remote)} …"):
                 for got in bench_hosts(hosts, specs).values():
                     if isinstance(got, EdgekdError):
                         errors.append(str(got))
                     else:
                         results += got
         else:
-            with console.status("benchmarking …"):
+            with catch_interrupts(), console.status("benchmarking …"):
                 results = [run_bench(s) for s in specs]
     except EdgekdError as exc:
         raise _fail(exc, debug) from exc
+    except KeyboardInterrupt:
+        raise _interrupted("the benchmark was stopped; nothing was written") from None
     for r in results:
         print_bench(r)
     if json_out:
         from edgekd.report.model import write_json
 
-        write_json(json_out, {"benchmarks": results, "errors": errors})
+        try:
+            write_json(json_out, {"benchmarks": results, "errors": errors})
+        except OSError as exc:
+            raise _fail(_os_error(exc), debug) from exc
     for e in errors:
         err_console.print(f"[bold red]error:[/] {escape(e)}", soft_wrap=True)
     if errors:
@@ -182,6 +212,7 @@ def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> i
     from edgekd.settings.budgets import load_budget_file, parse_budget
 
     try:
+        _output_file(junit, "--junit")
         report = load_report(report_path)
         if budget_path:
             budget, source = load_budget_file(budget_path), str(budget_path)
@@ -198,7 +229,10 @@ def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> i
         raise _fail(exc, False) from exc
     print_checks([c.to_dict() for c in checks], source)
     if junit:
-        junit.write_text(junit_xml(checks, source), encoding="utf-8")
+        try:
+            junit.write_text(junit_xml(checks, source), encoding="utf-8")
+        except OSError as exc:
+            raise _fail(_os_error(exc), False) from exc
     return 1 if any(not c.ok for c in checks) else 0
 
 
@@ -302,8 +336,6 @@ def build(
 ) -> None:
     """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
     (or --config, or --model), else the built-in digits demonstration."""
-    from edgekd.pipeline.api import build as run_build
-
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
@@ -314,6 +346,10 @@ def build(
                    for h in remote or []]
     except ValueError as exc:
         raise _fail(UsageError(f"bad option: {exc}"), debug) from exc
+    try:
+        _output_file(junit, "--junit")
+    except UsageError as exc:
+        raise _fail(exc, debug) from exc
 
     name = target or "the target"
     status = console.status(f"building for [bold]{name}[/] …", spinner="dots")
@@ -324,7 +360,9 @@ def build(
         status.update(f"building for [bold]{name}[/] … (done: {step})")
 
     try:
-        with status if lead else contextlib.nullcontext():
+        with catch_interrupts(), status if lead else contextlib.nullcontext():
+            from edgekd.pipeline.api import build as run_build  # torch: seconds to import
+
             result = run_build(target, config=config, out=out, settings=items + (settings or []),
                                model=model, weights=weights, budget=budget, fresh=fresh,
                                trust_pickle=trust_pickle, remotes=remotes,
@@ -332,9 +370,8 @@ def build(
     except EdgekdError as exc:
         raise _fail(exc, debug) from exc
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted:[/] nothing was written; the previous build "
-                          "(if any) is untouched")
-        raise typer.Exit(130) from None
+        raise _interrupted("nothing was written; the previous build (if any) is "
+                           "untouched") from None
     except OSError as exc:
         raise _fail(_os_error(exc), debug) from exc
     if not result.report:  # another rank under torchrun; rank 0 reports

@@ -133,12 +133,31 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray, config: QuantConfi
     graph = onnx.load(str(pre), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     name = next(i.name for i in graph.input if i.name not in inits)  # a user's model: any name
-    with quiet("onnxruntime.quantization"):
-        quantize_static(str(pre), str(out), CalibrationReader(calibration, name),
-                        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                        activation_type=types[act[0]], weight_type=types[config.weight_type],
-                        calibrate_method=method, nodes_to_exclude=exclude,
-                        extra_options=extra, calibration_cache_path=cache)
+    try:
+        with quiet("onnxruntime.quantization"):
+            quantize_static(str(pre), str(out), CalibrationReader(calibration, name),
+                            quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                            activation_type=types[act[0]],
+                            weight_type=types[config.weight_type], calibrate_method=method,
+                            nodes_to_exclude=exclude, extra_options=extra,
+                            calibration_cache_path=cache)
+    except (MemoryError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT's calibrators fail in their own types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        other = " or ".join(f'"{m}"' for m in ("minmax", "percentile", "entropy")
+                            if m != config.method)
+        if "is not finite" in first and config.method != "minmax":
+            # The histogram calibrators bin each activation between its min and max: an
+            # activation that overflows to inf (exp, a division) inside the model has no bins.
+            raise BuildError(f"INT8 calibration with quant.method = \"{config.method}\" "
+                             "failed: an activation inside the model is infinite on the "
+                             f"calibration samples ({first}): keep the model's intermediate "
+                             "values finite (clamp before exp, guard divisions), or set "
+                             "quant.method = \"minmax\"") from exc
+        raise BuildError(f"INT8 calibration with quant.method = \"{config.method}\" failed "
+                         f"inside ONNX Runtime ({type(exc).__name__}: {first}): set "
+                         f"quant.method = {other} (--debug shows the trace)") from exc
     # Shape annotations from pre-processing are re-derived by every runtime at load time.
     model = onnx.load(str(out))
     model.graph.ClearField("value_info")
@@ -162,6 +181,21 @@ def ort_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray | None,
     return float((logits.argmax(1) == truth).mean()), logits
 
 
+def _require_finite(model_path: Path, calibration: np.ndarray) -> None:
+    """Calibrating on NaN/inf activations fails deep in ORT ("scale issue"): refuse first."""
+    from edgekd.backends import predict_batches
+    from edgekd.backends.onnxruntime import load
+
+    bad_x = ~np.isfinite(calibration).reshape(len(calibration), -1).all(1)
+    outputs = predict_batches(load(model_path, 2), calibration[~bad_x])
+    bad = ~np.isfinite(outputs.astype(np.float64)).reshape(len(outputs), -1).all(1)
+    if bad_x.any() or bad.any():
+        what = ("samples" if bad_x.any() else "FP32 model's outputs on the calibration samples")
+        raise BuildError(f"cannot calibrate INT8: the {what} are not finite (NaN or inf in "
+                         f"{int(bad_x.sum() or bad.sum())} of {len(calibration)}): check the "
+                         "model's weights, the training (did it diverge?) and the data")
+
+
 def quantize(fp32: Path, out: Path, calibration: np.ndarray, config: QuantConfig, *,
              validation: tuple[np.ndarray, np.ndarray | None] | None = None,
              tensorrt: bool = False) -> Quantized:
@@ -172,6 +206,7 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, config: QuantConfig
     act = (activation_type(config, tensorrt=tensorrt), tensorrt)
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
+        _require_finite(pre, calibration)
         cache = Path(tmp) / "ranges.json"
         _write_qdq(pre, out, calibration, config, act, cache, [])
         if validation is None or config.max_accuracy_drop is None:

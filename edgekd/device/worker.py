@@ -1,7 +1,9 @@
 """The benchmark child process: load one artifact in its runtime, time it, print JSON.
 
-``python worker.py SPEC.json`` (or ``python -m edgekd.device.worker SPEC.json``) writes
-one JSON object to stdout: the result, or ``{"error": ...}`` with exit code 3.
+``python worker.py SPEC.json`` (or ``python -m edgekd.device.worker -`` with the spec on
+stdin) writes one JSON object to stdout: the result, or ``{"error": ...}`` with exit code 3.
+SIGTERM and SIGHUP (edgekd's death, through ``PR_SET_PDEATHSIG``) end it like Ctrl-C: its
+temporary files go with it.
 
 This file and :mod:`edgekd.device.runtimes` need only the standard library, NumPy and the
 one runtime measured. ``edgekd bench --remote`` copies just these two files to a device
@@ -42,6 +44,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from array import array
@@ -230,16 +233,44 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _stop(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds: temporary folders are removed
+
+
+def _die_with_parent() -> None:
+    """Have the kernel send SIGTERM when the edgekd that started this worker dies, even by
+    SIGKILL (Linux prctl PR_SET_PDEATHSIG). Set here, in the worker, rather than through a
+    ``preexec_fn`` in edgekd: that would make edgekd fork, which is unsafe once a threaded
+    library (JAX, through LiteRT-Torch) is loaded. ``EDGEKD_PARENT_PID`` closes the window
+    before this call: a parent already gone means exit now."""
+    parent = os.environ.get("EDGEKD_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:
+        os._exit(EXIT_ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _die_with_parent()
+    for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop)
     # Runtimes print to stdout (banners, logs); keep the real stdout for the one JSON line.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     if len(argv) != 1:
-        out.write(json.dumps({"error": "usage: worker.py SPEC.json"}) + "\n")
+        out.write(json.dumps({"error": "usage: worker.py SPEC.json (- for stdin)"}) + "\n")
         return EXIT_ERROR
     try:
-        spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        text = sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text(encoding="utf-8")
+        spec = json.loads(text)
         result = run_spec(spec)
     except WorkerError as exc:
         out.write(json.dumps({"error": str(exc)}) + "\n")

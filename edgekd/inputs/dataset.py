@@ -29,9 +29,10 @@ class Preprocessing:
         return v.reshape((1, -1) + (1,) * (ndim - 2)) if v.ndim == 1 else v
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        x = raw.astype(np.float32) * np.float32(self.scale)
-        return ((x - self._per_channel(self.mean, x.ndim))
-                / self._per_channel(self.std, x.ndim)).astype(np.float32)
+        with np.errstate(over="ignore"):  # an overflow is inf, refused by name in resolve
+            x = raw.astype(np.float32) * np.float32(self.scale)
+            return ((x - self._per_channel(self.mean, x.ndim))
+                    / self._per_channel(self.std, x.ndim)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Dataset:
     # calibration split when it is labeled.
     validation: Split | None = None
     sources: dict[str, str] | None = None  # where each split came from (config values)
+    classes: tuple[str, ...] | None = None  # class names (image folders): label i is classes[i]
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -85,6 +87,8 @@ class Dataset:
         }
         if self.sources:
             summary["sources"] = self.sources
+        if self.classes:
+            summary["classes"] = list(self.classes)
         return summary
 
 

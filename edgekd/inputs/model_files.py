@@ -4,7 +4,9 @@
 Safe by default: weights are read with ``safetensors`` or ``torch.load(weights_only=True)``,
 which refuses anything but tensors and plain containers; a full pickle (which runs code from
 the file while it loads) needs ``trust_pickle``. Paths from a project file stay inside the
-project folder unless the user wrote them absolute. Every problem is one line naming the
+project folder unless the user wrote them absolute. A factory is a plain function or class
+from the project's files or an installed package, never the standard library (``os:system``
+in a project file would run a shell command). Every problem is one line naming the
 setting, the file, what is wrong and the fix. torch and onnx are imported on first use.
 """
 
@@ -14,7 +16,9 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +55,16 @@ def _check_file(path: Path, what: str, kind: str, empty: str | None) -> bytes:
         if path.is_dir():
             raise UsageError(f"{what}: {path} is a folder, not a file: name the {kind} file "
                              "in it")
-        with path.open("rb") as f:
+        # Opened without blocking and checked on the open handle: a named pipe would block
+        # the build forever, and a path swapped between a check and the open is caught too.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                kind_of = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket"
+                           if stat.S_ISSOCK(mode) else "a device")
+                raise UsageError(f"{what}: {path} is {kind_of}, not a regular file: edgekd "
+                                 f"reads only regular files; give the {kind} file itself")
             head = f.read(16)
     except PermissionError as exc:
         raise UsageError(f"{what}: cannot read {path} (permission denied): fix its "
@@ -147,6 +160,7 @@ def load_factory(spec: str, root: Path, what: str) -> Callable[..., Any]:
     if not sep or not target or not attr:
         raise UsageError(f"{what}: {spec!r} names no function: write it as "
                          "path/to/file.py:function or package.module:function")
+    _refuse_stdlib(target, spec, what)
     module = _import(target, root, what)
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
@@ -157,7 +171,30 @@ def load_factory(spec: str, root: Path, what: str) -> Callable[..., Any]:
         raise UsageError(f"{what}: {where} has no function {attr!r}"
                          + (f"; it has: {', '.join(found)}" if found else "")
                          + ": fix the name after the ':'")
+    home = str(getattr(fn, "__module__", None) or "builtins").split(".")[0]
+    if not (inspect.isfunction(fn) or inspect.isclass(fn)) or _stdlib(home):
+        kind = (f"the standard-library {home}.{getattr(fn, '__name__', attr)}" if _stdlib(home)
+                else f"a {type(fn).__name__}")
+        raise UsageError(f"{what}: {spec!r} is {kind}, not a function or class that builds a "
+                         "model: name a def or class from your own code or a model package")
     return fn  # type: ignore[no-any-return]
+
+
+def _stdlib(top: str) -> bool:
+    return top in sys.stdlib_module_names or top in sys.builtin_module_names or top in (
+        "builtins", "__main__")
+
+
+def _refuse_stdlib(target: str, spec: str, what: str) -> None:
+    """A factory comes from the project's own files or an installed package, never from the
+    standard library: ``os:system`` in a project file would otherwise run a shell command."""
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return
+    top = target.split(".")[0]
+    if _stdlib(top):
+        raise UsageError(f"{what}: {spec!r} names the standard-library module {top!r}, which "
+                         "builds no model: name a function in your own code "
+                         "(path/to/file.py:function) or in an installed model package")
 
 
 def make_model(spec: str, root: Path, what: str, kwargs: Mapping[str, Any] | None = None
@@ -254,6 +291,10 @@ def _state_dict(raw: Any, own: Mapping[str, Any], path: Path, what: str) -> dict
     return state
 
 
+def _dtype(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def load_weights(model: nn.Module, path: Path, what: str, *, trust_pickle: bool = False
                  ) -> None:
     """Load ``path`` into ``model`` strictly; every mismatch is named."""
@@ -274,6 +315,13 @@ def load_weights(model: nn.Module, path: Path, what: str, *, trust_pickle: bool 
             raise UsageError(f"{what}: {path} does not fit the model: {key} has shape "
                              f"{list(value.shape)} in the file but {list(mine.shape)} in "
                              "the model: check the factory's arguments (*_args)")
+        # load_state_dict casts silently: int8 (quantized) weights would become float
+        # parameters holding the raw integers, a model at chance that builds green.
+        if mine.dtype.is_floating_point and not (value.dtype.is_floating_point
+                                                 or value.dtype.is_complex):
+            raise UsageError(f"{what}: {path} holds {key} as {_dtype(value.dtype)} but the "
+                             f"model's parameter is {_dtype(mine.dtype)}: save the float "
+                             "weights (not quantized or integer ones) of this model")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -342,6 +390,30 @@ def inspect_onnx(path: Path, what: str) -> OnnxInfo:
     return OnnxInfo(path=path, input_name=inputs[0].name, input_shape=_dims(inputs[0]),
                     input_dtype=dtype, output_names=tuple(o.name for o in model.graph.output),
                     output_shapes=tuple(_dims(o) for o in model.graph.output), opset=opset)
+
+
+def onnx_session(path: Path, what: str) -> Any:
+    """An ONNX Runtime session of ``path`` (CPU), or one line naming the op no runtime
+    implements: a custom-domain op, or one newer than the installed ONNX Runtime."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgekd.common.quiet import quiet
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        with quiet(f"loading {path.name}"):
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/NotImplemented types
+        graph = onnx.load(str(path), load_external_data=False).graph
+        custom = sorted({f"{n.domain}:{n.op_type}" for n in graph.node
+                         if n.domain not in ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")})
+        found = (f"it uses the op{'s' if len(custom) > 1 else ''} {', '.join(custom[:3])} "
+                 "from a custom domain, which no edgekd runtime implements" if custom else
+                 f"ONNX Runtime cannot load it ({_first_line(exc)})")
+        raise UsageError(f"{what}: {path} cannot run: {found}: export it with standard ONNX "
+                         "ops only") from exc
 
 
 def fit_check(model: nn.Module, example: Any, what: str) -> None:

@@ -8,6 +8,7 @@ pipeline, which may import training code.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,7 +88,14 @@ def user_data(spec: DataSpec, root: Path, *, trains: bool, calibration_samples: 
     found = _load_splits(spec, root, need_train_labels=trains)
     first = next(iter(found.values()))
     prep = _preprocessing(spec, found, first.x.shape[1] if first.x.ndim > 1 else 1)
+    classes = _classes(found)
     arrays = {n: (prep.apply(s.x), s.y) for n, s in found.items()}
+    for name, (x, _) in arrays.items():  # data.std = 0 makes inf of finite samples
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(1)
+        if bad.any():
+            raise UsageError(f"data.{name}: {int(bad.sum())} of {len(x)} samples are NaN or "
+                             "infinite after preprocessing (x = (raw * scale - mean) / std): "
+                             "check data.scale, data.mean and data.std (no zeros in std)")
     rng = np.random.default_rng(seed)
     empty = Split(np.zeros((0, *first.x.shape[1:]), np.float32), None, np.arange(0))
     train = test = calib = empty
@@ -124,11 +132,30 @@ def user_data(spec: DataSpec, root: Path, *, trains: bool, calibration_samples: 
         raise UsageError("no samples to verify the artifacts on: set data.test or data.train")
     validation = (_split(*arrays["validation"], np.arange(len(arrays["validation"][0])))
                   if "validation" in arrays else None)
-    classes = next((s.classes for s in found.values() if s.classes), None)
     return Dataset(name=f"project ({', '.join(found)})", train=train, test=test,
                    calibration=calib, preprocessing=prep,
                    num_classes=len(classes) if classes else None, seed=seed,
-                   validation=validation, sources={n: s.source for n, s in found.items()})
+                   validation=validation, sources={n: s.source for n, s in found.items()},
+                   classes=classes)
+
+
+def _classes(found: dict[str, Any]) -> tuple[str, ...] | None:
+    """The class names of image folders, the same in every split: label i is the i-th
+    sub-folder in sorted order, so a test folder named differently from the training one
+    would shift every label after it."""
+    named = {n: s.classes for n, s in found.items() if s.classes}
+    if not named:
+        return None
+    first, want = next(iter(named.items()))
+    for name, got in named.items():
+        if got != want:
+            only = [f"only in data.{first}: {', '.join(sorted(set(want) - set(got))[:5])}",
+                    f"only in data.{name}: {', '.join(sorted(set(got) - set(want))[:5])}"]
+            diff = "; ".join(o for o in only if not o.endswith(": ")) or "in another order"
+            raise UsageError(f"data.{name} and data.{first} have different class folders "
+                             f"({diff}): name the class sub-folders the same in every split "
+                             "(labels follow the sorted folder names)")
+    return want
 
 
 def _check_labels(data: Dataset, num_classes: int) -> Dataset:
@@ -147,8 +174,7 @@ def _check_labels(data: Dataset, num_classes: int) -> Dataset:
             raise UsageError(f"data.{name}: label {int(y[i])} (sample {i}) is out of range for "
                              f"a model with {num_classes} outputs: labels must be 0..."
                              f"{num_classes - 1}; fix the labels or the model's class count")
-    return Dataset(data.name, data.train, data.test, data.calibration, data.preprocessing,
-                   num_classes, data.seed, data.validation, data.sources)
+    return dataclasses.replace(data, num_classes=num_classes)
 
 
 # -- models ----------------------------------------------------------------------------
@@ -203,6 +229,78 @@ def _output_check(task: str, out: Any, what: str) -> int | None:
     return None
 
 
+def _one_tensor(out: Any, what: str) -> Any:
+    """``out`` when it is one tensor; a tuple, list or dict of outputs is refused by name."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        keys = ", ".join(repr(k) for k in list(out)[:4]) + (", ..." if len(out) > 4 else "")
+        found = f"a {type(out).__name__} with keys {keys}"
+    elif isinstance(out, tuple | list):
+        kind = "tensors" if all(isinstance(o, torch.Tensor) for o in out) else "values"
+        found = f"a {type(out).__name__} of {len(out)} {kind}"
+    else:
+        found = f"a {type(out).__name__}"
+    raise UsageError(f"{what} returns {found}; edgekd deploys models with one output tensor: "
+                     "wrap the model so that forward returns the one tensor to deploy (e.g. "
+                     "the logits); models with several outputs are not supported yet")
+
+
+def _outputs(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([_one_tensor(model(torch.from_numpy(x[i:i + batch])), "")
+                               .float().numpy() for i in range(0, len(x), batch)])
+
+
+def _probe(model: Any, data: Dataset, task: str, what: str, *, finite: bool) -> int | None:
+    """Run ``model`` (eval) on a batch of two test samples, twice, and (``finite``) on the
+    test and calibration splits: it must return one tensor with the batch first, the same
+    outputs for the same inputs, and finite outputs. Returns the class count of a
+    classifier."""
+    import torch
+
+    model.eval()
+    pair = np.concatenate([data.test.x[:2], data.test.x[:1]])[:2]  # two even with one sample
+    with torch.no_grad():
+        try:
+            out = model(torch.from_numpy(pair))
+        except Exception as exc:  # noqa: BLE001 - the user's forward, at batch 2
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise UsageError(f"{what} runs on one sample but fails on a batch of 2 "
+                             f"({type(exc).__name__}: {first}): edgekd calibrates and verifies "
+                             "in batches: make forward work for any batch size (x.flatten(1) "
+                             "or x.shape[0], not a hard-coded 1)") from exc
+        out = _one_tensor(out, what)
+        if out.ndim == 0 or out.shape[0] != 2:
+            raise UsageError(f"{what} returns outputs of shape {list(out.shape)} for a batch of "
+                             "2 samples: the first axis of its output must be the batch; make "
+                             "forward work for any batch size (no hard-coded 1 in reshape/view)")
+        again = _one_tensor(model(torch.from_numpy(pair)), what)
+    a, b = out.float().numpy(), again.float().numpy()
+    both = np.isfinite(a) & np.isfinite(b)
+    delta = float(np.abs(a - b)[both].max()) if both.any() else 0.0
+    if delta > 1e-4 * (1 + float(np.abs(a[both]).max() if both.any() else 0)) or (
+            np.isfinite(a) != np.isfinite(b)).any():
+        raise UsageError(f"{what} gives different outputs for the same input twice in eval "
+                         f"mode (max |Δ| {delta:.3g}): remove randomness from forward in "
+                         "eval() (noise, torch.randn, F.dropout(training=True))")
+    if finite:
+        for name in ("test", "calibration"):
+            split = getattr(data, name)
+            if len(split) == 0:
+                continue
+            bad = ~np.isfinite(_outputs(model, split.x)).reshape(len(split), -1).all(1)
+            if bad.any():
+                raise UsageError(f"{what}'s outputs on data.{name} are not finite (NaN or inf "
+                                 f"in {int(bad.sum())} of {len(split)} samples): check the "
+                                 "weights (NaN in the file?) and the preprocessing")
+    return _output_check(task, out, what)
+
+
 def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
     """Data and models of ``project``, checked against each other."""
     if project.builtin:
@@ -224,7 +322,8 @@ def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
                                trust_pickle, example)
     model = student()
     fit_check(model, example, f"model.student ({spec.student})")
-    classes = _output_check(spec.task, model(example), "model.student")
+    classes = _probe(model, data, spec.task, "model.student",
+                     finite=bool(spec.student_weights) or not spec.trains)
     info = {"student": s_info, "task": spec.task}
     teacher, t_info = None, None
     if spec.teacher:
@@ -232,7 +331,8 @@ def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
                                    project.root, "model.teacher", trust_pickle, example)
         t_model = teacher()
         fit_check(t_model, example, f"model.teacher ({spec.teacher})")
-        t_classes = _output_check(spec.task, t_model(example), "model.teacher")
+        t_classes = _probe(t_model, data, spec.task, "model.teacher",
+                           finite=bool(spec.teacher_weights))
         if t_classes != classes:
             raise UsageError(f"model.teacher has {t_classes} outputs and model.student "
                              f"{classes}: give both the same number of classes")
@@ -247,6 +347,37 @@ def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
                   teacher_key=str(sorted((t_info or {}).items())), model=info)
 
 
+def _run_onnx(path: Path, info: Any, data: Dataset) -> np.ndarray:
+    """The ONNX model's first output on the test split, run in ONNX Runtime (which names an
+    op it cannot run), after its calibration outputs were checked to be finite too."""
+    from edgekd.inputs.model_files import onnx_session
+
+    session = onnx_session(path, "model.onnx")
+    fixed = info.input_shape[0] if isinstance(info.input_shape[0], int) else 0
+    size = fixed or 64
+    first = session.get_outputs()[0].name
+    result = {}
+    for name in ("calibration", "test"):
+        x = getattr(data, name).x
+        if fixed and len(x) % fixed:
+            x = x[:len(x) - len(x) % fixed]
+        try:
+            out = np.concatenate([session.run([first], {info.input_name: x[i:i + size]})[0]
+                                  for i in range(0, len(x), size)]) if len(x) else x
+        except Exception as exc:  # noqa: BLE001 - ORT's own error types
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise UsageError(f"model.onnx cannot run on data.{name} in ONNX Runtime "
+                             f"({type(exc).__name__}: {first}): export it for the data's "
+                             "sample shape and dtype") from exc
+        bad = ~np.isfinite(out.astype(np.float64)).reshape(len(out), -1).all(1)
+        if bad.any():
+            raise UsageError(f"model.onnx's outputs on data.{name} are not finite (NaN or inf "
+                             f"in {int(bad.sum())} of {len(out)} samples): check the weights "
+                             "(NaN in the file?) and the preprocessing")
+        result[name] = out
+    return result["test"]
+
+
 def _onnx_inputs(spec: ModelSpec, root: Path, data: Dataset) -> Inputs:
     from edgekd.inputs.model_files import inspect_onnx, resolve_path
 
@@ -259,16 +390,15 @@ def _onnx_inputs(spec: ModelSpec, root: Path, data: Dataset) -> Inputs:
         raise UsageError(f"model.onnx expects inputs of shape {list(info.input_shape)} but the "
                          f"data's samples are {want}: make them match (data.image_size, or "
                          "export the model for this shape)")
-    classes = None
+    outputs = _run_onnx(path, info, data)
     if spec.task == "classification":
         out = info.output_shapes[0]
         if len(out) != 2:
             raise UsageError(f"model.onnx's output has shape {list(out)}, not [batch, "
                              "classes]: set model.task = \"regression\" for models that are "
                              "not classifiers")
-        if isinstance(out[1], int):
-            classes = out[1]
-            data = _check_labels(data, classes)
+        # A symbolic class axis ("classes") is known only from a run.
+        data = _check_labels(data, int(outputs.shape[1]))
     return Inputs(data=data, task=spec.task, onnx=path,
                   model={"onnx": spec.onnx, "onnx_sha256": sha256_file(path), "task": spec.task,
                          "input": info.input_name, "opset": info.opset})

@@ -12,15 +12,21 @@ A data source is one string from the project file:
 Everything ends up in one in-memory float32 array per split: right for edge-sized data sets
 (the samples that train a small student, calibrate it and verify it), not for ImageNet.
 Images are read with Pillow; arrays with ``numpy.load(allow_pickle=False)``, so a data file
-cannot run code. Relative paths start at the project folder and may not leave it.
+cannot run code. Relative paths start at the project folder and may not leave it, and neither
+may anything read below them: every class folder and file is resolved (symlinks followed) and
+refused if it lands outside the project folder, or outside the data folder itself when that
+was written as an absolute path elsewhere. Only regular files are read: a named pipe, socket
+or device is refused (reading one could block forever), never skipped.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -74,16 +80,118 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
-def _read_image(path: Path, options: ImageOptions, mode: str, what: str) -> np.ndarray:
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _resolved(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise UsageError(f"{what}: {path} cannot be resolved ({_first_line(exc)}): fix or "
+                         "remove the link") from exc
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where one data source may read: every path is resolved and must stay under ``root``
+    (the project folder, or the data folder given as an absolute path outside it)."""
+
+    root: Path  # resolved
+    what: str  # the setting, e.g. data.train
+    name: str  # "the project folder" | "the data folder"
+
+    @classmethod
+    def of(cls, spec: str, path: Path, project: Path, what: str) -> _Scope:
+        root = project.resolve()
+        if Path(spec).expanduser().is_absolute():
+            real = _resolved(path, what)
+            if not _inside(real, root):  # the user's explicit choice: that folder, no further
+                return cls(real if real.is_dir() else real.parent, what, "the data folder")
+        return cls(root, what, "the project folder")
+
+    def check(self, path: Path) -> Path:
+        """``path`` resolved; refused if it leads outside :attr:`root`."""
+        real = _resolved(path, self.what)
+        if not _inside(real, self.root):
+            raise UsageError(f"{self.what}: {path} is a link to {real}, outside {self.name} "
+                             f"{self.root}: copy the files in, or remove the link")
+        return real
+
+    def special(self, path: Path, mode: int) -> UsageError:
+        return UsageError(f"{self.what}: {path} is {_kind(mode)}, not a regular file: edgekd "
+                          "reads only regular files; remove it or put the data there as a file")
+
+    def open(self, path: Path) -> IO[bytes]:
+        """``path`` opened for reading, only if it is a regular file inside the scope: never
+        blocks on a named pipe (opened non-blocking, checked, then read as usual)."""
+        real = self.check(path)
+        try:
+            mode = os.stat(real).st_mode
+            if not stat.S_ISREG(mode):
+                raise self.special(path, mode)
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise UsageError(f"{self.what}: cannot read {path} ({exc.strerror or exc}): check "
+                             "the file and its permissions") from exc
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # replaced between the stat and the open
+            os.close(fd)
+            raise self.special(path, mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+
+
+def _listing(folder: Path, scope: _Scope, *, folders: bool) -> tuple[list[Path], list[Path]]:
+    """The visible sub-folders (only when ``folders``: they are read) and image files of
+    ``folder``, sorted, each checked against ``scope``. Broken links, named pipes, sockets
+    and devices are refused rather than skipped: one of them may be a sample."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if _visible(p))
+    except OSError as exc:
+        raise UsageError(f"{scope.what}: cannot list {folder} ({exc.strerror or exc}): check "
+                         "its permissions") from exc
+    subdirs: list[Path] = []
+    files: list[Path] = []
+    for p in entries:
+        try:
+            mode = p.stat().st_mode
+        except OSError as exc:
+            if p.is_symlink():
+                raise UsageError(f"{scope.what}: {p} is a link to {os.readlink(p)}, which "
+                                 "cannot be followed (it does not exist, or it loops): fix "
+                                 "or remove the link") from exc
+            raise UsageError(f"{scope.what}: cannot read {p} ({exc.strerror or exc}): check "
+                             "its permissions") from exc
+        if stat.S_ISDIR(mode):
+            if folders:
+                scope.check(p)
+                subdirs.append(p)
+        elif stat.S_ISREG(mode):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                scope.check(p)
+                files.append(p)
+        else:
+            raise scope.special(p, mode)
+    return subdirs, files
+
+
+def _read_image(path: Path, options: ImageOptions, mode: str, what: str,
+                scope: _Scope) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as opened:
+        with scope.open(path) as f, Image.open(f) as opened:
             opened.load()
             im = opened.convert(mode)
             if options.size is not None:
@@ -96,14 +204,14 @@ def _read_image(path: Path, options: ImageOptions, mode: str, what: str) -> np.n
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _mode(files: list[Path], color: str) -> str:
+def _mode(files: list[Path], color: str, scope: _Scope) -> str:
     if color != "auto":
         return "L" if color == "gray" else "RGB"
     from PIL import Image
 
     for path in files:
         try:
-            with Image.open(path) as im:  # reads the header only
+            with scope.open(path) as f, Image.open(f) as im:  # reads the header only
                 if im.mode not in _GRAY_MODES:
                     return "RGB"
         except Exception:  # noqa: BLE001 - reported with its name when the file is read
@@ -112,17 +220,18 @@ def _mode(files: list[Path], color: str) -> str:
 
 
 def _images(folder: Path, spec: str, what: str, options: ImageOptions, labeled: bool,
-            max_samples: int | None) -> Samples:
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+            max_samples: int | None, scope: _Scope) -> Samples:
+    subdirs, top = _listing(folder, scope, folders=True)
     if subdirs:
         classes: tuple[str, ...] | None = tuple(p.name for p in subdirs)
-        files = [(f, i) for i, d in enumerate(subdirs) for f in _image_files(d)]
-        empty = next((d for d in subdirs if not _image_files(d)), None)
+        per_class = [_listing(d, scope, folders=False)[1] for d in subdirs]
+        files = [(f, i) for i, fs in enumerate(per_class) for f in fs]
+        empty = next((d for d, fs in zip(subdirs, per_class, strict=True) if not fs), None)
         if empty is not None:
             raise UsageError(f"{what}: class folder {empty} has no images: add images or "
                              "remove the folder")
     else:
-        classes, files = None, [(f, -1) for f in _image_files(folder)]
+        classes, files = None, [(f, -1) for f in top]
         if not files:
             raise UsageError(f"{what}: no images in {folder} (looked for "
                              f"{', '.join(sorted(IMAGE_SUFFIXES))}): add images or fix the path")
@@ -130,8 +239,8 @@ def _images(folder: Path, spec: str, what: str, options: ImageOptions, labeled: 
             raise UsageError(f"{what}: {folder} has no class sub-folders: a labeled set needs "
                              "one sub-folder of images per class (e.g. train/cat, train/dog)")
     files = files[:max_samples] if max_samples else files
-    mode = _mode([f for f, _ in files], options.color)
-    arrays = [_read_image(f, options, mode, what) for f, _ in files]
+    mode = _mode([f for f, _ in files], options.color, scope)
+    arrays = [_read_image(f, options, mode, what, scope) for f, _ in files]
     first = arrays[0].shape
     other = next((i for i, a in enumerate(arrays) if a.shape != first), None)
     if other is not None:
@@ -143,28 +252,29 @@ def _images(folder: Path, spec: str, what: str, options: ImageOptions, labeled: 
     return Samples(np.stack(arrays), y, classes, spec, "images")
 
 
-def _load_arrays(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_arrays(path: Path, what: str, scope: _Scope) -> tuple[np.ndarray, np.ndarray | None]:
     """``x`` and ``y`` from a .npz, or the one array of a .npy (inputs only)."""
     damaged = "it may be truncated or not written by numpy: save it again (np.savez / np.save)"
     try:
-        with path.open("rb") as f:
+        with scope.open(path) as f:
             magic = f.read(6)
-        # np.load falls back to pickle for anything that is neither .npy nor zip; name that
-        # case plainly instead of numpy's hint to unpickle the file.
-        if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK")):
-            raise UsageError(f"{what}: {path} is not a numpy file (no .npy header and not a "
-                             ".npz zip; maybe a pickle or another format): save the arrays "
-                             "with np.savez(path, x=..., y=...) or np.save")
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return loaded, None
-        with loaded as npz:
-            if "x" not in npz.files:
-                raise UsageError(f"{what}: {path} has no array 'x' (it has: "
-                                 f"{', '.join(npz.files) or 'nothing'}): save inputs as x and "
-                                 "labels as y (np.savez(path, x=..., y=...)); other names are "
-                                 "not read")
-            return npz["x"], (npz["y"] if "y" in npz.files else None)
+            # np.load falls back to pickle for anything that is neither .npy nor zip; name
+            # that case plainly instead of numpy's hint to unpickle the file.
+            if not (magic.startswith(b"\x93NUMPY") or magic.startswith(b"PK")):
+                raise UsageError(f"{what}: {path} is not a numpy file (no .npy header and not "
+                                 "a .npz zip; maybe a pickle or another format): save the "
+                                 "arrays with np.savez(path, x=..., y=...) or np.save")
+            f.seek(0)
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                return loaded, None
+            with loaded as npz:
+                if "x" not in npz.files:
+                    raise UsageError(f"{what}: {path} has no array 'x' (it has: "
+                                     f"{', '.join(npz.files) or 'nothing'}): save inputs as x "
+                                     "and labels as y (np.savez(path, x=..., y=...)); other "
+                                     "names are not read")
+                return npz["x"], (npz["y"] if "y" in npz.files else None)
     except UsageError:
         raise
     except ValueError as exc:
@@ -176,8 +286,9 @@ def _load_arrays(path: Path, what: str) -> tuple[np.ndarray, np.ndarray | None]:
         raise UsageError(f"{what}: cannot read {path} ({_first_line(exc)}): {damaged}") from exc
 
 
-def _arrays(path: Path, spec: str, what: str, max_samples: int | None) -> Samples:
-    x, y = _load_arrays(path, what)
+def _arrays(path: Path, spec: str, what: str, max_samples: int | None, scope: _Scope
+            ) -> Samples:
+    x, y = _load_arrays(path, what, scope)
     for name, arr in (("x", x), ("y", y)):
         if arr is not None and arr.ndim == 0:
             raise UsageError(f"{what}: {name} in {path} is a single value, not one row per "
@@ -292,10 +403,14 @@ def load_samples(spec: str, *, root: Path, what: str, images: ImageOptions = Ima
         samples = _dataset(spec, root, what, max_samples)
     else:
         path = resolve_path(spec, root, what)
-        if path.is_dir():
-            samples = _images(path, spec, what, images, labeled, max_samples)
+        scope = _Scope.of(spec, path, root, what)
+        mode = scope.check(path).stat().st_mode
+        if stat.S_ISDIR(mode):
+            samples = _images(path, spec, what, images, labeled, max_samples, scope)
+        elif not stat.S_ISREG(mode):
+            raise scope.special(path, mode)
         elif path.suffix.lower() in (".npz", ".npy"):
-            samples = _arrays(path, spec, what, max_samples)
+            samples = _arrays(path, spec, what, max_samples, scope)
         else:
             raise UsageError(f"{what}: {path} is not a data source edgekd reads: give a folder "
                              "of images, a .npz (x, y), a .npy, or file.py:function returning "

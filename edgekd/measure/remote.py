@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekd.common.interrupts import kill_children, run_child
 from edgekd.measure.bench import WORKER_FILES, BenchError, BenchSpec, parse_result
 
 
@@ -61,15 +62,21 @@ def preflight(remote: Remote) -> None:
     script = (f"command -v {shlex.quote(remote.python)} >/dev/null 2>&1 || "
               "{ echo 'EDGEKD-NO-PYTHON' >&2; exit 127; }")
     try:
-        proc = subprocess.run(remote.ssh_command(script), capture_output=True, text=True,
-                              timeout=remote.connect_timeout_s + 30, check=False)
+        got = run_child(remote.ssh_command(script), input=None,
+                        timeout=remote.connect_timeout_s + 30)
     except FileNotFoundError as exc:
         raise BenchError("ssh not found: install the OpenSSH client") from exc
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{remote.host}: no answer within {remote.connect_timeout_s + 30} s"
                          ) from exc
-    if proc.returncode != 0:
-        raise _ssh_error(remote, proc)
+    if got.returncode != 0:
+        raise _ssh_error(remote, _decoded(got))
+
+
+def _decoded(proc: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[str]:
+    return subprocess.CompletedProcess(proc.args, proc.returncode,
+                                       proc.stdout.decode(errors="replace"),
+                                       proc.stderr.decode(errors="replace"))
 
 
 def _archive(specs: list[BenchSpec]) -> tuple[bytes, list[str]]:
@@ -96,13 +103,21 @@ def _script(remote: Remote, spec_names: list[str]) -> str:
     py = shlex.quote(remote.python)
     # The worker prints one JSON line (exit 0, or 3 with an error); anything else (a crash,
     # a signal) gets a JSON error line here so each artifact has exactly one line.
+    # Each worker runs beside a watchdog that writes an empty line to stderr every second:
+    # when edgekd or its ssh dies, the channel closes, the write fails and the watchdog ends
+    # the worker, so that nothing is left running on the device (and the trap removes $d).
     runs = "\n".join(
-        f"{py} worker.py {shlex.quote(n)}; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 3 ] || "
+        f"{py} worker.py {shlex.quote(n)} & w=$!\n"
+        "( while kill -0 $w 2>/dev/null; do sleep 1; "
+        "echo >&2 || { kill $w; exit; }; done ) & g=$!\n"
+        "wait $w; rc=$?; kill $g 2>/dev/null; "
+        "[ $rc -eq 0 ] || [ $rc -eq 3 ] || "
         f'echo "{{\\"error\\": \\"the benchmark process exited with status $rc\\"}}"'
         for n in spec_names)
     return ("set -e\n"
             'd=$(mktemp -d "${TMPDIR:-/tmp}/edgekd-bench.XXXXXX")\n'
             "trap 'rm -rf \"$d\"' EXIT\n"
+            "trap '' PIPE\n"  # a closed channel fails writes; it must not kill the trap
             'tar -xf - -C "$d"\n'
             'cd "$d"\n'
             f"command -v {py} >/dev/null 2>&1 || {{ echo 'EDGEKD-NO-PYTHON' >&2; exit 127; }}\n"
@@ -129,16 +144,14 @@ def bench_host(remote: Remote, specs: list[BenchSpec]) -> list[dict[str, Any]]:
     data, names = _archive(specs)
     cmd = remote.ssh_command(_script(remote, names))
     try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=remote.timeout_s,
-                              check=False)
+        proc = run_child(cmd, input=data, timeout=remote.timeout_s)
     except FileNotFoundError as exc:
         raise BenchError("ssh not found: install the OpenSSH client") from exc
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{remote.host}: no answer within {remote.timeout_s:.0f} s; the "
                          "device is busy or unreachable (raise the timeout or lower --runs)"
                          ) from exc
-    text = subprocess.CompletedProcess(cmd, proc.returncode, proc.stdout.decode(errors="replace"),
-                                       proc.stderr.decode(errors="replace"))
+    text = _decoded(proc)
     if text.returncode in (127, 255) or not text.stdout.strip():
         raise _ssh_error(remote, text)
     lines = [ln for ln in text.stdout.splitlines() if ln.startswith("{")]
@@ -162,5 +175,11 @@ def bench_hosts(remotes: list[Remote], specs: list[BenchSpec]
         except BenchError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=max(1, len(remotes))) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, len(remotes)))
+    try:
         return dict(zip([r.host for r in remotes], pool.map(one, remotes), strict=True))
+    except BaseException:  # Ctrl-C, SIGTERM: the other threads' ssh processes go now
+        kill_children()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

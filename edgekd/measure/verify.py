@@ -64,7 +64,20 @@ def verify_artifact(path: Path, runtime: str, *, x: np.ndarray, y: np.ndarray | 
         raise VerificationError(f"{path.name}: output shape {list(outputs.shape)} differs from "
                                 f"the reference model's {list(reference_logits.shape)}; the "
                                 "export changed the model, report this with --debug output")
+    _require_finite(reference_logits, "the reference model's", path.name)
+    _require_finite(outputs, f"{path.name}'s", path.name)
     return compare_outputs(outputs, reference_logits, y, classifier)
+
+
+def _require_finite(outputs: np.ndarray, whose: str, name: str) -> None:
+    """NaN compares false with everything: a cosine or agreement of NaN outputs would pass
+    (or fail) for no reason, so non-finite outputs fail verification by name."""
+    bad = ~np.isfinite(outputs.astype(np.float64)).reshape(len(outputs), -1).all(1)
+    if bad.any():
+        raise VerificationError(f"{name}: {whose} outputs on the test split are not finite "
+                                f"(NaN or inf in {int(bad.sum())} of {len(outputs)} samples): "
+                                "check the model's weights, the training (did it diverge?) and "
+                                "the preprocessing")
 
 
 def require_agreement(name: str, runtime: str, precision: str, result: Verification,

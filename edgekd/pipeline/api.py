@@ -83,6 +83,17 @@ def load(config: str | Path | BuildConfig | None = None, *,
     return replace(project, build=built) if built is not None else project
 
 
+def _project_out(project: Project, cwd: Path) -> Path:
+    """The project's ``out``: relative to the project folder and inside it (symlinks
+    resolved), or an absolute path as the user wrote it; ``build`` in ``cwd`` without one.
+    (``--out`` on the command line is the user's own choice, relative to the current folder.)"""
+    from edgekd.inputs.model_files import resolve_path
+
+    if not project.out:
+        return cwd / "build"
+    return resolve_path(project.out, project.root, "out", must_exist=False)
+
+
 def build(target: str | None = None, *, config: str | Path | BuildConfig | None = None,
           out: str | Path | None = None, settings: Mapping[str, Any] | Sequence[str] | None
           = None, model: str | None = None, weights: str | None = None,
@@ -105,7 +116,7 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
                    cwd=here)
     name = target or project.target or DEFAULT_TARGET
     if out is None:
-        out = project.root / project.out if project.out else here / "build"
+        out = _project_out(project, here)
     limits = load_budget_file(Path(budget)) if budget else None
     return run_build(name, out=Path(out), project=project, on_step=on_step, budget=limits,
                      budget_source=str(budget) if budget else None, remotes=remotes,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.backends import get_backend
+from edgekd.common.interrupts import raise_if_interrupted
 from edgekd.errors import UsageError
 from edgekd.inputs.digits import load_digits
 from edgekd.inputs.resolve import Inputs, resolve
@@ -42,7 +43,7 @@ from edgekd.pipeline.training import run_training
 from edgekd.report.html import render_html
 from edgekd.report.markdown import render_markdown
 from edgekd.report.model import build_manifest, write_json
-from edgekd.report.staging import build_lock, staged_dir
+from edgekd.report.staging import build_lock, check_replaceable, staged_dir
 from edgekd.settings.budgets import Budget
 from edgekd.settings.config import BuildConfig
 from edgekd.settings.project import Project
@@ -64,15 +65,21 @@ class BuildResult:
 
 @dataclass
 class _Steps:
-    """Times each step and tells the caller (the CLI's progress display) when one ends."""
+    """Times each step and tells the caller (the CLI's progress display) when one ends.
+
+    Between steps, a Ctrl-C or SIGTERM that a library swallowed (a KeyboardInterrupt raised
+    inside a ``__del__`` or a callback is only printed) is raised again, and edgekd's signal
+    handler is put back if a library replaced it (see :func:`raise_if_interrupted`)."""
 
     on_step: StepCallback | None
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[dict[str, str]]:
+        raise_if_interrupted()
         result = {"detail": ""}
         start = time.perf_counter()
         yield result
+        raise_if_interrupted()
         log.info("%s: %s (%.1f s)", name, result["detail"], time.perf_counter() - start)
         if self.on_step:
             self.on_step(name, f"{result['detail']} ({time.perf_counter() - start:.1f} s)")
@@ -137,6 +144,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
     step = _Steps(on_step)
     # Under torchrun only rank 0 writes the build, so only rank 0 holds the folder's lock.
     lead = int(os.environ.get("RANK", "0")) == 0
+    check_replaceable(out / target.name)  # every rank: all fail at once, none waits for rank 0
     with build_lock(out / target.name) if lead else contextlib.nullcontext():
         inputs = _inputs(project, target, step, trust_pickle)
         trained = None
@@ -157,6 +165,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
             report = _deploy(ctx, model_of(inputs, trained), started,
                              _budget(project, target, budget, budget_source))
             _write_reports(stage, report)
+            raise_if_interrupted()  # the last moment a signal can still stop the swap
     return BuildResult(out / target.name, report)
 
 

@@ -4,11 +4,17 @@ command line's summary: one function per kind of value.
 Every formatter takes whatever the report holds (a number, ``None`` where the report writes
 ``null``, or a missing key's default) and never raises: anything that is not a finite real
 number prints as :data:`MISSING`. The renderers add their own markup around the text.
+
+Text that comes from the user or the machine (a target's description, a file or host name,
+a model's layer and class names) goes into ``report.md`` only through :func:`md` (and
+:func:`md_code`, its inline-code form), so it can neither break a table nor add markup;
+``report.html`` escapes it with :func:`html.escape`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 MISSING = "–"  # an en dash: one character for "not measured", "not a classifier", null
@@ -125,3 +131,31 @@ def shape(dims: Any) -> str:
     if not isinstance(dims, list | tuple):
         return MISSING
     return "×".join(map(str, dims))
+
+
+# Markdown: "|" ends a table cell, "<", ">" and "&" start HTML or an entity, the rest is
+# emphasis, code, links and strikethrough. As entities, "|" splits no cell and "<" opens no tag.
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "&#124;"}
+_MD_ESCAPED = frozenset("\\`*_[]~")
+# What makes a line a heading, a list item or a setext underline when it starts the line.
+_MD_LINE_START = re.compile(r"^(?:(#{1,6}|[+-]|=+|-+)(?=\s|$)|(\d{1,9})(?=[.)](?:\s|$)))")
+
+
+def md(v: Any) -> str:
+    """Text for ``report.md``, safe in a table cell and in running text: on one line (a
+    newline would end a table row), with every Markdown and HTML special escaped."""
+    if v is None:
+        return MISSING
+    text = " ".join(str(v).split())
+    text = "".join(_MD_ENTITIES.get(c) or (f"\\{c}" if c in _MD_ESCAPED else c)
+                   for c in text)
+    m = _MD_LINE_START.match(text)
+    if m is None:
+        return text
+    return f"{m.group(2)}\\{text[m.end():]}" if m.group(2) else f"\\{text}"
+
+
+def md_code(v: Any) -> str:
+    """:func:`md` as inline code. HTML ``<code>``, not backticks: inside backticks no escape
+    works, so a backtick or "|" in the text would end the span or the table cell."""
+    return f"<code>{md(v)}</code>"

@@ -7,6 +7,7 @@ line naming the file and the first bad field, before any check reads it."""
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from edgekd.errors import UsageError
 from edgekd.report.schema import validate, validate_report
 from edgekd.settings.budgets import UNITS, Budget
+from edgekd.settings.resources import read_text_file
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,24 @@ class Check:
     limit: float
 
     @property
+    def at_limit(self) -> bool:
+        """Equal to the limit but for float noise: ``100 * (0.99 - 0.97)`` is
+        2.0000000000000004 points, and a budget of 2.0 points holds there."""
+        return math.isclose(self.measured, self.limit, rel_tol=1e-9, abs_tol=1e-9)
+
+    @property
     def ok(self) -> bool:
+        if self.at_limit:
+            return True
         if self.budget.startswith("min_"):
             return self.measured >= self.limit
         return self.measured <= self.limit
 
     @property
     def margin(self) -> float:
-        """How far inside the budget (negative: how far over)."""
+        """How far inside the budget (negative: how far over); 0 at the limit."""
+        if self.at_limit:
+            return 0.0
         return (self.measured - self.limit if self.budget.startswith("min_")
                 else self.limit - self.measured)
 
@@ -95,6 +107,10 @@ def budget_checks(report: Mapping[str, Any], budget: Budget) -> list[Check]:
                 (f" @ {r['remote']}", rr, r) for r in a.get("remote", [])
                 for rr in ref.get("remote", []) if rr["remote"] == r["remote"]]
             for where, fp32, int8 in pairs:
+                if int8["latency_ms"]["p50"] <= 0:
+                    raise UsageError(f"min_int8_speedup: {a['path']}{where} has a p50 latency "
+                                     "of 0 ms, so no speed-up can be computed; measure it "
+                                     "again (edgekd bench)")
                 checks.append(Check("min_int8_speedup", f"{a['path']}{where}",
                                     fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"],
                                     budget.min_int8_speedup))
@@ -125,7 +141,10 @@ _OLDER_REPORT = {"type": "object", "required": ["artifacts"], "properties": {
     "stages": {"type": "array", "items": {
         "type": "object", "required": ["name"],
         "properties": {"name": {"type": "string"}, "accuracy": {"type": ["number", "null"]}}}},
-    "task": {"type": "string"}}}
+    "task": {"type": "string"},
+    "budget": {"type": "object", "properties": {
+        "source": {"type": "string"},
+        "limits": {"type": "object", "additionalProperties": _NUMBER}}}}}
 _BENCH_FILE = {"type": "object", "required": ["benchmarks"], "properties": {
     "benchmarks": {"type": "array", "items": {
         "type": "object", "required": ["artifact", "runtime", "file_size_bytes", "latency_ms",
@@ -136,14 +155,33 @@ _BENCH_FILE = {"type": "object", "required": ["benchmarks"], "properties": {
                        **_MEASURED}}}}}
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number (edgekd writes null there)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
 def _read(path: Path) -> Any:
+    """The JSON in ``path``: strict JSON (no NaN or Infinity, which a report never holds)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = read_text_file(path)
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: report not found; run edgekd build (it writes "
                          "OUT/<target>/report.json) or edgekd bench --json FILE") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
+        raise UsageError(f"{path} {exc}: give the report.json of a build or an edgekd bench "
+                         "--json file") from exc
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: not a readable JSON report ({exc})") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path}: not a valid edgekd report: {exc}") from exc
     except RecursionError as exc:  # the C parser recurses per nesting level
         raise UsageError(f"{path}: not an edgekd report (JSON nested too deeply)") from exc
 

@@ -8,19 +8,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgekd.report import format as fmt
+from edgekd.report.format import md, md_code
 
 Lines = list[str]
 
 
 def _title(report: dict[str, Any]) -> Lines:
     """Title, target, the budget verdict and the flags: what a reader must see first."""
-    lines = [f"# edgekd build: `{report['target']}`", "", f"{report['target_description']}", ""]
+    lines = [f"# edgekd build: {md_code(report['target'])}", "",
+             md(report['target_description']), ""]
     budget = report.get("budget")
     if budget:
         broken = [c for c in budget["checks"] if not c["ok"]]
         lines += [f"**Budgets: {'❌ ' + str(len(broken)) + ' broken' if broken else '✅ all hold'}"
-                  f"** ({len(budget['checks'])} checks, {budget['source']})", ""]
-    lines += [f"> ⚠️ {flag}" for flag in report.get("flags", [])]
+                  f"** ({len(budget['checks'])} checks, {md(budget['source'])})", ""]
+    lines += [f"> ⚠️ {md(flag)}" for flag in report.get("flags", [])]
     return [*lines, ""] if report.get("flags") else lines
 
 
@@ -28,15 +30,16 @@ def _models(report: dict[str, Any]) -> Lines:
     """The data, every model stage, and what compression and distillation bought."""
     data, inp = report["dataset"], report["input"]
     splits = data["splits"]
-    lines = [f"Data: {data['name']} — train {splits['train']}, test {splits['test']}, "
-             f"calibration {splits['calibration']} (seed {data['seed']}). "
-             f"Input `{inp['shape']}` {inp['dtype']}, `{inp['preprocessing']['formula']}`.",
+    lines = [f"Data: {md(data['name'])} — train {md(splits['train'])}, test "
+             f"{md(splits['test'])}, calibration {md(splits['calibration'])} (seed "
+             f"{md(data['seed'])}). Input {md_code(inp['shape'])} {md(inp['dtype'])}, "
+             f"{md_code(inp['preprocessing']['formula'])}.",
              "", "## Models", "",
              "| stage | params | non-zero | test accuracy |", "|---|---:|---:|---:|"]
-    lines += [f"| {s['name']} | {fmt.count(s['params'])} | {fmt.count(s['nonzero_params'])} | "
+    lines += [f"| {md(s['name'])} | {fmt.count(s['params'])} | {fmt.count(s['nonzero_params'])} | "
               f"{fmt.percent(s['accuracy'])} |" for s in report["stages"]]
     if not report["stages"]:
-        lines.append(f"| (finished model: {report.get('model', {}).get('onnx', 'ONNX')}) "
+        lines.append(f"| (finished model: {md(report.get('model', {}).get('onnx', 'ONNX'))}) "
                      "| | | |")
     summary = report.get("summary", {})
     lines.append("")
@@ -61,8 +64,9 @@ def _artifacts(report: dict[str, Any]) -> Lines:
         "min cosine | max rel. error | max abs Δ |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| `{a['path']}` | {a['runtime']} {fmt.version(a['runtime_version'])} | "
-              f"{a['precision']} | {fmt.kib(a['size_bytes'])} | "
+    lines += [f"| {md_code(a['path'])} | {md(a['runtime'])} "
+              f"{md(fmt.version(a['runtime_version']))} | "
+              f"{md(a['precision'])} | {fmt.kib(a['size_bytes'])} | "
               f"{fmt.kib(a.get('size_gzip_bytes'))} | {fmt.percent(a['accuracy'])} | "
               f"{fmt.percent(a['top1_agreement'])} | {fmt.cosine(a.get('cosine_min'))} | "
               f"{fmt.error(a.get('max_rel_error'))} | {fmt.error(a.get('max_abs_diff'))} |"
@@ -76,22 +80,23 @@ def _quantization(report: dict[str, Any]) -> Lines:
     if not q:
         return []
     lines = ["## Quantization", "",
-             f"Static INT8 (ONNX Runtime's tools, QDQ), calibration `{q['method']}`."]
+             f"Static INT8 (ONNX Runtime's tools, QDQ), calibration {md_code(q['method'])}."]
     if q.get("fp32_accuracy") is not None:
         lines.append(f"On the calibration split: FP32 {fmt.percent(q['fp32_accuracy'])}, INT8 "
                      f"{fmt.percent(q['int8_accuracy'])}.")
     for i, step in enumerate(q.get("steps", [])[1:], 1):
-        lines.append(f"- step {i}: kept in float {', '.join(step['float_layers'])} -> "
+        lines.append(f"- step {i}: kept in float {', '.join(map(md, step['float_layers']))} -> "
                      f"{fmt.percent(step['accuracy'])}")
     if q.get("float_layers"):
         lines.append(f"Kept in float to stay within the accuracy budget: "
-                     f"{', '.join(q['float_layers'])}.")
+                     f"{', '.join(map(md, q['float_layers']))}.")
     by_runtime = q.get("by_runtime") or {}
     if by_runtime:
         lines += ["", "| runtime | INT8 made by | when | `quant.*` settings it ignores |",
                   "|---|---|---|---|"]
-        lines += [f"| {rt} | {w['tool']} | {w['when']} | "
-                  f"{', '.join(w['ignored']) or 'none'} |" for rt, w in by_runtime.items()]
+        lines += [f"| {md(rt)} | {md(w['tool'])} | {md(w['when'])} | "
+                  f"{', '.join(map(md, w['ignored'])) or 'none'} |"
+                  for rt, w in by_runtime.items()]
     return [*lines, ""]
 
 
@@ -103,26 +108,27 @@ def _robustness(report: dict[str, Any]) -> Lines:
     models = rob["models"]
     gap = any("distilled_minus_scratch_points" in c for c in rob["conditions"])
     lines = ["", "## Robustness: test accuracy under input corruptions", "",
-             "| condition | " + " | ".join(f"`{m}`" if "." in m else m for m in models)
+             "| condition | " + " | ".join(md_code(m) if "." in m else md(m) for m in models)
              + (" | distilled − scratch |" if gap else " |"),
              "|---|" + "---:|" * (len(models) + gap)]
     for c in rob["conditions"]:
         cells = [fmt.percent(c["accuracy"][m]) for m in models]
         if gap:
             cells.append(fmt.points(c.get("distilled_minus_scratch_points")))
-        lines.append(f"| {c['name']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Corruptions on {rob['pixel_units']}; noise sigma in raw pixel units; "
-              f"seed {rob['seed']}, {rob['samples']} test samples, the same corrupted inputs "
+        lines.append(f"| {md(c['name'])} | " + " | ".join(cells) + " |")
+    lines += ["", f"Corruptions on {md(rob['pixel_units'])}; noise sigma in raw pixel units; "
+              f"seed {md(rob['seed'])}, {md(rob['samples'])} test samples, the same corrupted "
+              "inputs "
               "for every model; `.onnx`/`.xml`/`.tflite` columns are the shipped INT8 artifacts "
               "(the pruned student), run in their runtime."]
     if "summary" in rob:
-        lines += ["", f"**{rob['summary']['finding']}**"]
+        lines += ["", f"**{md(rob['summary']['finding'])}**"]
     return lines
 
 
 def _latency_row(name: str, where: str, m: dict[str, Any], size: Any) -> str:
     lat, mem = m["latency_ms"], m["memory"]
-    return (f"| `{name}` | {where} | {m.get('threads', '')} | {fmt.ms(lat['p50'])} "
+    return (f"| {md_code(name)} | {md(where)} | {md(m.get('threads', ''))} | {fmt.ms(lat['p50'])} "
             f"({fmt.ms_range(lat['p50_ci95'])}) | {fmt.ms(lat['p95'])} | {fmt.ms(lat['p99'])} | "
             f"{fmt.ms(lat['mean'])} ± {fmt.ms(lat['std'])} | {fmt.mib(mem['peak_rss_mb'])} | "
             f"{fmt.mib(mem.get('model_rss_mb'))} | {fmt.kib(size)} |")
@@ -143,9 +149,10 @@ def _latency(report: dict[str, Any]) -> Lines:
             lines.append(_latency_row(a["path"], where, r, a["size_bytes"]))
     b = report["bench"]
     return [*lines, "",
-            f"Each artifact in its own process: {b['warmup']} warm-up runs, then at least "
-            f"{b['runs']} timed runs and {b.get('seconds', 0):g} s; batch {b['batch']}; "
-            f"{b['threads']} thread(s) here (the target asks for {b['target_threads']}; remote "
+            f"Each artifact in its own process: {md(b['warmup'])} warm-up runs, then at least "
+            f"{md(b['runs'])} timed runs and {fmt.limit(b.get('seconds', 0))} s; batch "
+            f"{md(b['batch'])}; {md(b['threads'])} thread(s) here (the target asks for "
+            f"{md(b['target_threads'])}; remote "
             "devices use the target's count). Timed: one inference call with inputs already "
             "bound. **peak RSS**: the process's high-water mark (Python + NumPy + runtime + "
             "model). **model RSS**: resident memory after importing the runtime, loading the "
@@ -157,7 +164,7 @@ def _payoff(report: dict[str, Any]) -> Lines:
     if not report.get("payoff"):
         return []
     return ["## Does each step pay off?", "",
-            *[f"- {'⚠️ ' if r['verdict'] == 'slower' else ''}{r['detail']}"
+            *[f"- {'⚠️ ' if r['verdict'] == 'slower' else ''}{md(r['detail'])}"
               for r in report["payoff"]], ""]
 
 
@@ -168,10 +175,10 @@ def _pruning(report: dict[str, Any]) -> Lines:
     if "layers" not in stage:
         return []
     unit = "channels" if stage["method"] == "structured" else "weights"
-    lines = [f"## Pruning: {stage['method']}, {stage['schedule']}, target "
+    lines = [f"## Pruning: {md(stage['method'])}, {md(stage['schedule'])}, target "
              f"{fmt.share(stage['target_sparsity'])} of {unit}", "",
              "| layer | type | weight shape before → after | zero |", "|---|---|---|---:|"]
-    lines += [f"| `{r['layer']}` | {r['type']} | {fmt.shape(r['before'])} → "
+    lines += [f"| {md_code(r['layer'])} | {md(r['type'])} | {fmt.shape(r['before'])} → "
               f"{fmt.shape(r['after'])} | {fmt.fine_share(r['zero_fraction'])} |"
               for r in stage["layers"]]
     lines += ["", *_dense_vs_pruned(report)]
@@ -200,11 +207,12 @@ def _dense_vs_pruned(report: dict[str, Any]) -> Lines:
             continue
         verdict = speed.get(dense["runtime"], {}).get("verdict", "not compared")
         lines.append(
-            f"- {dense['runtime']}: `reference/{dense['path']}` → `{a['path']}`: file "
+            f"- {md(dense['runtime'])}: {md_code('reference/' + str(dense['path']))} → "
+            f"{md_code(a['path'])}: file "
             f"{fmt.kib(dense['size_bytes'])} → {fmt.kib(a['size_bytes'])} KiB, gzip "
             f"{fmt.kib(dense['size_gzip_bytes'])} → {fmt.kib(a['size_gzip_bytes'])} KiB, "
             f"p50 {fmt.ms(dense['latency_ms']['p50'])} → {fmt.ms(a['latency_ms']['p50'])} ms "
-            f"({verdict})")
+            f"({md(verdict)})")
     return lines
 
 
@@ -215,13 +223,15 @@ def _placement(report: dict[str, Any]) -> Lines:
         p = a.get("placement") or {}
         off = p.get("not_as_intended") or []
         if "error" in p:
-            lines.append(f"- `{a['path']}`: could not inspect ({p['error']})")
+            lines.append(f"- {md_code(a['path'])}: could not inspect ({md(p['error'])})")
         elif off:
-            lines.append(f"- `{a['path']}`: {len(off)} of {p['nodes']} node(s) not as intended: "
-                         + ", ".join(f"{n['op']} `{n['node']}` ({n['ran']})" for n in off[:12]))
+            lines.append(f"- {md_code(a['path'])}: {len(off)} of {md(p['nodes'])} node(s) not "
+                         "as intended: " + ", ".join(
+                             f"{md(n['op'])} {md_code(n['node'])} ({md(n['ran'])})"
+                             for n in off[:12]))
         elif p:
-            lines.append(f"- `{a['path']}`: all {p['nodes']} node(s) as intended "
-                         f"({'INT8' if p['quantized'] else 'float'}; {p['how']})")
+            lines.append(f"- {md_code(a['path'])}: all {md(p['nodes'])} node(s) as intended "
+                         f"({'INT8' if p['quantized'] else 'float'}; {md(p['how'])})")
     return [*lines, ""]
 
 
@@ -231,7 +241,8 @@ def _budgets(report: dict[str, Any]) -> Lines:
         return []
     return ["## Budgets", "", "| budget | artifact | measured | limit | margin | |",
             "|---|---|---:|---:|---:|---|",
-            *[f"| {c['budget']} | `{c['subject']}` | {fmt.number(c['measured'])} {c['unit']} | "
+            *[f"| {md(c['budget'])} | {md_code(c['subject'])} | {fmt.number(c['measured'])} "
+              f"{md(c['unit'])} | "
               f"{fmt.limit(c['limit'])} | {fmt.signed(c['margin'])} | "
               f"{'✅' if c['ok'] else '❌'} |" for c in budget["checks"]], ""]
 
@@ -242,7 +253,7 @@ def _nulls(report: dict[str, Any]) -> Lines:
     if not notes:
         return []
     return ["## Values written as null", "",
-            *[f"- `{n['field']}`: {n['why']}" for n in notes], ""]
+            *[f"- {md_code(n['field'])}: {md(n['why'])}" for n in notes], ""]
 
 
 def render_markdown(build_report: Mapping[str, Any]) -> str:
@@ -255,5 +266,5 @@ def render_markdown(build_report: Mapping[str, Any]) -> str:
         if line or (lines and lines[-1]):  # sections pad themselves: one blank line between
             lines.append(line)
     lines += [f"Built in {fmt.seconds(report['build_seconds'])} on "
-              f"{report['host']['machine']} ({report['host']['cpus']} CPUs).", ""]
+              f"{md(report['host']['machine'])} ({md(report['host']['cpus'])} CPUs).", ""]
     return "\n".join(lines)

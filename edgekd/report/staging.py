@@ -1,19 +1,28 @@
 """All-or-nothing output folders: a build writes into a staging folder beside the final one
 and swaps it into place only when everything succeeded, so a failing build never leaves
-half-written artifacts and never replaces an earlier good build."""
+half-written artifacts and never replaces an earlier good build.
+
+Only an earlier edgekd build (a folder whose ``manifest.json`` edgekd wrote) or an empty
+folder is ever replaced: anything else at ``OUT/<target>`` is the user's, and the build
+refuses it before any work starts (:func:`check_replaceable`, called by :func:`build_lock`)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from edgekd.errors import UsageError
+
+MANIFEST = "manifest.json"
+_MAX_MANIFEST = 64 << 20  # edgekd's manifests are kilobytes; a bigger file is not one
 
 
 def _writable_dir(path: Path) -> None:
@@ -27,11 +36,82 @@ def _writable_dir(path: Path) -> None:
                          "its permissions")
 
 
+def _not_ours(final: Path, why: str) -> UsageError:
+    return UsageError(f"{final} exists and is not an edgekd build ({why}): move it away or "
+                      "choose another --out")
+
+
+def _manifest_problem(path: Path) -> str | None:
+    """Why ``path`` is not a manifest edgekd wrote, or None when it is. Opened without
+    following a link and without blocking, so a FIFO or a link put there cannot hang the
+    check or send it elsewhere."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except OSError as exc:
+        return f"{MANIFEST} cannot be read: {exc.strerror or exc}"
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_MANIFEST:
+            return f"its {MANIFEST} is not a file edgekd wrote"
+        try:
+            raw = json.loads(f.read())
+        except (OSError, ValueError):
+            return f"its {MANIFEST} is not edgekd's"
+    if not (isinstance(raw, dict) and isinstance(raw.get("edgekd_version"), str)):
+        return f"its {MANIFEST} is not edgekd's"
+    return None
+
+
+def check_replaceable(final: Path) -> None:
+    """Refuse, in one line, anything at ``final`` that a successful build must not replace:
+    a file, a link, a folder that is not an edgekd build. Nothing there, an empty folder and
+    an earlier edgekd build are fine."""
+    if final.is_symlink():
+        raise UsageError(f"{final} is a symbolic link, not an edgekd build folder: remove the "
+                         "link or choose another --out")
+    try:
+        info = final.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there (a file above it is _writable_dir's to report)
+    except OSError as exc:
+        raise UsageError(f"cannot inspect {final} ({exc.strerror or exc}): choose another "
+                         "--out") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise _not_ours(final, "it is a file, not a folder")
+    try:
+        empty = next(final.iterdir(), None) is None
+    except OSError as exc:
+        raise UsageError(f"cannot list {final} ({exc.strerror or exc}): choose another "
+                         "--out or fix its permissions") from exc
+    why = None if empty else _manifest_problem(final / MANIFEST)
+    if why is not None:
+        raise _not_ours(final, why)
+
+
+def _recover(final: Path) -> None:
+    """Folders a killed build left beside ``final``: staging folders go; an earlier build
+    moved aside (``.<name>.old-<pid>``) goes back in place if nothing replaced it, else goes.
+    Only ever what edgekd made: a set-aside folder without edgekd's manifest stays."""
+    for stale in final.parent.glob(f".{final.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in final.parent.glob(f".{final.name}.old-*"):
+        if old.is_symlink() or not old.is_dir() or _manifest_problem(old / MANIFEST):
+            continue
+        if not final.exists() and not final.is_symlink():
+            old.rename(final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def build_lock(final: Path) -> Iterator[None]:
     """Hold ``.cache/<name>.lock`` beside ``final`` for the whole build: a second build into
     the same folder fails at once instead of racing it. Holding the lock also proves that staging
-    folders left beside ``final`` (a build killed with SIGKILL) are stale: they go."""
+    folders left beside ``final`` (a build killed with SIGKILL) are stale: they go. Something
+    at ``final`` that the build must not replace is refused here, before any work starts."""
+    check_replaceable(final)
     _writable_dir(final.parent)
     lock = final.parent / ".cache" / f"{final.name}.lock"
     lock.parent.mkdir(exist_ok=True)
@@ -43,19 +123,23 @@ def build_lock(final: Path) -> Iterator[None]:
                 raise UsageError(f"another edgekd build is writing {final} right now: wait for "
                                  "it, or choose another --out") from exc
             raise
-        for stale in final.parent.glob(f".{final.name}.staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        _recover(final)
+        check_replaceable(final)  # the recovered folder, if one came back
         yield
 
 
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it becomes ``final``, on failure it goes."""
+    """Yield an empty staging folder; on success it becomes ``final``, on failure it goes.
+    ``final`` must be replaceable (:func:`check_replaceable`) when the build starts and
+    still when it ends."""
+    check_replaceable(final)
     _writable_dir(final.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
     try:
         yield staging
         staging.chmod(0o755)
+        check_replaceable(final)  # the user may have put something there meanwhile
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.errors import UsageError
+from edgekd.settings.resources import read_text_file
 from edgekd.settings.typed import from_table
 
 
@@ -63,11 +64,14 @@ def parse_budget(table: Any, source: str, key: str = "budget") -> Budget:
 
 def load_budget_file(path: Path) -> Budget:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = read_text_file(path)
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: budget file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read the budget file: {exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path} {exc}: --budget takes a TOML file with a [budget] "
+                         "table") from exc
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: TOML syntax error: {exc}") from exc
     if "budget" not in raw:

@@ -167,6 +167,13 @@ class QuantConfig:
                f"max_accuracy_drop must be >= 0 points or None, got {self.max_accuracy_drop}")
 
 
+# The same bounds as edgekd.measure.bench.BenchSpec's (settings may not import measure).
+MAX_BENCH_SECONDS = 600.0
+MAX_BENCH_RUNS = 1_000_000
+MAX_BENCH_WARMUP = 100_000
+MAX_SEED = 2**32 - 1  # numpy and torch take unsigned 32-bit seeds
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Each artifact: ``warmup`` untimed runs, then at least ``runs`` timed runs and at least
@@ -177,10 +184,16 @@ class BenchConfig:
     seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}")
-        _check(self.runs >= 10, f"runs must be >= 10 for percentiles to mean anything, "
+        _check(0 <= self.warmup <= MAX_BENCH_WARMUP,
+               f"bench.warmup must be 0..{MAX_BENCH_WARMUP}, got {self.warmup}")
+        _check(self.runs >= 10, f"bench.runs must be >= 10 for percentiles to mean anything, "
                                 f"got {self.runs}")
-        _check(self.seconds >= 0, f"seconds must be >= 0, got {self.seconds}")
+        _check(self.runs <= MAX_BENCH_RUNS,
+               f"bench.runs must be <= {MAX_BENCH_RUNS} (use seconds for long runs), "
+               f"got {self.runs}")
+        _check(0 <= self.seconds <= MAX_BENCH_SECONDS,  # also refuses NaN
+               f"bench.seconds must be 0..{MAX_BENCH_SECONDS:g} per artifact, "
+               f"got {self.seconds}")
 
 
 # Corruptions edgekd.measure.robustness knows, each at one fixed severity (described there).
@@ -241,6 +254,7 @@ class BuildConfig:
     baseline: bool = True
 
     def __post_init__(self) -> None:
+        _check(0 <= self.seed <= MAX_SEED, f"seed must be 0..{MAX_SEED}, got {self.seed}")
         _check(0.0 <= self.min_agreement <= 1.0,
                f"min_agreement must be in [0, 1], got {self.min_agreement}")
         _check(-1.0 <= self.min_cosine <= 1.0,

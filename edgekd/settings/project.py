@@ -146,7 +146,7 @@ class Project:
     model: ModelSpec | None = None  # None: the built-in teacher and student
     data: DataSpec | None = None  # None: the built-in digits
     target: str | None = None
-    out: str | None = None
+    out: str | None = None  # relative: inside root (pipeline.api checks); or absolute
     runtimes: tuple[Runtime, ...] | None = None  # a subset of the target's runtimes
     budget: Budget | None = None
     budgets: dict[str, Budget] = field(default_factory=dict)  # per target

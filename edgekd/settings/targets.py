@@ -13,7 +13,7 @@ from typing import Annotated
 
 from edgekd.errors import UsageError
 from edgekd.settings.budgets import Budget
-from edgekd.settings.resources import targets_dir
+from edgekd.settings.resources import read_text_file, targets_dir
 from edgekd.settings.typed import OneOf, from_table
 
 # The runtimes a target may name: one module each in edgekd.backends.
@@ -68,14 +68,39 @@ def parse_target(name: str, text: str, source: str) -> Target:
 
 
 def load_target(name: str, directory: Path | None = None) -> Target:
-    """The target called ``name``; names are looked up among the files, never joined blindly."""
+    """The target called ``name``; names are looked up among the files, never joined blindly.
+    A target file that cannot be read (a folder, a dangling link, not UTF-8, unreadable) is
+    one :class:`UsageError` naming it; it never affects loading the other targets."""
     directory = directory or targets_dir()
     known = target_names(directory)
     if name not in known:
         raise UsageError(f"unknown target {name!r}; known targets: {', '.join(known)}")
     path = directory / f"{name}.toml"
-    return parse_target(name, path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = read_text_file(path)
+    except (OSError, ValueError) as exc:  # OSError: removed since it was listed
+        why = f"cannot be read ({exc.strerror or exc})" if isinstance(exc, OSError) else exc
+        raise UsageError(f"target file {path} {why}: make it a UTF-8 TOML file or remove "
+                         "it") from exc
+    return parse_target(name, text, str(path))
+
+
+def load_targets(directory: Path | None = None) -> tuple[list[Target], list[UsageError]]:
+    """Every target that loads, and one error per target file that does not (for a listing
+    that shows the good ones and names the broken ones)."""
+    found, broken = [], []
+    for name in target_names(directory):
+        try:
+            found.append(load_target(name, directory))
+        except UsageError as exc:
+            broken.append(exc)
+    return found, broken
 
 
 def all_targets(directory: Path | None = None) -> list[Target]:
-    return [load_target(n, directory) for n in target_names(directory)]
+    """Every target; the first broken target file is one :class:`UsageError` naming it."""
+    found, broken = load_targets(directory)
+    if broken:
+        more = f" (and {len(broken) - 1} more broken target file(s))" if len(broken) > 1 else ""
+        raise UsageError(f"{broken[0]}{more}") from broken[0]
+    return found

@@ -9,7 +9,6 @@ is there.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 import edgekd
@@ -74,15 +73,11 @@ class StageCache:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    """``model``'s state dict as safetensors. safetensors reports a full disk as its own
-    error type; it becomes the OSError (ENOSPC) every other write raises, so the CLI can say
-    so in one line."""
-    try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-    except Exception as exc:  # noqa: BLE001 - SafetensorError is not an OSError
-        if "No space" in str(exc) or "StorageFull" in str(exc):
-            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
-        raise
+    """``model``'s state dict as safetensors. Serialized in memory and written as any other
+    file: safetensors' own writer creates the file 0600 whatever the umask, while every
+    other artifact of a build follows it (0644 under umask 022); a full disk is then the
+    OSError (ENOSPC) every other write raises, which the CLI says in one line."""
+    path.write_bytes(save({k: v.contiguous() for k, v in model.state_dict().items()}))
 
 
 def stage_entry(name: str, model: nn.Module, acc: float | None, **extra: Any) -> dict[str, Any]:
