@@ -347,12 +347,13 @@ def _dataset(spec: str, root: Path, what: str, max_samples: int | None) -> Sampl
     fn = load_factory(spec, root, what)
     try:
         data = fn()
-    except Exception as exc:  # noqa: BLE001 - anything the user's factory raises
+    # SystemExit too: a factory calling sys.exit() would end edgekd with exit 0, nothing built
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - anything the user's factory raises
         raise UsageError(f"{what}: the factory {spec} raised {type(exc).__name__}: "
                          f"{_first_line(exc)}: fix the factory") from exc
     try:
         total = len(data)
-    except Exception:  # noqa: BLE001 - no __len__, or the user's __len__ failed
+    except (Exception, SystemExit):  # noqa: BLE001 - no __len__, or the user's __len__ failed
         total = -1
     if total < 0 or not hasattr(data, "__getitem__"):
         raise UsageError(f"{what}: the factory {spec} returned a {type(data).__name__}, which "
@@ -366,7 +367,7 @@ def _dataset(spec: str, root: Path, what: str, max_samples: int | None) -> Sampl
             pair = isinstance(item, tuple | list) and len(item) == 2
             xs.append(_to_numpy(item[0] if pair else item))
             ys.append(_to_numpy(item[1]) if pair else None)
-        except Exception as exc:  # noqa: BLE001 - the user's __getitem__ or odd item types
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's __getitem__
             raise UsageError(f"{what}: reading item {i} of {spec} raised "
                              f"{type(exc).__name__}: {_first_line(exc)}: fix the Dataset") from exc
     if not xs:

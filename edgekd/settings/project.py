@@ -27,7 +27,7 @@ from edgekd.errors import UsageError
 from edgekd.settings.budgets import KEYS as BUDGET_KEYS
 from edgekd.settings.budgets import Budget, parse_budget
 from edgekd.settings.config import BuildConfig, config_schema, set_items
-from edgekd.settings.targets import Runtime
+from edgekd.settings.targets import Runtime, target_names
 from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields
 
 PROJECT_FILE = "edgekd.toml"
@@ -183,6 +183,15 @@ def _budgets(raw: Any, source: str) -> tuple[Budget | None, dict[str, Budget]]:
         raw = convert(raw, dict[str, Any], "budget")
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
+    for key, value in raw.items():  # a budget key given a table is a mistake, not a target
+        if key in BUDGET_KEYS and isinstance(value, dict):
+            raise UsageError(f"{source}: budget.{key} must be a number, got a table "
+                             f"({value!r}); per-target budgets go under [budget.<target>]")
+    known = target_names()
+    for key, value in raw.items():
+        if isinstance(value, dict) and key not in known:
+            raise UsageError(f"{source}: [budget.{key}] names no target; targets: "
+                             f"{', '.join(known)} (budget keys: {', '.join(BUDGET_KEYS)})")
     per_target = {k: parse_budget(v, source, f"budget.{k}")
                   for k, v in raw.items() if isinstance(v, dict)}
     common = {k: v for k, v in raw.items() if not isinstance(v, dict)}
