@@ -43,3 +43,19 @@ def test_a_budget_for_an_unknown_target_is_refused(tmp_path: Path) -> None:
     project.write_text(project.read_text() + "\n[budget.raspberry]\nmax_size_kb = 3\n")
     code, out = _build(project, tmp_path)
     assert code == 2 and "[budget.raspberry] names no target; targets:" in out
+
+
+def test_a_fifo_as_the_project_file_is_refused_at_once(tmp_path: Path) -> None:
+    """Read only regular files: a named pipe given as --config would block forever."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "edgekd.toml"
+    os.mkfifo(fifo)
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "build", "--config", str(fifo)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: project file {fifo} is not a regular file (a FIFO, socket or device): give a "
+        "UTF-8 TOML file"]

@@ -27,6 +27,7 @@ from edgekd.errors import UsageError
 from edgekd.settings.budgets import KEYS as BUDGET_KEYS
 from edgekd.settings.budgets import Budget, parse_budget
 from edgekd.settings.config import BuildConfig, config_schema, set_items
+from edgekd.settings.resources import read_text_file
 from edgekd.settings.targets import Runtime, target_names
 from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields
 
@@ -238,16 +239,18 @@ def load_project(path: Path | None, overrides: Sequence[str] = (), *,
         path = Path(path)
         if path.is_dir():
             path = path / PROJECT_FILE
-        if not path.is_file():
+        try:  # a regular UTF-8 file only: a FIFO or a device never hangs the build
+            raw = tomllib.loads(read_text_file(path))
+        except FileNotFoundError as exc:
             raise UsageError(f"project file {path} does not exist: run `edgekd init` to write "
-                             "one, or pass --config FILE")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+                             "one, or pass --config FILE") from exc
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"{path}: TOML syntax error: {exc}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read project file {path} ({exc}): check the file and "
-                             "its permissions") from exc
+        except ValueError as exc:
+            raise UsageError(f"project file {path} {exc}: give a UTF-8 TOML file") from exc
+        except OSError as exc:
+            raise UsageError(f"cannot read project file {path} ({exc.strerror or exc}): check "
+                             "the file and its permissions") from exc
         root, source = path.resolve().parent, str(path)
     if replace_model:
         raw.pop("model", None)
