@@ -194,7 +194,7 @@ def test_non_finite_numbers_become_null_and_say_why(digits: Dataset, tmp_path: P
     assert json.loads(path.read_text(), parse_constant=refuse) == report
     assert schema.validate_report(report) == []
     md, page = render_markdown(dict(report)), render_html(dict(report))
-    assert "<code>artifacts\\[1\\].cosine\\_min</code>: not finite (nan)" in md
+    assert "<code>artifacts\\[1\\].cosine_min</code>: not finite (nan)" in md
     assert "<td>artifacts[1].cosine_min</td><td>not finite (nan)</td>" in page
 
 

@@ -141,14 +141,22 @@ _MD_ESCAPED = frozenset("\\`*_[]~")
 _MD_LINE_START = re.compile(r"^(?:(#{1,6}|[+-]|=+|-+)(?=\s|$)|(\d{1,9})(?=[.)](?:\s|$)))")
 
 
+def _intraword(text: str, i: int) -> bool:
+    """An underscore between two letters or digits (``student_int8``): GitHub's Markdown
+    never reads it as emphasis, so it stays as written and file names stay copyable."""
+    return (text[i] == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum()
+            and text[i + 1].isalnum())
+
+
 def md(v: Any) -> str:
     """Text for ``report.md``, safe in a table cell and in running text: on one line (a
     newline would end a table row), with every Markdown and HTML special escaped."""
     if v is None:
         return MISSING
     text = " ".join(str(v).split())
-    text = "".join(_MD_ENTITIES.get(c) or (f"\\{c}" if c in _MD_ESCAPED else c)
-                   for c in text)
+    text = "".join(_MD_ENTITIES.get(c) or (f"\\{c}" if c in _MD_ESCAPED
+                                            and not _intraword(text, i) else c)
+                   for i, c in enumerate(text))
     m = _MD_LINE_START.match(text)
     if m is None:
         return text
