@@ -202,3 +202,19 @@ def test_junit_into_a_missing_folder_is_refused_before_any_work(tmp_path: Path) 
     code, out = _cli("build", "--out", str(tmp_path / "out"), "--check", "--junit", str(junit))
     assert code == 2 and "--junit" in out and "does not exist" in out, out
     assert not (tmp_path / "out").exists() and not junit.parent.exists()
+
+
+def test_junit_inside_the_output_root_the_build_creates(tmp_path: Path) -> None:
+    """The README's `edgekd build --check --junit build/budgets.xml` on a fresh clone: the
+    folder does not exist yet, but it is the build's own output root."""
+    from tests.test_bad_input import finished
+
+    project = finished(tmp_path / "p")
+    junit = tmp_path / "out" / "budgets.xml"
+    budget = tmp_path / "budget.toml"
+    budget.write_text("[budget]\nmax_size_kb = 1000\n")
+    code, out = _cli("build", "--config", str(project), "--target", "x86-cpu", "--out",
+                     str(tmp_path / "out"), "--check", "--budget", str(budget), "--junit",
+                     str(junit))
+    assert code == 0, out
+    assert junit.is_file() and "<testsuites" in junit.read_text()

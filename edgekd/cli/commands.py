@@ -61,14 +61,20 @@ def targets() -> None:
 
 
 
-def _output_file(path: Path | None, flag: str) -> None:
+def _output_file(path: Path | None, flag: str, creates: Path | None = None) -> None:
     """Refuse, before any work, a file that could not be written at the end. Folders are not
-    created: a typo in a path should not leave new folders behind."""
+    created: a typo in a path should not leave new folders behind. The one exception is a
+    folder inside ``creates``, the output root the build itself makes (``--junit
+    build/budgets.xml`` beside the build)."""
     if path is None:
         return
     folder = path.parent
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder: give the path of a file")
+    inside = creates is not None and (folder.resolve() == creates.resolve()
+                                      or creates.resolve() in folder.resolve().parents)
+    if inside:
+        return
     if not folder.is_dir():
         raise UsageError(f"{flag} {path}: the folder {folder} does not exist: create it "
                          "first or choose another path")
@@ -76,6 +82,20 @@ def _output_file(path: Path | None, flag: str) -> None:
                                                    and not os.access(path, os.W_OK)):
         raise UsageError(f"{flag} {path} is not writable: choose another path or fix its "
                          "permissions")
+
+
+def _output_root(out: Path | None, config: Path | None) -> Path:
+    """Where a build writes: --out, else the project file's ``out``, else ./build."""
+    if out is not None:
+        return out
+    from edgekd.settings.project import PROJECT_FILE, load_project
+
+    try:
+        project = load_project(config, cwd=Path.cwd()) if (
+            config or Path(PROJECT_FILE).is_file()) else None
+    except EdgekdError:  # a broken project file is reported by the build itself
+        project = None
+    return project.root / project.out if project and project.out else Path("build")
 
 
 def _interrupted(what: str) -> typer.Exit:
@@ -230,6 +250,7 @@ def _check(report_path: Path, budget_path: Path | None, junit: Path | None) -> i
     print_checks([c.to_dict() for c in checks], source)
     if junit:
         try:
+            junit.parent.mkdir(parents=True, exist_ok=True)  # checked first: see _output_file
             junit.write_text(junit_xml(checks, source), encoding="utf-8")
         except OSError as exc:
             raise _fail(_os_error(exc), False) from exc
@@ -347,7 +368,7 @@ def build(
     except ValueError as exc:
         raise _fail(UsageError(f"bad option: {exc}"), debug) from exc
     try:
-        _output_file(junit, "--junit")
+        _output_file(junit, "--junit", creates=_output_root(out, config))
     except UsageError as exc:
         raise _fail(exc, debug) from exc
 
