@@ -21,21 +21,19 @@ or device is refused (reading one could block forever), never skipped.
 
 from __future__ import annotations
 
-import os
 import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from edgekd.common.cache import digest_of
 from edgekd.errors import UsageError
 from edgekd.inputs.model_files import load_factory, resolve_path
+from edgekd.inputs.scope import IMAGE_SUFFIXES, Scope, listing
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                            ".pgm", ".ppm"})
 COLORS = ("auto", "gray", "rgb")
 _GRAY_MODES = ("L", "1", "I", "F", "I;16")
 
@@ -76,118 +74,8 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-
-
-def _resolved(path: Path, what: str) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise UsageError(f"{what}: {path} cannot be resolved ({_first_line(exc)}): fix or "
-                         "remove the link") from exc
-
-
-@dataclass(frozen=True)
-class _Scope:
-    """Where one data source may read: every path is resolved and must stay under ``root``
-    (the project folder, or the data folder given as an absolute path outside it)."""
-
-    root: Path  # resolved
-    what: str  # the setting, e.g. data.train
-    name: str  # "the project folder" | "the data folder"
-
-    @classmethod
-    def of(cls, spec: str, path: Path, project: Path, what: str) -> _Scope:
-        root = project.resolve()
-        if Path(spec).expanduser().is_absolute():
-            real = _resolved(path, what)
-            if not _inside(real, root):  # the user's explicit choice: that folder, no further
-                return cls(real if real.is_dir() else real.parent, what, "the data folder")
-        return cls(root, what, "the project folder")
-
-    def check(self, path: Path) -> Path:
-        """``path`` resolved; refused if it leads outside :attr:`root`."""
-        real = _resolved(path, self.what)
-        if not _inside(real, self.root):
-            raise UsageError(f"{self.what}: {path} is a link to {real}, outside {self.name} "
-                             f"{self.root}: copy the files in, or remove the link")
-        return real
-
-    def special(self, path: Path, mode: int) -> UsageError:
-        return UsageError(f"{self.what}: {path} is {_kind(mode)}, not a regular file: edgekd "
-                          "reads only regular files; remove it or put the data there as a file")
-
-    def open(self, path: Path) -> IO[bytes]:
-        """``path`` opened for reading, only if it is a regular file inside the scope: never
-        blocks on a named pipe (opened non-blocking, checked, then read as usual)."""
-        real = self.check(path)
-        try:
-            mode = os.stat(real).st_mode
-            if not stat.S_ISREG(mode):
-                raise self.special(path, mode)
-            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise UsageError(f"{self.what}: cannot read {path} ({exc.strerror or exc}): check "
-                             "the file and its permissions") from exc
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):  # replaced between the stat and the open
-            os.close(fd)
-            raise self.special(path, mode)
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-
-
-def _listing(folder: Path, scope: _Scope, *, folders: bool) -> tuple[list[Path], list[Path]]:
-    """The visible sub-folders (only when ``folders``: they are read) and image files of
-    ``folder``, sorted, each checked against ``scope``. Broken links, named pipes, sockets
-    and devices are refused rather than skipped: one of them may be a sample."""
-    try:
-        entries = sorted(p for p in folder.iterdir() if _visible(p))
-    except OSError as exc:
-        raise UsageError(f"{scope.what}: cannot list {folder} ({exc.strerror or exc}): check "
-                         "its permissions") from exc
-    subdirs: list[Path] = []
-    files: list[Path] = []
-    for p in entries:
-        try:
-            mode = p.stat().st_mode
-        except OSError as exc:
-            if p.is_symlink():
-                raise UsageError(f"{scope.what}: {p} is a link to {os.readlink(p)}, which "
-                                 "cannot be followed (it does not exist, or it loops): fix "
-                                 "or remove the link") from exc
-            raise UsageError(f"{scope.what}: cannot read {p} ({exc.strerror or exc}): check "
-                             "its permissions") from exc
-        if stat.S_ISDIR(mode):
-            if folders:
-                scope.check(p)
-                subdirs.append(p)
-        elif stat.S_ISREG(mode):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
-                scope.check(p)
-                files.append(p)
-        else:
-            raise scope.special(p, mode)
-    return subdirs, files
-
-
 def _read_image(path: Path, options: ImageOptions, mode: str, what: str,
-                scope: _Scope) -> np.ndarray:
+                scope: Scope) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -204,7 +92,7 @@ def _read_image(path: Path, options: ImageOptions, mode: str, what: str,
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _mode(files: list[Path], color: str, scope: _Scope) -> str:
+def _mode(files: list[Path], color: str, scope: Scope) -> str:
     if color != "auto":
         return "L" if color == "gray" else "RGB"
     from PIL import Image
@@ -220,11 +108,11 @@ def _mode(files: list[Path], color: str, scope: _Scope) -> str:
 
 
 def _images(folder: Path, spec: str, what: str, options: ImageOptions, labeled: bool,
-            max_samples: int | None, scope: _Scope) -> Samples:
-    subdirs, top = _listing(folder, scope, folders=True)
+            max_samples: int | None, scope: Scope) -> Samples:
+    subdirs, top = listing(folder, scope, folders=True)
     if subdirs:
         classes: tuple[str, ...] | None = tuple(p.name for p in subdirs)
-        per_class = [_listing(d, scope, folders=False)[1] for d in subdirs]
+        per_class = [listing(d, scope, folders=False)[1] for d in subdirs]
         files = [(f, i) for i, fs in enumerate(per_class) for f in fs]
         empty = next((d for d, fs in zip(subdirs, per_class, strict=True) if not fs), None)
         if empty is not None:
@@ -252,7 +140,7 @@ def _images(folder: Path, spec: str, what: str, options: ImageOptions, labeled: 
     return Samples(np.stack(arrays), y, classes, spec, "images")
 
 
-def _load_arrays(path: Path, what: str, scope: _Scope) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_arrays(path: Path, what: str, scope: Scope) -> tuple[np.ndarray, np.ndarray | None]:
     """``x`` and ``y`` from a .npz, or the one array of a .npy (inputs only)."""
     damaged = "it may be truncated or not written by numpy: save it again (np.savez / np.save)"
     try:
@@ -286,7 +174,7 @@ def _load_arrays(path: Path, what: str, scope: _Scope) -> tuple[np.ndarray, np.n
         raise UsageError(f"{what}: cannot read {path} ({_first_line(exc)}): {damaged}") from exc
 
 
-def _arrays(path: Path, spec: str, what: str, max_samples: int | None, scope: _Scope
+def _arrays(path: Path, spec: str, what: str, max_samples: int | None, scope: Scope
             ) -> Samples:
     x, y = _load_arrays(path, what, scope)
     for name, arr in (("x", x), ("y", y)):
@@ -404,7 +292,7 @@ def load_samples(spec: str, *, root: Path, what: str, images: ImageOptions = Ima
         samples = _dataset(spec, root, what, max_samples)
     else:
         path = resolve_path(spec, root, what)
-        scope = _Scope.of(spec, path, root, what)
+        scope = Scope.of(spec, path, root, what)
         mode = scope.check(path).stat().st_mode
         if stat.S_ISDIR(mode):
             samples = _images(path, spec, what, images, labeled, max_samples, scope)
