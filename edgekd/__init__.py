@@ -52,6 +52,7 @@ _PUBLIC: dict[str, str] = {
     "load_report": "edgekd.report.gate",
     "train": "edgekd.train.loop",
     "Schedule": "edgekd.train.loop",
+    "EpochReport": "edgekd.train.loop",
     "set_seed": "edgekd.train.loop",
     "accuracy": "edgekd.train.loop",
     "Distillation": "edgekd.train.distill",

@@ -25,6 +25,11 @@ seconds = 0
 [robustness]
 noise_sigmas = []
 corruptions = []
+signal_snr_db = []
+signal_gains = []
+signal_shifts = []
+token_dropout = []
+token_replace = []
 """
 
 MODELS = '''

@@ -328,8 +328,11 @@ CASES = [
     Case("model file missing", case_missing_onnx, 2, "does not exist"),
     Case("ONNX file truncated", case_truncated_onnx, 2, "not a valid ONNX model"),
     Case("ONNX file corrupt (not ONNX)", case_garbage_onnx, 2, "not a valid ONNX model"),
-    Case("ONNX input is not float32", case_int_input_onnx, 2, "feeds float32"),
-    Case("ONNX model with two inputs", case_two_input_onnx, 2, "has 2 inputs"),
+    Case("ONNX token-id model, image data", case_int_input_onnx, 2,
+         "model.onnx expects input of shape [1, 5] but the data's samples are [1, 8, 8]"),
+    Case("ONNX model with two inputs, data for one", case_two_input_onnx, 2,
+         "has no input 'onnx::Flatten_0' (it has: x): the model takes onnx::Flatten_0, "
+         "onnx::Flatten_1; save one array per input under its name"),
     Case("weights file missing", case_missing_weights, 2, "does not exist"),
     Case("safetensors file truncated", case_truncated_safetensors, 2, "truncated"),
     Case("weights file empty", case_empty_weights, 2, "is empty"),

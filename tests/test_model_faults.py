@@ -45,6 +45,11 @@ class Named(Base):
         return {"logits": self.fc(x.flatten(1)), "aux": x}
 
 
+class Nothing(Base):
+    def forward(self, x):
+        self.fc(x.flatten(1))  # forgot the return
+
+
 class BatchOne(Base):
     def forward(self, x):
         return self.fc(x.reshape(1, 64))
@@ -58,6 +63,7 @@ class Noisy(Base):
 def pair(): return Pair()
 def named(): return Named()
 def batch_one(): return BatchOne()
+def nothing(): return Nothing()
 def noisy(): return Noisy()
 
 
@@ -91,12 +97,8 @@ def _faulty(folder: Path, student: str, *, weights: bool = True, extra: str = ""
     return ["--config", str(folder / "edgekd.toml")]
 
 
-def case_tuple(d: Path) -> list[str]:
-    return _faulty(d, "pair")
-
-
-def case_dict(d: Path) -> list[str]:
-    return _faulty(d, "named")
+def case_nothing(d: Path) -> list[str]:
+    return _faulty(d, "nothing")
 
 
 def case_batch_one(d: Path) -> list[str]:
@@ -204,9 +206,8 @@ class Case:
 
 
 CASES = [
-    Case("forward returns a tuple", case_tuple, 2, "returns a tuple of 2 tensors; edgekd "
-         "deploys models with one output tensor"),
-    Case("forward returns a dict", case_dict, 2, "returns a dict with keys 'logits', 'aux'"),
+    Case("forward returns no tensor", case_nothing, 2, "returns a NoneType, not tensors: "
+         "return a tensor, a tuple or a dict of tensors from forward"),
     Case("model runs only at batch 1", case_batch_one, 2, "fails on a batch of 2"),
     Case("model is random in eval", case_random_in_eval, 2,
          "gives different outputs for the same input twice in eval mode"),

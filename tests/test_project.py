@@ -57,7 +57,8 @@ def test_distill_users_models_on_users_npz(tmp_path: Path) -> None:
     assert report["stages"][2]["accuracy"] > 0.8  # CLI flags beat the file's 2 epochs
     names = [s["name"] for s in report["stages"]]
     assert names == ["teacher", "student_scratch", "student_distilled", "student_pruned"]
-    assert "logits only" in report["stages"][2]["note"]  # not Sequential: no automatic pairs
+    # Not an nn.Sequential: automatic pairs from its top-level layers in call order.
+    assert ["features", "6"] in report["stages"][2]["pairs"] and "note" not in report["stages"][2]
     assert report["task"] == "classification"
     assert report["model"]["student"]["factory"] == "models.py:student"
     assert report["dataset"]["sources"] == {"train": "data/digits.npz"}

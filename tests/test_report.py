@@ -88,7 +88,8 @@ QUANTIZATION = {
     "by_runtime": {"onnxruntime": {"tool": "ONNX Runtime quantize_static (QDQ)",
                                    "when": "before export", "applies": ["method", "per_channel"],
                                    "ignored": []}}}
-ORDER = ["schema_version", "edgekd_version", "target", "target_description", "input", "dataset",
+ORDER = ["schema_version", "edgekd_version", "target", "target_description", "input", "inputs",
+         "outputs", "dataset",
          "stages", "summary", "artifacts", "bench", "host", "build_seconds", "task", "model",
          "references", "payoff", "quantization", "flags", "budget"]
 
@@ -101,7 +102,7 @@ def _assemble(digits: Dataset, **changes: Any) -> Report:
                   "student": "edgekd.train.models:student_cnn"},
         "stages": copy.deepcopy(STAGES), "artifacts": copy.deepcopy(ARTIFACTS),
         "references": copy.deepcopy(REFERENCES), "quantization": copy.deepcopy(QUANTIZATION),
-        "robustness": None, "threads": 2, "output_shape": [1, 10], "build_seconds": 69.64,
+        "robustness": None, "threads": 2, "output_shapes": [[1, 10]], "build_seconds": 69.64,
         "budget": {"source": "target x86-cpu", "limits": {"max_size_kb": 64, "max_p95_ms": 5}}}
     return assemble(**(args | changes))
 
@@ -122,7 +123,7 @@ def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_assemble_computes_summary_payoff_flags_and_budget(report: Report) -> None:
-    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.0"
+    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.1"
     assert report["summary"] == {"compression": 28.51, "scratch_accuracy": 0.7125,
                                  "distilled_accuracy": 0.875, "distillation_gain_points": 16.25}
     int8 = next(p for p in report["payoff"] if p["step"] == "int8")

@@ -66,7 +66,7 @@ CLI_CASES: list[tuple[str | tuple[str, str], str]] = [
     ("student_model=big", "student_model: unknown student model 'big'; allowed: "
                           "student_cnn, student_convnet, student_tiny"),
     (("file", "seed = 1\nsead = 2\n"), "unknown key 'sead'; allowed: target, out, runtimes, "
-                                       "model, data, budget, seed, teacher, student, distill"),
+                                       "model, data, budget, inputs, outputs, seed, teacher"),
     (("file", "model = 3\n"), "model: expected a table, got 3 (int)"),
     (("file", '[model]\nstudent = 3\n[data]\ntrain = "d.npz"\n'),
      "model.student: expected a string, got 3 (int)"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 
 from edgekd.errors import UsageError
+from edgekd.inputs.dataset import Feeds, InputSpec, feed
 from edgekd.settings.config import QuantConfig
 from edgekd.settings.targets import RUNTIMES
 
@@ -40,12 +41,18 @@ BACKENDS: dict[str, str] = {name: f"edgekd.backends.{name}" for name in RUNTIMES
 
 
 class Runner(Protocol):
-    """A loaded artifact. ``run`` takes and returns float32 in the model's own layout."""
+    """A loaded artifact. ``run_all`` takes every input by name (in its own dtype: float,
+    int64 token ids, bool masks) and returns every output, in the model's order; ``run``
+    is the one-input, first-output shorthand (float32)."""
 
     runtime: str
     threads: int
+    input_names: list[str]
+    output_names: list[str]
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
+
+    def run_all(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -57,8 +64,8 @@ class ExportSource:
     """
 
     model: Any | None  # torch.nn.Module; None for a finished ONNX model (no TFLite then)
-    example: np.ndarray  # one preprocessed input, batch 1
-    calibration: np.ndarray  # preprocessed calibration samples
+    example: np.ndarray | Feeds  # one preprocessed input, batch 1 (every input by name)
+    calibration: np.ndarray | Feeds  # preprocessed calibration samples
     onnx: dict[str, Path]
     per_channel: bool = True
     stem: str = "student"  # artifact file names: <stem>_<precision><suffix>
@@ -115,6 +122,20 @@ def predict_batches(runner: Runner, x: np.ndarray, batch_size: int = 256) -> np.
         raise UsageError(f"the model takes batches of exactly {fixed} and {len(x)} samples do "
                          "not divide into them: export it with a dynamic batch axis")
     return np.concatenate([runner.run(x[i:i + size]) for i in range(0, len(x), size)])
+
+
+def predict_all(runner: Runner, specs: Sequence[InputSpec],
+                arrays: Mapping[str, np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of ``runner`` on every sample of ``arrays`` (the data inputs by name),
+    in batches, with the fixed and state inputs of ``specs`` fed alongside each batch."""
+    n = len(next(iter(arrays.values())))
+    fixed = getattr(runner, "fixed_batch", None)
+    size = fixed or batch_size
+    if fixed and n % fixed:
+        raise UsageError(f"the model takes batches of exactly {fixed} and {n} samples do "
+                         "not divide into them: export it with a dynamic batch axis")
+    parts = [runner.run_all(feed(specs, arrays, i, i + size)) for i in range(0, n, size)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
 def quantizers(runtimes: Sequence[str], config: QuantConfig) -> dict[str, dict[str, Any]]:

@@ -16,22 +16,42 @@ from torch import nn
 
 from edgekd.common.quiet import quiet
 from edgekd.errors import BuildError
+from edgekd.inputs.dataset import Feeds
 
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
-def to_onnx(model: Any, example: np.ndarray, path: Path) -> Path:
-    """Export a PyTorch model to a single self-contained ONNX file with a dynamic batch axis."""
+def _args(example: np.ndarray | Feeds) -> tuple[tuple[Any, ...], list[str], tuple[Any, ...]]:
+    """(example tensors, input names, dynamic shapes): a dynamic batch on every data input
+    and on each fixed or state input that has a batch axis."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    if isinstance(example, np.ndarray):
+        # torch.export traces the strides of its example: a transposed (HWC -> CHW) view
+        # makes it fail with "Invalid ranges" on the first conv. Arrays are made C-ordered.
+        return (torch.from_numpy(np.ascontiguousarray(example)),), [INPUT_NAME], ({0: batch},)
+    feed = example.batch(0, 2 if len(example) > 1 else 1)  # batch 2: 1 would specialise
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in example.specs)
+    dynamic = tuple({0: batch} if s.role == "data" else
+                    {s.batch_axis: batch} if s.batch_axis is not None else None
+                    for s in example.specs)
+    return args, example.names, dynamic
+
+
+def to_onnx(model: Any, example: np.ndarray | Feeds, path: Path,
+            output_names: list[str] | None = None) -> Path:
+    """Export a PyTorch model to a single self-contained ONNX file with a dynamic batch axis.
+    ``example``: one array (the input is named ``input``, the output ``logits``) or every
+    input of a model with several, named as the model names them."""
     import onnx
 
-    args = (torch.from_numpy(example),)
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    args, names, dynamic = _args(example)
+    outputs = output_names or [OUTPUT_NAME]
     with quiet("torch.onnx.export"):
         program = torch.onnx.export(model, args, dynamo=True, opset_version=OPSET,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=({0: batch},), verbose=False)
+                                    input_names=names, output_names=outputs,
+                                    dynamic_shapes=dynamic, verbose=False)
     if program is None:
         raise BuildError("torch.onnx.export returned no program")
     proto = program.model_proto
@@ -46,8 +66,9 @@ def to_onnx(model: Any, example: np.ndarray, path: Path) -> Path:
 
 
 
-def to_tflite(model: nn.Module, example_input: np.ndarray, fp32: Path, int8: Path | None, *,
-              calibration: np.ndarray, per_channel: bool = True) -> None:
+def to_tflite(model: nn.Module, example_input: np.ndarray | Feeds, fp32: Path,
+              int8: Path | None, *, calibration: np.ndarray | Feeds,
+              per_channel: bool = True) -> None:
     """``model`` as an FP32 ``.tflite`` at ``fp32`` and, with ``int8``, a full-integer INT8
     one calibrated on ``calibration`` (LiteRT-Torch's documented PT2E recipe)."""
     import litert_torch
@@ -61,7 +82,8 @@ def to_tflite(model: nn.Module, example_input: np.ndarray, fp32: Path, int8: Pat
 
     from edgekd.common.quiet import quiet
 
-    example = (torch.from_numpy(example_input),)
+    first = Feeds.of(example_input).head(1)
+    example = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in first.batch().values())
     with quiet("litert_torch.convert fp32"):
         litert_torch.convert(model.eval(), example).export(str(fp32))
     if int8 is None:  # FP32 only (the dense reference for pruning's payoff)
@@ -75,8 +97,10 @@ def to_tflite(model: nn.Module, example_input: np.ndarray, fp32: Path, int8: Pat
     with quiet("litert_torch.convert int8"), torch.no_grad():
         graph = torch.export.export(model.eval(), example).module()
         prepared = prepare_pt2e(graph, quantizer)
-        for sample in calibration:  # the exported graph has a static batch of 1
-            prepared(torch.from_numpy(sample[None]))
+        samples = Feeds.of(calibration)
+        for i in range(len(samples)):  # the exported graph has a static batch of 1
+            prepared(*(torch.from_numpy(np.ascontiguousarray(v))
+                       for v in samples.batch(i, i + 1).values()))
         converted = convert_pt2e(prepared, fold_quantize=False)
         litert_torch.convert(converted, example,
                              quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(int8))

@@ -10,6 +10,7 @@ setting applies. OpenVINO converts the same QDQ file.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from edgekd.backends import ExportSource, Quantizer
 from edgekd.errors import BuildError, RuntimeMissingError
+from edgekd.inputs.io import session_feed
 
 if TYPE_CHECKING:
     from edgekd.settings.targets import Target
@@ -116,13 +118,20 @@ class OrtRunner:
                                       f"initialised (got {', '.join(self.session.get_providers())})"
                                       ": check the CUDA/TensorRT installation")
         self.threads = threads
-        self.input_name = self.session.get_inputs()[0].name
-        shape = self.session.get_inputs()[0].shape
+        inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_name = self.input_names[0]
+        # The batch of the first data input decides (a scalar input has no batch axis).
+        shape: list[Any] = next((list(i.shape) for i in inputs if i.shape), [])
         batch = shape[0] if shape else None
         self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.session.run(None, {self.input_name: x.astype(np.float32)})[0])
+
+    def run_all(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(None, session_feed(self.session, feed))]
 
 
 def load(path: Path, threads: int, providers: tuple[Any, ...] = ("CPUExecutionProvider",)

@@ -8,6 +8,7 @@ quantized convolutions and matmuls in INT8 (see the compiled model's runtime pre
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,13 +91,29 @@ class OpenVinoRunner:
                              ".bin together and re-export if either is damaged") from exc
         self.request = self.compiled.create_infer_request()
         self.threads = threads
-        shape = self.compiled.input(0).get_partial_shape()
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+        self.output_names = [p.get_any_name() if p.get_names() else f"output{i}"
+                             for i, p in enumerate(self.compiled.outputs)]
+        self._dtypes = {p.get_any_name(): p.get_element_type().to_dtype()
+                        for p in self.compiled.inputs}
+        # The batch of the first input with an axis (a scalar input has none).
+        shapes = [p.get_partial_shape() for p in self.compiled.inputs]
+        shape = next((s for s in shapes if s.rank.is_static and s.rank.get_length() > 0),
+                     shapes[0])
         static = shape.rank.is_static and shape.rank.get_length() > 0 and shape[0].is_static
         self.fixed_batch = shape[0].get_length() if static else None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: x.astype(np.float32)})
         return np.asarray(result[self.compiled.output(0)])
+
+    def run_all(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if len(feed) == 1 and len(self.input_names) == 1:  # one input: whatever its name
+            feed = {self.input_names[0]: next(iter(feed.values()))}
+        given = {n: np.asarray(feed[n]).astype(self._dtypes[n], copy=False)
+                 for n in self.input_names}
+        result = self.request.infer(given)
+        return [np.array(result[p]) for p in self.compiled.outputs]
 
     def runtime_precisions(self) -> dict[str, str]:
         """Executed layer name -> precision, from the compiled model's runtime info."""

@@ -16,6 +16,7 @@ callers always pass and get float32.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ SUFFIX = ".tflite"
 # symmetric INT8: the calibration samples, per_channel and equalize apply; the rest does not.
 QUANTIZER = Quantizer("LiteRT-Torch PT2E quantizer (full-integer INT8)", "during conversion",
                       ignores=("method", "percentile", "activation_type", "weight_type",
-                               "max_accuracy_drop"))
+                               "max_accuracy_drop", "reduce_range"))
 _INSTALL = "pip install ai-edge-litert (or tflite-runtime on a device with numpy<2)"
 
 
@@ -94,23 +95,49 @@ class TfliteRunner:
             raise BuildError(f"{path}: the TFLite interpreter cannot load it ({exc}); re-export "
                              "the model or check the file is complete") from exc
         self.threads = threads
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.batch = int(self.input["shape"][0])
+        # LiteRT-Torch names a model's inputs args_0, args_1, ... in forward's order and its
+        # outputs output_0, ...; the signature lists them so; tensor indices need not follow.
+        by_name = {d["name"]: d for d in self.interpreter.get_input_details()}
+        out_by_name = {d["name"]: d for d in self.interpreter.get_output_details()}
+        signature = next(iter(self.interpreter.get_signature_list().values()), None)
+        runner = (self.interpreter.get_signature_runner() if signature else None)
+        if runner is not None and signature is not None:
+            ins, outs = runner.get_input_details(), runner.get_output_details()
+            self._inputs = [ins[n] for n in signature["inputs"]]
+            self._outputs = [outs[n] for n in sorted(signature["outputs"], key=_arg_order)]
+        else:
+            self._inputs = list(by_name.values())
+            self._outputs = list(out_by_name.values())
+        self.input_names = [str(d["name"]) for d in self._inputs]
+        self.output_names = [str(d["name"]) for d in self._outputs]
+        self.input = self._inputs[0]
+        self.output = self._outputs[0]
+        self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
-        dtype = self.input["dtype"]
-        if dtype != np.float32:
-            scale, zero = self.input["quantization"]
+    @staticmethod
+    def _quantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+        dtype = detail["dtype"]
+        scale, zero = detail["quantization"]
+        if dtype != np.float32 and np.issubdtype(dtype, np.integer) and scale:
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale) + zero, info.min, info.max)
-        self.interpreter.set_tensor(self.input["index"], x.astype(dtype))
+        return np.asarray(x).astype(dtype)
+
+    @staticmethod
+    def _float(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+        scale, zero = detail["quantization"]
+        if detail["dtype"] != np.float32 and scale:
+            return (y.astype(np.float32) - zero) * np.float32(scale)
+        return np.array(y)
+
+    def _invoke_all(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        for x, detail in zip(xs, self._inputs, strict=True):
+            self.interpreter.set_tensor(detail["index"], self._quantized(x, detail))
         self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self.output["index"])
-        if self.output["dtype"] != np.float32:
-            scale, zero = self.output["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return np.asarray(y, dtype=np.float32)
+        return [self._float(self.interpreter.get_tensor(d["index"]), d) for d in self._outputs]
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._invoke_all([x])[0], dtype=np.float32)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         # Converted models have a static batch; feed larger batches in model-sized slices.
@@ -121,9 +148,30 @@ class TfliteRunner:
         return np.concatenate([self._invoke(x[i:i + self.batch])
                                for i in range(0, len(x), self.batch)])
 
+    def run_all(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Inputs in forward's order: ``feed`` in its own order (the model's input names are
+        not the TFLite tensors' names)."""
+        xs = [np.asarray(v) for v in feed.values()]
+        batched = [x for x, d in zip(xs, self._inputs, strict=True) if len(d["shape"])]
+        n = len(batched[0]) if batched else self.batch
+        if n == self.batch:
+            return self._invoke_all(xs)
+        parts = []
+        for i in range(0, n, self.batch):
+            parts.append(self._invoke_all([x[i:i + self.batch] if len(d["shape"]) and
+                                           len(x) == n else x
+                                           for x, d in zip(xs, self._inputs, strict=True)]))
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
     def ops(self) -> list[str]:
         """Operator names as the interpreter will execute them (``DELEGATE`` = XNNPACK)."""
         return [d["op_name"] for d in self.interpreter._get_ops_details()]
+
+
+def _arg_order(name: str) -> tuple[int, str]:
+    """``output_10`` after ``output_9``."""
+    tail = name.rsplit("_", 1)[-1]
+    return (int(tail), name) if tail.isdigit() else (1 << 30, name)
 
 
 def load(path: Path, threads: int, providers: tuple[str, ...] = ()) -> TfliteRunner:

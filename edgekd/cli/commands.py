@@ -15,7 +15,14 @@ from rich.markup import escape
 from rich.table import Table
 
 import edgekd
-from edgekd.cli.display import console, err_console, print_bench, print_checks, print_summary
+from edgekd.cli.display import (
+    BuildProgress,
+    console,
+    err_console,
+    print_bench,
+    print_checks,
+    print_summary,
+)
 from edgekd.common.interrupts import catch_interrupts, interrupt_exit_code
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.measure.bench import BenchSpec
@@ -353,6 +360,12 @@ def build(
     remote_python: RemotePython = "python3",
     ssh_config: SshConfig = None,
     accept_new_host_key: AcceptNewHostKey = False,
+    threads: Annotated[int | None, typer.Option(
+        help="Training threads (setting train.threads; default 0 = half the usable cores: "
+        "more threads than free cores make training many times slower).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: no spinner, "
+                                        "epoch bars or step lines; the summary and "
+                                        "warnings only.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
 ) -> None:
     """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
@@ -360,6 +373,8 @@ def build(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
+    if threads is not None:
+        items.append(f"train.threads={threads}")
     try:
         from edgekd.measure.remote import Remote
 
@@ -372,22 +387,18 @@ def build(
     except UsageError as exc:
         raise _fail(exc, debug) from exc
 
-    name = target or "the target"
-    status = console.status(f"building for [bold]{name}[/] …", spinner="dots")
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 shows the progress
-
-    def on_step(step: str, detail: str) -> None:
-        console.print(f"[green]✓[/] [bold]{step}[/] {escape(detail)}")
-        status.update(f"building for [bold]{name}[/] … (done: {step})")
+    progress = BuildProgress(target or "the target", quiet=quiet)
 
     try:
-        with catch_interrupts(), status if lead else contextlib.nullcontext():
+        with catch_interrupts(), progress if lead else contextlib.nullcontext():
             from edgekd.pipeline.api import build as run_build  # torch: seconds to import
 
             result = run_build(target, config=config, out=out, settings=items + (settings or []),
                                model=model, weights=weights, budget=budget, fresh=fresh,
                                trust_pickle=trust_pickle, remotes=remotes,
-                               on_step=on_step if lead else None)
+                               on_step=progress.step if lead else None,
+                               on_epoch=progress.epoch if lead else None)
     except EdgekdError as exc:
         raise _fail(exc, debug) from exc
     except KeyboardInterrupt:

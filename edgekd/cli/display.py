@@ -4,19 +4,103 @@ so a value prints here as it reads in ``report.md`` and ``report.html``."""
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol
 
 from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from edgekd.report import format as fmt
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+class Epoch(Protocol):
+    """What a training stage reports after each epoch (edgekd.train.loop.EpochReport)."""
+
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def loss(self) -> float: ...
+    @property
+    def accuracy(self) -> float | None: ...  # on the training batches, not the test split
+    @property
+    def seconds(self) -> float: ...  # since the stage started training
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class BuildProgress:
+    """What ``edgekd build`` shows while it runs: a spinner naming the last finished step, a
+    line per finished step and, while a stage trains, a bar with its epoch, training loss,
+    training accuracy and the time left.
+
+    ``quiet``: nothing but the summary at the end. The spinner and the bar are live terminal
+    displays: where stdout or stderr is not a terminal (a log file, CI) they are not drawn
+    and only the step lines are printed, one per stage."""
+
+    def __init__(self, target: str, *, quiet: bool = False) -> None:
+        self.target, self.quiet = target, quiet
+        self.live = not quiet and console.is_terminal and err_console.is_terminal
+        self.status = console.status(self._title(), spinner="dots")
+        self._logs: list[tuple[logging.StreamHandler, object]] = []  # type: ignore[type-arg]
+
+    def _title(self, done: str | None = None) -> str:
+        return f"building for [bold]{escape(self.target)}[/] …" + (
+            f" (done: {escape(done)})" if done else "")
+
+    def __enter__(self) -> BuildProgress:
+        if self.live:
+            real = sys.stderr
+            self.status.start()
+            # Log lines (warnings) printed above the display, not through it: the live
+            # display stands in for stderr while it runs, and a handler holds the stream it
+            # was made with.
+            for h in logging.getLogger().handlers:
+                if isinstance(h, logging.StreamHandler) and h.stream is real:
+                    self._logs.append((h, h.setStream(sys.stderr)))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.live:
+            for h, stream in self._logs:
+                h.setStream(stream)  # type: ignore[arg-type]
+            self._logs.clear()
+            self.status.stop()
+
+    def step(self, name: str, detail: str) -> None:
+        """A step (a training stage included) has finished."""
+        if self.quiet:
+            return
+        console.print(f"[green]✓[/] [bold]{escape(name)}[/] {escape(detail)}")
+        if self.live:
+            self.status.update(self._title(name))
+
+    def epoch(self, stage: str, e: Epoch) -> None:
+        """A training stage has finished epoch ``e.epoch`` of ``e.epochs``."""
+        if not self.live:
+            return
+        left = e.seconds / e.epoch * (e.epochs - e.epoch)
+        acc = "" if e.accuracy is None else f", train acc. {fmt.percent(e.accuracy)}"
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(f"{self._title()} [bold]{escape(stage)}[/] epoch {e.epoch}/{e.epochs}",
+                     ProgressBar(total=e.epochs, completed=e.epoch, width=24),
+                     f"loss {e.loss:.3f}{acc}, ETA {_clock(left)}")
+        self.status.update(grid)
 
 
 def print_bench(r: dict[str, Any]) -> None:
@@ -64,15 +148,27 @@ def print_checks(checks: list[dict[str, Any]], source: str) -> None:
                   else f"[green]all {len(checks)} budgets hold[/]")
 
 
+def _numeric_cells(a: dict[str, Any]) -> tuple[str, str]:
+    """A regression artifact's worst output: error over its range, and the worst cosine of
+    the outputs large enough to have one."""
+    outs = a.get("outputs") or []
+    if not outs:
+        return fmt.error(a.get("max_rel_error")), fmt.cosine(a.get("cosine_min"))
+    errors = [o["rel_error"] for o in outs if o.get("rel_error") is not None]
+    cosines = [o["cosine_min"] for o in outs if o.get("cosine_min") is not None]
+    return (fmt.percent(max(errors)) if errors else "–",
+            fmt.cosine(min(cosines)) if cosines else "–")
+
+
 def _artifacts_table(report: dict[str, Any]) -> Table:
     classifier = report.get("task", "classification") == "classification"
-    checks = ("acc.", "agree") if classifier else ("cos min", "max rel.")
+    checks = ("acc.", "agree") if classifier else ("err/range", "cos min")
     arts = Table("artifact", "KiB", *checks, "p50 ms", "p95 ms", "RSS MiB",
                  title="Artifacts, verified in their runtimes", box=box.SIMPLE)
     arts.columns[0].no_wrap = True
     for a in report["artifacts"]:
         cells = ((fmt.percent(a["accuracy"]), fmt.percent(a["top1_agreement"])) if classifier
-                 else (fmt.cosine(a["cosine_min"]), fmt.error(a["max_rel_error"])))
+                 else _numeric_cells(a))
         lat, mem = a.get("latency_ms") or {}, a.get("memory") or {}
         arts.add_row(a["path"], fmt.kib(a["size_bytes"]), *cells, fmt.ms(lat.get("p50")),
                      fmt.ms(lat.get("p95")), fmt.mib(mem.get("peak_rss_mb")))
@@ -92,6 +188,9 @@ def print_summary(build_report: Mapping[str, Any], out_dir: Path) -> None:
                        fmt.percent(s["accuracy"]))
     if report["stages"]:
         console.print(stages)
+    for s in report["stages"]:
+        if s.get("warning"):  # near chance: the one thing to read before the artifacts
+            console.print("[yellow]⚠[/] " + escape(s["warning"]), soft_wrap=True)
     console.print(_artifacts_table(report))
     for row in report.get("payoff", []):
         mark = "[yellow]⚠[/] " if row["verdict"] == "slower" else "• "

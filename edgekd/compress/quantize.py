@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,14 @@ import numpy as np
 import edgekd
 from edgekd.common.cache import CacheDir, digest_of
 from edgekd.errors import BuildError
+from edgekd.inputs.dataset import Feeds
 from edgekd.settings.config import QuantConfig
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
-# Ops whose weights ORT quantizes: the "layers" the mixed-precision search may keep in float.
+# Ops whose weights ORT quantizes: the "layers" the mixed-precision search may keep in float
+# (and Gather from a weight table: an embedding).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Calibration samples run per collect_data call: ORT's histogram calibrators (percentile,
 # entropy) otherwise hold every intermediate tensor of every sample in memory at once
@@ -43,10 +45,10 @@ class CalibrationReader:
     with the ``__len__`` / ``set_range`` that ORT's strided calibration (``CalibStridedMinMax``)
     uses to collect a chunk at a time."""
 
-    def __init__(self, samples: np.ndarray, input_name: str = INPUT_NAME) -> None:
-        self.samples = samples.astype(np.float32)
-        self.input_name = input_name
-        self.set_range(0, len(samples))
+    def __init__(self, samples: np.ndarray | Feeds, input_name: str = INPUT_NAME) -> None:
+        # Every input of the model, by name (fixed and state inputs with each sample).
+        self.samples = Feeds.of(samples, input_name)
+        self.set_range(0, len(self.samples))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -58,7 +60,7 @@ class CalibrationReader:
         if self._next >= self._end:
             return None
         self._next += 1
-        return {self.input_name: self.samples[self._next - 1][None]}
+        return self.samples.batch(self._next - 1, self._next)
 
     def rewind(self) -> None:
         self.set_range(0, len(self.samples))
@@ -94,12 +96,23 @@ def activation_type(config: QuantConfig, *, tensorrt: bool = False) -> str:
     return "int8" if tensorrt else "uint8"
 
 
+def reduce_range(config: QuantConfig, activations: str) -> bool:
+    """7-bit weights where the CPU kernels could saturate (see ``QuantConfig``): with uint8
+    activations (ONNX Runtime's and OpenVINO's u8 x s8 CPU path) unless set."""
+    if config.reduce_range is not None:
+        return config.reduce_range
+    return activations == "uint8"
+
+
 def layers(model_path: Path) -> list[str]:
-    """Names of the nodes ORT quantizes with weights (conv, matmul, gemm), in graph order."""
+    """Names of the nodes ORT quantizes with weights (conv, matmul, gemm, embedding
+    lookups), in graph order."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in LAYER_OPS]
+    tables = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in LAYER_OPS
+            or n.op_type == "Gather" and n.input and n.input[0] in tables]
 
 
 def preprocess(fp32: Path, out: Path) -> Path:
@@ -113,7 +126,7 @@ def preprocess(fp32: Path, out: Path) -> Path:
     return out
 
 
-def _write_qdq(pre: Path, out: Path, calibration: np.ndarray, config: QuantConfig,
+def _write_qdq(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantConfig,
                act: tuple[str, bool], cache: Path, exclude: list[str]) -> Path:
     """One quantize_static call; ``act`` is (activation type, symmetric). The first call
     with ``cache`` calibrates and stores the ranges there; later calls (other layers kept in
@@ -137,6 +150,7 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray, config: QuantConfi
         with quiet("onnxruntime.quantization"):
             quantize_static(str(pre), str(out), CalibrationReader(calibration, name),
                             quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                            reduce_range=reduce_range(config, act[0]),
                             activation_type=types[act[0]],
                             weight_type=types[config.weight_type], calibrate_method=method,
                             nodes_to_exclude=exclude, extra_options=extra,
@@ -165,15 +179,26 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray, config: QuantConfi
     return out
 
 
-def ort_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray | None,
+def _first_output(model_path: Path, x: np.ndarray | Feeds, threads: int = 2) -> np.ndarray:
+    from edgekd.backends import predict_all
+    from edgekd.backends.onnxruntime import load
+
+    feeds = Feeds.of(x)
+    runner = load(model_path, threads)
+    if len(feeds) == 0:
+        return np.zeros((0,), np.float32)
+    if len(runner.input_names) == 1 and len(feeds.specs) == 1:  # the name as the file has it
+        feeds = Feeds((replace(feeds.specs[0], name=runner.input_names[0]),),
+                      {runner.input_names[0]: next(iter(feeds.arrays.values()))})
+    return predict_all(runner, feeds.specs, feeds.arrays)[0]
+
+
+def ort_accuracy(model_path: Path, x: np.ndarray | Feeds, y: np.ndarray | None,
              reference: np.ndarray | None = None, threads: int = 2
              ) -> tuple[float, np.ndarray]:
     """(accuracy, logits) in ONNX Runtime; without labels, accuracy is top-1 agreement with
     ``reference`` logits."""
-    from edgekd.backends import predict_batches
-    from edgekd.backends.onnxruntime import load
-
-    logits = predict_batches(load(model_path, threads), x)
+    logits = _first_output(model_path, x, threads)
     if y is not None:
         truth = y
     else:  # no labels: agreement with the reference (the FP32 model: itself, 100 %)
@@ -181,13 +206,13 @@ def ort_accuracy(model_path: Path, x: np.ndarray, y: np.ndarray | None,
     return float((logits.argmax(1) == truth).mean()), logits
 
 
-def _require_finite(model_path: Path, calibration: np.ndarray) -> None:
+def _require_finite(model_path: Path, calibration: np.ndarray | Feeds) -> None:
     """Calibrating on NaN/inf activations fails deep in ORT ("scale issue"): refuse first."""
-    from edgekd.backends import predict_batches
-    from edgekd.backends.onnxruntime import load
-
-    bad_x = ~np.isfinite(calibration).reshape(len(calibration), -1).all(1)
-    outputs = predict_batches(load(model_path, 2), calibration[~bad_x])
+    feeds = Feeds.of(calibration)
+    bad_x = np.zeros(len(feeds), bool)
+    for arr in feeds.arrays.values():
+        bad_x |= ~np.isfinite(arr.astype(np.float64)).reshape(len(arr), -1).all(1)
+    outputs = _first_output(model_path, feeds.select(~bad_x))
     bad = ~np.isfinite(outputs.astype(np.float64)).reshape(len(outputs), -1).all(1)
     if bad_x.any() or bad.any():
         what = ("samples" if bad_x.any() else "FP32 model's outputs on the calibration samples")
@@ -196,8 +221,8 @@ def _require_finite(model_path: Path, calibration: np.ndarray) -> None:
                          "model's weights, the training (did it diverge?) and the data")
 
 
-def quantize(fp32: Path, out: Path, calibration: np.ndarray, config: QuantConfig, *,
-             validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+def quantize(fp32: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantConfig, *,
+             validation: tuple[np.ndarray | Feeds, np.ndarray | None] | None = None,
              tensorrt: bool = False) -> Quantized:
     """Static INT8 QDQ model of ``fp32``, calibrated on ``calibration`` (all of it; the caller
     picks ``config.calibration_samples``). With ``validation`` (inputs, labels or None) and
@@ -243,17 +268,23 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, config: QuantConfig
         "quant.method or more quant.calibration_samples, or ship the FP32 artifact")
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, *, per_channel: bool = True,
-                  config: QuantConfig | None = None) -> Path:
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | Feeds, *,
+                  per_channel: bool = True, config: QuantConfig | None = None) -> Path:
     """Static INT8 QDQ model of ``fp32`` without the accuracy check (which needs a validation
     split): :func:`quantize` with default settings."""
     config = config or QuantConfig(per_channel=per_channel)
     return quantize(fp32, out, calibration, config).path
 
 
-def quantize_cached(cache: Path, key: str, fp32: Path, out: Path, calibration: np.ndarray,
-                    config: QuantConfig, *,
-                    validation: tuple[np.ndarray, np.ndarray | None] | None = None,
+def _parts(x: np.ndarray | Feeds) -> tuple[object, ...]:
+    """What identifies calibration or validation samples in a cache key (one array as
+    before, so single-input cache entries keep their keys)."""
+    return (x,) if isinstance(x, np.ndarray) else x.digest_parts()
+
+
+def quantize_cached(cache: Path, key: str, fp32: Path, out: Path,
+                    calibration: np.ndarray | Feeds, config: QuantConfig, *,
+                    validation: tuple[np.ndarray | Feeds, np.ndarray | None] | None = None,
                     tensorrt: bool = False, fresh: bool = False) -> Quantized:
     """:func:`quantize`, cached under ``cache`` like a training stage (the accuracy-aware
     search runs the model many times). ``key`` identifies the FP32 model; the entry's key
@@ -263,7 +294,9 @@ def quantize_cached(cache: Path, key: str, fp32: Path, out: Path, calibration: n
 
     entries = CacheDir(cache, fresh=fresh)
     entry_key = digest_of(edgekd.__version__, onnxruntime.__version__, key, asdict(config),
-                          tensorrt, calibration, *(validation or ()), length=16)
+                          tensorrt, *_parts(calibration),
+                          *(_parts(validation[0]) + (validation[1],) if validation else ()),
+                          length=16)
     entry = entries.entry("int8", entry_key)
     if entry is not None:
         try:

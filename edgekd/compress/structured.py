@@ -13,26 +13,87 @@ input and groups these couplings. Checked here (``tests/test_prune.py``) on
 ``student_convnet``: the pruned models run, keep their output shape and export to ONNX.
 
 Importance is the L1 norm of each channel group (``MagnitudeImportance(p=1)``: Li et al. 2017,
-"Pruning Filters for Efficient ConvNets"), summed over the coupled layers. The classifier (the
-last ``Linear``) keeps its outputs.
+"Pruning Filters for Efficient ConvNets"), summed over the coupled layers. The output layer (the
+last conv or linear that runs: a classifier's classes) keeps its outputs; attention and
+recurrent layers are left whole (:func:`kept_whole` says which layers kept every channel and
+why). Checked on 1-D conv nets too (``tests/test_prune_layers.py``).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgekd.errors import BuildError
+
 M = TypeVar("M", bound=nn.Module)
 
 
-def _classifier(model: nn.Module) -> list[nn.Module]:
-    """The last Linear layer: its outputs are the classes and must stay."""
-    linears: list[nn.Module] = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
+# Layers whose channels are never removed, and why (returned by :func:`kept_whole`).
+_WHY_OUTPUT = "produces the model's output: its channels/units are the outputs"
+_WHY_ATTENTION = ("nn.MultiheadAttention: removing channels would need its head count, which "
+                  "torch-pruning is not given here")
+_WHY_RNN = "recurrent layer: its gates' channels are coupled in ways torch-pruning cannot follow"
+_WHY_COUPLED = ("no channel could be removed: its channels are tied to the model's input or "
+                "output, to a reshape, or to an op torch-pruning cannot trace, or it is too "
+                "narrow for the ratio")
+_PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+    """The last conv or linear layer that runs: its outputs are the model's (the classes of a
+    classifier, or the maps of a fully convolutional head) and must stay."""
+    ran: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda m, _i, _o: ran.append(m))
+             for m in model.modules() if isinstance(m, _PRUNABLE)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return ran[-1:]
+
+
+def _kept(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, str]:
+    """The layers torch-pruning is told to leave whole, with the reason."""
+    kept = {m: _WHY_OUTPUT for m in _output_layers(model, example)}
+    for m in model.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            kept[m] = _WHY_ATTENTION
+        elif isinstance(m, nn.RNNBase):
+            kept[m] = _WHY_RNN
+    return kept
+
+
+def _out(m: nn.Module) -> int:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels
+    return m.out_features if isinstance(m, nn.Linear) else 0
+
+
+def kept_whole(dense: nn.Module, pruned: nn.Module, example: torch.Tensor
+               ) -> list[dict[str, Any]]:
+    """The layers of ``pruned`` that kept every channel of ``dense``, with the reason: the
+    output layer, layers torch-pruning is not given, and convs/linears whose channels it
+    found no way to remove."""
+    kept = _kept(dense, example)
+    told = {name: kept[m] for name, m in dense.named_modules() if m in kept}
+    widths = {name: _out(m) for name, m in dense.named_modules() if isinstance(m, _PRUNABLE)}
+    rows = []
+    for name, m in pruned.named_modules():
+        why = told.get(name) or next(  # a layer inside an attention or recurrent layer
+            (told[k] for k in told if k and name.startswith(k + ".") and told[k] != _WHY_OUTPUT),
+            None)
+        if why is None and name in widths and _out(m) == widths[name]:
+            why = _WHY_COUPLED
+        if why is not None:
+            rows.append({"layer": name, "type": type(m).__name__, "reason": why})
+    return rows
 
 
 def prune_channels(model: M, example: torch.Tensor, ratio: float) -> M:
@@ -41,16 +102,28 @@ def prune_channels(model: M, example: torch.Tensor, ratio: float) -> M:
 
     ``ratio`` is per layer (not global), so every layer keeps ``1 - ratio`` of its width and
     no layer is emptied; FLOPs of a conv between two pruned layers fall by ~``(1-ratio)^2``.
+    Works on 1-, 2- and 3-D convs (grouped, depthwise, transposed), Linear and residual
+    (non-Sequential) models; :func:`kept_whole` lists what it leaves whole.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"channel ratio must be in [0, 1), got {ratio}")
     pruned = copy.deepcopy(model).eval()
     if ratio == 0:
         return pruned
+    with torch.no_grad():
+        expected = tuple(pruned(example).shape)
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio, ignored_layers=_classifier(pruned))
+        pruning_ratio=ratio, ignored_layers=list(_kept(pruned, example)))
     pruner.step()
+    try:
+        with torch.no_grad():
+            got: tuple[int, ...] | str = tuple(pruned.eval()(example).shape)
+    except Exception as exc:  # a coupling torch-pruning missed: the model no longer runs
+        got = f"{type(exc).__name__}: {exc}"
+    if got != expected:
+        raise BuildError(f"structured pruning broke the model (output {expected} became "
+                         f"{got}): set prune.method = \"unstructured\"")
     return pruned
 
 

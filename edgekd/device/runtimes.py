@@ -35,6 +35,10 @@ ORT_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
 OV_COMPUTE = {"Convolution", "GroupConvolution", "Deconvolution", "GroupDeconvolution",
               "FullyConnected", "MatMul"}
 OV_INT8 = {"i8", "u8"}
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+              "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+              "tensor(int16)": np.int16, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(bool)": np.bool_}
 
 
 class WorkerError(Exception):
@@ -42,19 +46,42 @@ class WorkerError(Exception):
 
 
 # --- inputs -----------------------------------------------------------------------------
+# Every model input is fed. Without ``spec["inputs"]`` each is drawn from the model's own
+# declaration (the first may take ``input_shape``); with it, each input is described by name:
+# {"name", "dtype", "shape"?, "value"?, "low"?, "high"?} (see edgekd.measure.bench.BenchSpec).
 
-def _shape(dims: list[Any], batch: int, name: str, given: list[int] | None) -> list[int]:
+
+class ModelInput:
+    """One input as the runtime declares it: its names, dims (None where symbolic), dtype,
+    and (scale, zero point) where the runtime takes it quantized."""
+
+    def __init__(self, name: str, dims: list[int | None], dtype: Any,
+                 names: set[str] | None = None, quant: tuple[float, int] | None = None) -> None:
+        self.name, self.dims, self.dtype = name, dims, np.dtype(dtype)
+        self.names = {name} | (names or set())
+        self.quant = quant if quant and quant[0] else None
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.dims)
+        return f"{self.name} ({self.dtype.name} [{dims}])"
+
+
+def _shape(dims: list[Any], batch: int, name: str, given: list[int] | None,
+           strict: bool = True) -> list[int]:
+    """The shape of an input the spec does not describe (``given``: ``input_shape``)."""
     if given:
         return list(given)
     shape = []
     for i, d in enumerate(dims):
         if isinstance(d, int) and d > 0:
-            shape.append(batch if i == 0 else d)
+            shape.append(batch if i == 0 and strict else d)
         elif i == 0:
             shape.append(batch)
-        else:
-            raise WorkerError(f"input {name!r} has a dynamic dimension {i} ({d}): "
+        elif strict:
+            raise WorkerError(f"input {name!r} has a dynamic dimension {i}: "
                               "give the full shape with --shape")
+        else:
+            shape.append(1)
     return shape
 
 
@@ -71,11 +98,117 @@ def _quantize(x: np.ndarray, scale: float, zero: int, dtype: np.dtype) -> np.nda
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
-# --- runtimes ---------------------------------------------------------------------------
-# Each loader returns (infer, placement, version): ``infer()`` runs one inference on inputs
-# already bound; ``placement()`` says what ran where (called once, after timing).
+def _drawn(inp: ModelInput, rng: np.random.Generator, shape: list[int]) -> np.ndarray:
+    """An input the spec does not describe, in the runtime's dtype; a quantized input gets a
+    float tensor quantized with its own scale and zero point."""
+    if inp.quant:
+        return _quantize(_tensor(rng, shape, np.dtype(np.float32)), *inp.quant, inp.dtype)
+    return _tensor(rng, shape, inp.dtype)
 
-Loaded = tuple[Callable[[], None], Callable[[], dict[str, Any]], str]
+
+def _spec_shape(inp: ModelInput, given: list[int] | None, label: str) -> list[int]:
+    """The given shape, checked against the model's declaration; none given: the declared
+    shape with its symbolic dims set to 1."""
+    if given is None:
+        return [1 if d is None or d < 0 else d for d in inp.dims]
+    if len(given) != len(inp.dims) or any(
+            d is not None and d >= 0 and d != g for d, g in zip(inp.dims, given, strict=True)):
+        raise WorkerError(f"bench input {label} has shape {list(given)} but the model "
+                          f"declares {inp.describe()}: give a shape of that rank whose fixed "
+                          "dims match")
+    return list(given)
+
+
+def _kind(dtype: np.dtype) -> str:
+    return "bool" if dtype == np.bool_ else "float" if np.issubdtype(dtype, np.floating) \
+        else "int"
+
+
+def _from_spec(inp: ModelInput, d: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """The tensor ``d`` describes, in the dtype the runtime takes for ``inp``."""
+    label = repr(inp.name) if d["name"] in inp.names else f"{d['name']!r} (the model's {inp.name})"
+    shape = _spec_shape(inp, d.get("shape"), label)
+    want = np.dtype(d.get("dtype") or inp.dtype)
+    if d.get("value") is not None:
+        try:
+            x = np.array(np.broadcast_to(np.asarray(d["value"], dtype=want), shape))
+        except ValueError as exc:
+            raise WorkerError(f"bench input {label}: its value does not fit shape "
+                              f"{shape} ({exc})") from exc
+    elif d.get("low") is not None and d.get("high") is not None:
+        if _kind(want) == "float":
+            x = rng.uniform(d["low"], d["high"], shape).astype(want)
+        else:  # both ends included: token ids in [0, vocab - 1]
+            x = rng.integers(int(d["low"]), int(d["high"]), shape, endpoint=True).astype(want)
+    else:
+        x = _tensor(rng, shape, want)
+    have, takes = _kind(want), _kind(inp.dtype)
+    if inp.quant and have == "float":
+        return _quantize(x, *inp.quant, inp.dtype)
+    if have == "float" and takes != "float":
+        raise WorkerError(f"bench input {label} is {want.name} but the model takes "
+                          f"{inp.describe()}: declare its dtype as {inp.dtype.name}")
+    if have == "int" and takes == "int":
+        info = np.iinfo(inp.dtype)
+        if x.size and (x.min() < info.min or x.max() > info.max):
+            raise WorkerError(f"bench input {label} has values outside {inp.dtype.name}, "
+                              f"the model's dtype: keep low/high or value within "
+                              f"{info.min}..{info.max}")
+    return x.astype(inp.dtype)
+
+
+def feeds(model: list[ModelInput], spec: dict[str, Any], rng: np.random.Generator,
+          what: str, positional: bool = False) -> list[np.ndarray]:
+    """One tensor per model input, in the model's order.
+
+    ``positional``: the runtime's names are not the model's (LiteRT-Torch's args_0, args_1,
+    ... in forward's order), so bench inputs given by other names are matched by position.
+    """
+    given = spec.get("inputs") or []
+    if not given:
+        shape = spec.get("input_shape")
+        return [_drawn(m, rng, _shape(m.dims, spec["batch"], m.name,
+                                      shape if i == 0 else None, strict=i == 0))
+                for i, m in enumerate(model)]
+    have = ", ".join(m.describe() for m in model)
+    names = [d["name"] for d in given]
+    by_name = {n: m for m in model for n in m.names}
+    if positional and not all(n in by_name for n in names):
+        if len(given) != len(model):
+            raise WorkerError(f"{what} has {len(model)} inputs ({have}) but the bench inputs "
+                              f"give {len(given)} ({', '.join(names)}): give one per input, "
+                              "in forward's order")
+        return [_from_spec(m, d, rng) for m, d in zip(model, given, strict=True)]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise WorkerError(f"{what} has no input named {', '.join(map(repr, unknown))}; its "
+                          f"inputs are {have}: fix the names in the bench inputs")
+    described = {id(by_name[n]): d for n, d in zip(names, given, strict=True)}
+    if len(described) < len(given):
+        raise WorkerError(f"the bench inputs give one input of {what} twice (under "
+                          f"{', '.join(names)}): give each once")
+    missing = [m.describe() for m in model if id(m) not in described]
+    if missing:
+        raise WorkerError(f"{what} also takes {', '.join(missing)}, which the bench inputs "
+                          "do not give: add each (a value, or a shape and dtype to draw)")
+    return [_from_spec(m, described[id(m)], rng) for m in model]
+
+
+# --- runtimes ---------------------------------------------------------------------------
+# Each loader returns (infer, placement, version, fed): ``infer()`` runs one inference on
+# inputs already bound; ``placement()`` says what ran where (called once, after timing);
+# ``fed`` names each input with the shape and dtype it was given.
+
+Loaded = tuple[Callable[[], None], Callable[[], dict[str, Any]], str, list[dict[str, Any]]]
+
+
+def fed(model: list[ModelInput], xs: list[np.ndarray]) -> list[dict[str, Any]]:
+    return [{"name": m.name, "shape": list(x.shape), "dtype": x.dtype.name}
+            for m, x in zip(model, xs, strict=True)]
+
+
+def _dim(d: Any) -> int | None:
+    return d if isinstance(d, int) and d >= 0 else None
 
 
 def import_runtime(runtime: str) -> Any:
@@ -125,19 +258,14 @@ def load_onnxruntime(ort: Any, spec: dict[str, Any], rng: np.random.Generator) -
         return ort.InferenceSession(spec["artifact"], so, providers=providers)
 
     sess = session()
-    feeds = {}
-    for i, inp in enumerate(sess.get_inputs()):
-        dtype = np.dtype({"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                          "tensor(double)": np.float64, "tensor(int64)": np.int64,
-                          "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-                          "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
-                         .get(inp.type, np.float32))
-        given = spec.get("input_shape") if i == 0 else None
-        feeds[inp.name] = _tensor(rng, _shape(inp.shape, spec["batch"], inp.name, given), dtype)
+    model = [ModelInput(inp.name, [_dim(d) for d in inp.shape],
+                        ORT_DTYPES.get(inp.type, np.float32)) for inp in sess.get_inputs()]
+    xs = feeds(model, spec, rng, Path(spec["artifact"]).name)
+    feed = {m.name: x for m, x in zip(model, xs, strict=True)}
     first = providers[0] if isinstance(providers[0], str) else providers[0][0]
     device = "cuda" if first in ("CUDAExecutionProvider", "TensorrtExecutionProvider") else "cpu"
     binding = sess.io_binding()
-    for name, x in feeds.items():
+    for name, x in feed.items():
         binding.bind_cpu_input(name, x)
     for out in sess.get_outputs():
         binding.bind_output(out.name, device)
@@ -148,7 +276,7 @@ def load_onnxruntime(ort: Any, spec: dict[str, Any], rng: np.random.Generator) -
     def placement() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             prof = session(tmp)
-            prof.run(None, feeds)
+            prof.run(None, feed)
             events = json.loads(Path(prof.end_profiling()).read_text(encoding="utf-8"))
         nodes = [(e["name"].removesuffix("_kernel_time"), e["args"].get("op_name", "?"),
                   e["args"].get("provider", "?")) for e in events
@@ -165,24 +293,24 @@ def load_onnxruntime(ort: Any, spec: dict[str, Any], rng: np.random.Generator) -
                 "how": "ONNX Runtime profiling: the kernels that ran, after graph "
                        "optimisation, with their execution provider"}
 
-    return infer, placement, ort.__version__
+    return infer, placement, ort.__version__, fed(model, xs)
 
 
 def load_openvino(ov: Any, spec: dict[str, Any], rng: np.random.Generator) -> Loaded:
     core = ov.Core()
-    model = core.read_model(spec["artifact"])
-    shapes = {}
-    for i, inp in enumerate(model.inputs):
-        dims = [d.get_length() if d.is_static else None for d in inp.get_partial_shape()]
-        given = spec.get("input_shape") if i == 0 else None
-        shapes[inp.get_any_name()] = _shape(dims, spec["batch"], inp.get_any_name(), given)
-    model.reshape({k: ov.PartialShape(v) for k, v in shapes.items()})
-    fake_quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-    compiled = core.compile_model(model, "CPU", openvino_config(spec["threads"]))
+    read = core.read_model(spec["artifact"])
+    model = [ModelInput(inp.get_any_name(),
+                        [d.get_length() if d.is_static else None for d in inp.get_partial_shape()],
+                        inp.get_element_type().to_dtype(), set(inp.get_names()))
+             for inp in read.inputs]
+    xs = feeds(model, spec, rng, Path(spec["artifact"]).name)
+    read.reshape({m.name: ov.PartialShape(list(x.shape)) for m, x in zip(model, xs, strict=True)})
+    fake_quantized = any(op.get_type_name() == "FakeQuantize" for op in read.get_ops())
+    compiled = core.compile_model(read, "CPU", openvino_config(spec["threads"]))
     request = compiled.create_infer_request()
+    by_name = {m.name: x for m, x in zip(model, xs, strict=True)}
     for i, inp in enumerate(compiled.inputs):
-        dtype = np.dtype(inp.get_element_type().to_dtype())
-        request.set_input_tensor(i, ov.Tensor(_tensor(rng, shapes[inp.get_any_name()], dtype)))
+        request.set_input_tensor(i, ov.Tensor(by_name[inp.get_any_name()]))
 
     def infer() -> None:
         request.infer()
@@ -201,7 +329,7 @@ def load_openvino(ov: Any, spec: dict[str, Any], rng: np.random.Generator) -> Lo
                 "how": "OpenVINO compiled model's runtime info: runtime precision of each "
                        "executed layer"}
 
-    return infer, placement, ov.get_version()
+    return infer, placement, ov.get_version(), fed(model, xs)
 
 
 def openvino_config(threads: int) -> dict[str, Any]:
@@ -216,19 +344,17 @@ def openvino_config(threads: int) -> dict[str, Any]:
 
 def load_tflite(interp: Any, spec: dict[str, Any], rng: np.random.Generator) -> Loaded:
     it = interp.Interpreter(model_path=spec["artifact"], num_threads=spec["threads"])
-    for i, d in enumerate(it.get_input_details()):
-        given = spec.get("input_shape") if i == 0 else None
-        shape = _shape([int(v) for v in d["shape_signature"]], spec["batch"], d["name"], given)
-        if list(d["shape"]) != shape:
-            it.resize_tensor_input(d["index"], shape)
+    details = _tflite_inputs(it)
+    model = [ModelInput(name, [_dim(int(v)) for v in d["shape_signature"]], d["dtype"],
+                        {str(d["name"])},
+                        d["quantization"] if np.issubdtype(d["dtype"], np.integer) else None)
+             for name, d in details]
+    xs = feeds(model, spec, rng, Path(spec["artifact"]).name, positional=True)
+    for (_, d), x in zip(details, xs, strict=True):
+        if list(d["shape"]) != list(x.shape):
+            it.resize_tensor_input(d["index"], list(x.shape))
     it.allocate_tensors()
-    for d in it.get_input_details():
-        dtype = np.dtype(d["dtype"])
-        scale, zero = d["quantization"]
-        if np.issubdtype(dtype, np.integer) and scale:
-            x = _quantize(_tensor(rng, list(d["shape"]), np.dtype(np.float32)), scale, zero, dtype)
-        else:
-            x = _tensor(rng, list(d["shape"]), dtype)
+    for (_, d), x in zip(details, xs, strict=True):
         it.set_tensor(d["index"], x)
 
     def placement() -> dict[str, Any]:
@@ -242,7 +368,24 @@ def load_tflite(interp: Any, spec: dict[str, Any], rng: np.random.Generator) -> 
                 else pkg_version("tflite-runtime")
         except Exception:  # noqa: BLE001 - a version string is informative only
             version = "unknown"
-    return it.invoke, placement, version
+    return it.invoke, placement, version, fed(model, xs)
+
+
+def _tflite_inputs(it: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, details) of each input in forward's order: LiteRT-Torch names them args_0,
+    args_1, ... in its signature (as :mod:`edgekd.backends.tflite` reads them); tensor
+    indices need not follow that order. A model without a signature: the tensors' order."""
+    signature = next(iter(it.get_signature_list().values()), None)
+    if not signature:
+        return [(str(d["name"]), d) for d in it.get_input_details()]
+    ins = it.get_signature_runner().get_input_details()
+    return [(n, ins[n]) for n in sorted(signature["inputs"], key=_arg_order)]
+
+
+def _arg_order(name: str) -> tuple[int, str]:
+    """``args_10`` after ``args_9``."""
+    tail = name.rsplit("_", 1)[-1]
+    return (int(tail), name) if tail.isdigit() else (1 << 30, name)
 
 
 def tflite_placement(it: Any) -> dict[str, Any]:

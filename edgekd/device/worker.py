@@ -13,9 +13,14 @@ or the rest of edgekd.
 
 One method for every runtime
 ----------------------------
-- Inputs: one tensor per model input, drawn from ``numpy.random.default_rng(seed)`` as
-  float32 standard normal (integers for integer inputs). A full-integer model gets the same
-  float tensor quantized with its own input scale and zero point. Same seed, same tensors.
+- Inputs: one tensor for every model input, fed by name, drawn from
+  ``numpy.random.default_rng(seed)``. Without ``inputs`` in the spec: the model's declared
+  shape and dtype (batch in dim 0, ``input_shape`` for the first input), float standard
+  normal, integers 0/1. With ``inputs`` (one entry per model input: name, dtype, shape,
+  optional ``value`` fed as given or ``low``/``high`` bounds, see
+  :class:`edgekd.measure.bench.BenchSpec`): what each entry says, in the dtype the runtime
+  declares. A full-integer model gets a float tensor quantized with its own input scale and
+  zero point. Same seed, same tensors. The result's ``inputs`` lists what was fed.
 - Timed region: one synchronous inference call with the inputs already in the runtime's
   buffers, as ``benchmark_app`` and ``benchmark_model`` do: ``run_with_iobinding`` (ONNX
   Runtime), ``InferRequest.infer()`` (OpenVINO), ``Interpreter.invoke()`` (LiteRT).
@@ -204,9 +209,15 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     spec.setdefault("batch", 1)
     rng = np.random.default_rng(spec.get("seed", 0))
     baseline = rss_mb()
-    (infer, placement, version), import_ms, load_ms = _load(spec, rng)
+    (infer, placement, version, inputs), import_ms, load_ms = _load(spec, rng)
     t0 = time.perf_counter_ns()
-    infer()
+    try:
+        infer()
+    except Exception as exc:  # noqa: BLE001 - the runtime's own message, on one line
+        msg = " ".join(str(exc).split())[:300]
+        given = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in inputs)
+        raise WorkerError(f"{spec['runtime']} could not run {path.name} on the benchmark "
+                          f"inputs ({given}): {msg}") from exc
     first_ms = _ms_since(t0)
     loaded = rss_mb()
     times, timed_s = _timed_runs(infer, spec)
@@ -215,6 +226,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         "artifact": path.name, "runtime": spec["runtime"], "runtime_version": version,
         "file_size_bytes": sum(f.stat().st_size for f in files),
         "threads": spec["threads"], "batch": spec["batch"], "seed": spec.get("seed", 0),
+        "inputs": inputs,
         "providers": [p if isinstance(p, str) else p[0] for p in spec.get("providers") or []],
         "warmup": spec.get("warmup", 50), "runs": len(times), "timed_seconds": round(timed_s, 3),
         "import_ms": round(import_ms, 2), "load_ms": round(load_ms, 3),

@@ -19,8 +19,27 @@ import numpy as np
 
 from edgekd.common.cache import sha256_file
 from edgekd.errors import UsageError
-from edgekd.inputs.dataset import Dataset, Preprocessing, Split
-from edgekd.settings.project import DataSpec, ModelSpec, Project
+from edgekd.inputs.dataset import Dataset, InputSpec
+from edgekd.inputs.io import (
+    Declared,
+    check_declarations,
+    constant_spec,
+    onnx_io,
+    output_specs,
+    session_feed,
+    torch_io,
+)
+from edgekd.inputs.paths import first_line
+from edgekd.inputs.probe import classes_of, fit_call, probe
+from edgekd.inputs.splits import (
+    Wanted,
+    check_labels,
+    data_names,
+    integer_data,
+    load_splits,
+    user_data,
+)
+from edgekd.settings.project import InputDecl, ModelSpec, Project
 
 Factory = Callable[[], Any]  # () -> torch.nn.Module
 
@@ -41,142 +60,6 @@ class Inputs:
         return self.teacher is not None
 
 
-# -- data ------------------------------------------------------------------------------
-
-
-def _load_splits(spec: DataSpec, root: Path, *, need_train_labels: bool) -> dict[str, Any]:
-    from edgekd.inputs.sources import ImageOptions, load_samples
-
-    images = ImageOptions(size=spec.image_size, color=spec.color)
-    found = {}
-    for name in ("train", "validation", "test", "calibration"):
-        value = getattr(spec, name)
-        if value:
-            found[name] = load_samples(value, root=root, what=f"data.{name}", images=images,
-                                       labeled=name == "train" and need_train_labels)
-    shapes = {name: s.x.shape[1:] for name, s in found.items()}
-    if len(set(shapes.values())) > 1:
-        detail = ", ".join(f"data.{n} {list(s)}" for n, s in shapes.items())
-        raise UsageError(f"the data sets have different sample shapes ({detail}): give them "
-                         "one shape (data.image_size resizes images)")
-    return found
-
-
-def _preprocessing(spec: DataSpec, found: dict[str, Any], channels: int) -> Preprocessing:
-    kinds = {s.kind for s in found.values()}
-    scale = spec.scale if spec.scale is not None else (1 / 255 if "images" in kinds else 1.0)
-    for key in ("mean", "std"):
-        value = getattr(spec, key)
-        if isinstance(value, tuple) and len(value) not in (1, channels):
-            raise UsageError(f"data.{key} has {len(value)} values but the samples have "
-                             f"{channels} channels (axis 1): give one number or {channels}")
-    raw = ("images, pixels 0..255, [C, H, W]" if "images" in kinds
-           else "arrays as stored in the data files")
-    return Preprocessing(scale=scale, mean=spec.mean, std=spec.std, raw=raw,
-                         layout="NCHW" if "images" in kinds else "as given")
-
-
-def _split(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray) -> Split:
-    return Split(x=x[idx], y=None if y is None else y[idx], index=idx)
-
-
-def user_data(spec: DataSpec, root: Path, *, trains: bool, calibration_samples: int,
-              seed: int) -> Dataset:
-    """The project's splits, preprocessed; missing splits come from the others (DataSpec)."""
-    if trains and not spec.train:
-        raise UsageError("distillation trains the student: set data.train to labeled samples")
-    found = _load_splits(spec, root, need_train_labels=trains)
-    first = next(iter(found.values()))
-    prep = _preprocessing(spec, found, first.x.shape[1] if first.x.ndim > 1 else 1)
-    classes = _classes(found)
-    arrays = {n: (prep.apply(s.x), s.y) for n, s in found.items()}
-    for name, (x, _) in arrays.items():  # data.std = 0 makes inf of finite samples
-        bad = ~np.isfinite(x).reshape(len(x), -1).all(1)
-        if bad.any():
-            raise UsageError(f"data.{name}: {int(bad.sum())} of {len(x)} samples are NaN or "
-                             "infinite after preprocessing (x = (raw * scale - mean) / std): "
-                             "check data.scale, data.mean and data.std (no zeros in std)")
-    rng = np.random.default_rng(seed)
-    empty = Split(np.zeros((0, *first.x.shape[1:]), np.float32), None, np.arange(0))
-    train = test = calib = empty
-    if "train" in arrays:
-        x, y = arrays["train"]
-        order = rng.permutation(len(x))
-        if "test" in arrays:
-            train = _split(x, y, np.sort(order))
-        else:
-            n_test = max(1, round(spec.test_fraction * len(x)))
-            if len(x) - n_test < 1:
-                raise UsageError(f"data.train has {len(x)} sample(s): too few to hold out a "
-                                 "test split; add samples or set data.test")
-            train = _split(x, y, np.sort(order[n_test:]))
-            test = _split(x, y, np.sort(order[:n_test]))
-    if "test" in arrays:
-        test = _split(*arrays["test"], np.arange(len(arrays["test"][0])))
-    if "calibration" in arrays:
-        calib = _split(*arrays["calibration"], np.arange(len(arrays["calibration"][0])))
-    elif len(train):
-        pick = np.sort(rng.permutation(len(train))[:calibration_samples])
-        calib = Split(train.x[pick], None if train.y is None else train.y[pick],
-                      train.index[pick])
-    else:  # a finished model with one data set: calibrate on part of it, verify on the rest
-        n = len(test)
-        if n < 2:
-            raise UsageError("a finished model needs samples to calibrate INT8 and to verify "
-                             "it: set data.calibration, or give data.test at least 2 samples")
-        order = rng.permutation(n)
-        k = min(calibration_samples, n // 2)
-        calib = _split(test.x, test.y, np.sort(order[:k]))
-        test = _split(test.x, test.y, np.sort(order[k:]))
-    if len(test) == 0:
-        raise UsageError("no samples to verify the artifacts on: set data.test or data.train")
-    validation = (_split(*arrays["validation"], np.arange(len(arrays["validation"][0])))
-                  if "validation" in arrays else None)
-    return Dataset(name=f"project ({', '.join(found)})", train=train, test=test,
-                   calibration=calib, preprocessing=prep,
-                   num_classes=len(classes) if classes else None, seed=seed,
-                   validation=validation, sources={n: s.source for n, s in found.items()},
-                   classes=classes)
-
-
-def _classes(found: dict[str, Any]) -> tuple[str, ...] | None:
-    """The class names of image folders, the same in every split: label i is the i-th
-    sub-folder in sorted order, so a test folder named differently from the training one
-    would shift every label after it."""
-    named = {n: s.classes for n, s in found.items() if s.classes}
-    if not named:
-        return None
-    first, want = next(iter(named.items()))
-    for name, got in named.items():
-        if got != want:
-            only = [f"only in data.{first}: {', '.join(sorted(set(want) - set(got))[:5])}",
-                    f"only in data.{name}: {', '.join(sorted(set(got) - set(want))[:5])}"]
-            diff = "; ".join(o for o in only if not o.endswith(": ")) or "in another order"
-            raise UsageError(f"data.{name} and data.{first} have different class folders "
-                             f"({diff}): name the class sub-folders the same in every split "
-                             "(labels follow the sorted folder names)")
-    return want
-
-
-def _check_labels(data: Dataset, num_classes: int) -> Dataset:
-    for name in ("train", "test", "calibration", "validation"):
-        split = getattr(data, name)
-        if split is None or split.y is None or len(split) == 0:
-            continue
-        y = split.y
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise UsageError(f"data.{name}: a classifier needs one integer class label per "
-                             f"sample, got labels of dtype {y.dtype} and shape {list(y.shape)}:"
-                             " fix the labels or set model.task = \"regression\"")
-        bad = (y < 0) | (y >= num_classes)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise UsageError(f"data.{name}: label {int(y[i])} (sample {i}) is out of range for "
-                             f"a model with {num_classes} outputs: labels must be 0..."
-                             f"{num_classes - 1}; fix the labels or the model's class count")
-    return dataclasses.replace(data, num_classes=num_classes)
-
-
 # -- models ----------------------------------------------------------------------------
 
 
@@ -189,16 +72,12 @@ def _code_digest(fn: Callable[..., Any]) -> str:
 
 
 def _factory(spec: str, args: dict[str, Any], weights: str | None, root: Path, what: str,
-             trust_pickle: bool, example: Any) -> tuple[Factory, dict[str, Any]]:
+             trust_pickle: bool, fit: Callable[[Any, str], None]
+             ) -> tuple[Factory, dict[str, Any]]:
+    """``fit(model, what)`` runs the model once on the data (lazy layers take their shapes)."""
     import torch
 
-    from edgekd.inputs.model_files import (
-        fit_check,
-        load_factory,
-        load_weights,
-        make_model,
-        resolve_path,
-    )
+    from edgekd.inputs.model_files import load_factory, load_weights, make_model, resolve_path
 
     fn = load_factory(spec, root, what)
     path = resolve_path(weights, root, f"{what}_weights") if weights else None
@@ -207,7 +86,7 @@ def _factory(spec: str, args: dict[str, Any], weights: str | None, root: Path, w
         model = make_model(spec, root, what, args)
         lazy = torch.nn.modules.lazy.LazyModuleMixin
         if any(isinstance(m, lazy) and m.has_uninitialized_params() for m in model.modules()):
-            fit_check(model, example, f"{what} ({spec})")  # lazy layers take their shapes
+            fit(model, f"{what} ({spec})")  # lazy layers take their shapes
             model.train()
         if path is not None:
             load_weights(model, path, f"{what}_weights", trust_pickle=trust_pickle)
@@ -218,187 +97,199 @@ def _factory(spec: str, args: dict[str, Any], weights: str | None, root: Path, w
     return make, info
 
 
-def _output_check(task: str, out: Any, what: str) -> int | None:
-    shape = list(out.shape)
-    if task == "classification":
-        if len(shape) != 2:
-            raise UsageError(f"{what} returns outputs of shape {shape}, not [batch, classes]: "
-                             "set model.task = \"regression\" for models that are not "
-                             "classifiers")
-        return int(shape[1])
-    return None
+def _specs(declared: list[Declared], decls: dict[str, InputDecl], data: Dataset,
+           what: str) -> tuple[InputSpec, ...]:
+    """Every input's spec: data inputs from the data (shape, dtype, kind), the others from
+    the project's declarations."""
+    arrays = data.arrays(data.test)
+    images = data.preprocessing.layout == "NCHW"
+    out = []
+    for d in declared:
+        decl = decls.get(d.name)
+        if decl is not None and decl.role != "data":
+            out.append(constant_spec(d, decl, what))
+            continue
+        x = arrays[d.name] if d.name in arrays else next(iter(arrays.values()))
+        dtype = str(x.dtype)
+        first_float = x.dtype.kind == "f" and x is next(
+            (a for a in arrays.values() if a.dtype.kind == "f"), None)
+        prep = (data.preprocessing.raw + f"; x = (raw * {data.preprocessing.scale:g} - mean) "
+                "/ std (data.mean, data.std)" if first_float else
+                "as stored (integers, not preprocessed)" if x.dtype.kind != "f" else
+                "as stored (float32, not preprocessed)")
+        kind = (decl.kind if decl is not None and decl.kind != "auto" else
+                "tokens" if x.dtype.kind in "iu" else "mask" if x.dtype == np.bool_ else
+                "image" if images and x.ndim == 4 else
+                "signal" if x.ndim in (2, 3) else "values")
+        out.append(InputSpec(d.name, dtype, tuple(x.shape[1:]), kind=kind, preprocessing=prep))
+    return tuple(out)
 
 
-def _one_tensor(out: Any, what: str) -> Any:
-    """``out`` when it is one tensor; a tuple, list or dict of outputs is refused by name."""
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        keys = ", ".join(repr(k) for k in list(out)[:4]) + (", ..." if len(out) > 4 else "")
-        found = f"a {type(out).__name__} with keys {keys}"
-    elif isinstance(out, tuple | list):
-        kind = "tensors" if all(isinstance(o, torch.Tensor) for o in out) else "values"
-        found = f"a {type(out).__name__} of {len(out)} {kind}"
-    else:
-        found = f"a {type(out).__name__}"
-    raise UsageError(f"{what} returns {found}; edgekd deploys models with one output tensor: "
-                     "wrap the model so that forward returns the one tensor to deploy (e.g. "
-                     "the logits); models with several outputs are not supported yet")
+def _with_io(data: Dataset, declared: list[Declared], project: Project, what: str,
+             single: bool) -> Dataset:
+    """``data`` with the model's input specs (none for one float input: the legacy
+    single-input path, named ``input``)."""
+    if single:
+        return data
+    return dataclasses.replace(data, inputs=_specs(declared, project.inputs, data, what))
 
 
-def _outputs(model: Any, x: np.ndarray, batch: int = 64) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return np.concatenate([_one_tensor(model(torch.from_numpy(x[i:i + batch])), "")
-                               .float().numpy() for i in range(0, len(x), batch)])
+def _wanted(declared: list[Declared], decls: dict[str, InputDecl]) -> Wanted:
+    return [(d.name, d.dtype) for d in declared
+            if decls.get(d.name) is None or decls[d.name].role == "data"]
 
 
-def _probe(model: Any, data: Dataset, task: str, what: str, *, finite: bool) -> int | None:
-    """Run ``model`` (eval) on a batch of two test samples, twice, and (``finite``) on the
-    test and calibration splits: it must return one tensor with the batch first, the same
-    outputs for the same inputs, and finite outputs. Returns the class count of a
-    classifier."""
-    import torch
+def _torch_declared(spec: ModelSpec, project: Project, found: dict[str, Any]
+                    ) -> list[Declared]:
+    """The student's inputs, from forward's parameters (instantiated once, no weights)."""
+    from edgekd.inputs.model_files import make_model
 
-    model.eval()
-    pair = np.concatenate([data.test.x[:2], data.test.x[:1]])[:2]  # two even with one sample
-    with torch.no_grad():
-        try:
-            out = model(torch.from_numpy(pair))
-        except Exception as exc:  # noqa: BLE001 - the user's forward, at batch 2
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            raise UsageError(f"{what} runs on one sample but fails on a batch of 2 "
-                             f"({type(exc).__name__}: {first}): edgekd calibrates and verifies "
-                             "in batches: make forward work for any batch size (x.flatten(1) "
-                             "or x.shape[0], not a hard-coded 1)") from exc
-        out = _one_tensor(out, what)
-        if out.ndim == 0 or out.shape[0] != 2:
-            raise UsageError(f"{what} returns outputs of shape {list(out.shape)} for a batch of "
-                             "2 samples: the first axis of its output must be the batch; make "
-                             "forward work for any batch size (no hard-coded 1 in reshape/view)")
-        again = _one_tensor(model(torch.from_numpy(pair)), what)
-    a, b = out.float().numpy(), again.float().numpy()
-    both = np.isfinite(a) & np.isfinite(b)
-    delta = float(np.abs(a - b)[both].max()) if both.any() else 0.0
-    if delta > 1e-4 * (1 + float(np.abs(a[both]).max() if both.any() else 0)) or (
-            np.isfinite(a) != np.isfinite(b)).any():
-        raise UsageError(f"{what} gives different outputs for the same input twice in eval "
-                         f"mode (max |Δ| {delta:.3g}): remove randomness from forward in "
-                         "eval() (noise, torch.randn, F.dropout(training=True))")
-    if finite:
-        for name in ("test", "calibration"):
-            split = getattr(data, name)
-            if len(split) == 0:
-                continue
-            bad = ~np.isfinite(_outputs(model, split.x)).reshape(len(split), -1).all(1)
-            if bad.any():
-                raise UsageError(f"{what}'s outputs on data.{name} are not finite (NaN or inf "
-                                 f"in {int(bad.sum())} of {len(split)} samples): check the "
-                                 "weights (NaN in the file?) and the preprocessing")
-    return _output_check(task, out, what)
+    model = make_model(spec.student, project.root, "model.student",  # type: ignore[arg-type]
+                       spec.student_args)
+    declared = torch_io(model, data_names(found), project.inputs)
+    if not declared:
+        declared = [Declared("input", None, None)]
+    return declared
 
 
 def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
     """Data and models of ``project``, checked against each other."""
     if project.builtin:
         raise ValueError("the built-in demonstration is resolved by edgekd.pipeline")
-    import torch
-
-    from edgekd.inputs.model_files import fit_check
-
     spec: ModelSpec = project.model  # type: ignore[assignment]
     assert project.data is not None
     config = project.build
-    data = user_data(project.data, project.root, trains=spec.trains,
-                     calibration_samples=config.quant.calibration_samples, seed=config.seed)
-    example = torch.from_numpy(data.test.x[:1])
+    found = load_splits(project.data, project.root, trains=spec.trains)
     if spec.onnx:
-        return _onnx_inputs(spec, project.root, data)
+        return _onnx_inputs(spec, project, found)
+    declared = _torch_declared(spec, project, found)
+    check_declarations(declared, project.inputs, [], project.outputs, "model.student")
+    wanted = _wanted(declared, project.inputs)
+    single = (len(declared) == 1 and not project.inputs
+              and not integer_data(found, declared[0].name))
+    data = user_data(project.data, project.root, trains=spec.trains,
+                     calibration_samples=config.quant.calibration_samples, seed=config.seed,
+                     wanted=None if single else wanted, found=found)
+    data = _with_io(data, declared, project, "model.student", single)
+    fit = fit_call(data)
     student, s_info = _factory(spec.student, spec.student_args,  # type: ignore[arg-type]
                                spec.student_weights, project.root, "model.student",
-                               trust_pickle, example)
+                               trust_pickle, fit)
     model = student()
-    fit_check(model, example, f"model.student ({spec.student})")
-    classes = _probe(model, data, spec.task, "model.student",
-                     finite=bool(spec.student_weights) or not spec.trains)
+    fit(model, f"model.student ({spec.student})")
+    out_names, shapes = probe(model, data, spec.task, "model.student",
+                               finite=bool(spec.student_weights) or not spec.trains)
+    check_declarations(declared, project.inputs, out_names, project.outputs, "model.student")
+    outputs = output_specs(out_names, project.outputs, data.input_specs,
+                           spec.task == "classification")
+    classes = classes_of(spec.task, outputs, shapes, "model.student")
     info = {"student": s_info, "task": spec.task}
     teacher, t_info = None, None
     if spec.teacher:
         teacher, t_info = _factory(spec.teacher, spec.teacher_args, spec.teacher_weights,
-                                   project.root, "model.teacher", trust_pickle, example)
+                                   project.root, "model.teacher", trust_pickle, fit)
         t_model = teacher()
-        fit_check(t_model, example, f"model.teacher ({spec.teacher})")
-        t_classes = _probe(t_model, data, spec.task, "model.teacher",
-                           finite=bool(spec.teacher_weights))
+        fit(t_model, f"model.teacher ({spec.teacher})")
+        t_names, t_shapes = probe(t_model, data, spec.task, "model.teacher",
+                                   finite=not spec.teacher_trains)
+        t_classes = classes_of(spec.task, output_specs(
+            t_names, {}, data.input_specs, True), t_shapes, "model.teacher")
         if t_classes != classes:
             raise UsageError(f"model.teacher has {t_classes} outputs and model.student "
                              f"{classes}: give both the same number of classes")
         info["teacher"] = t_info
+    if data.several_inputs and spec.trains:
+        raise UsageError("distillation trains on one float input today, and this model takes "
+                         f"{', '.join(f'{s.name} ({s.dtype})' for s in data.input_specs)}: "
+                         "give a trained student (model.student_weights) without a teacher "
+                         "to deploy it")
+    data = dataclasses.replace(data, outputs=outputs)
     if classes is not None:
         if data.num_classes is not None and data.num_classes != classes:
             raise UsageError(f"the data has {data.num_classes} classes (sub-folders) but the "
                              f"model outputs {classes}: make them match (student_args)")
-        data = _check_labels(data, classes)
+        data = check_labels(data, classes)
     return Inputs(data=data, task=spec.task, student=student, teacher=teacher,
-                  teacher_trains=bool(spec.teacher and not spec.teacher_weights),
+                  teacher_trains=spec.teacher_trains,
                   teacher_key=str(sorted((t_info or {}).items())), model=info)
 
 
-def _run_onnx(path: Path, info: Any, data: Dataset) -> np.ndarray:
-    """The ONNX model's first output on the test split, run in ONNX Runtime (which names an
-    op it cannot run), after its calibration outputs were checked to be finite too."""
+def _run_onnx(path: Path, data: Dataset) -> list[np.ndarray]:
+    """The ONNX model's outputs on the test split, run in ONNX Runtime (which names an op
+    it cannot run), after its calibration outputs were checked to be finite too."""
     from edgekd.inputs.model_files import onnx_session
 
     session = onnx_session(path, "model.onnx")
-    fixed = info.input_shape[0] if isinstance(info.input_shape[0], int) else 0
+    shape = next((i.shape for i in session.get_inputs() if i.shape), [None])
+    fixed = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 0
     size = fixed or 64
-    first = session.get_outputs()[0].name
+    output_names = [o.name for o in session.get_outputs()]
     result = {}
     for name in ("calibration", "test"):
-        x = getattr(data, name).x
-        if fixed and len(x) % fixed:
-            x = x[:len(x) - len(x) % fixed]
+        feeds = data.feeds(getattr(data, name))
+        n = len(feeds) - (len(feeds) % fixed if fixed else 0)
         try:
-            out = np.concatenate([session.run([first], {info.input_name: x[i:i + size]})[0]
-                                  for i in range(0, len(x), size)]) if len(x) else x
+            parts = [session.run(None, session_feed(session, feeds.batch(i, i + size)))
+                     for i in range(0, n, size)]
         except Exception as exc:  # noqa: BLE001 - ORT's own error types
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise UsageError(f"model.onnx cannot run on data.{name} in ONNX Runtime "
-                             f"({type(exc).__name__}: {first}): export it for the data's "
-                             "sample shape and dtype") from exc
-        bad = ~np.isfinite(out.astype(np.float64)).reshape(len(out), -1).all(1)
-        if bad.any():
-            raise UsageError(f"model.onnx's outputs on data.{name} are not finite (NaN or inf "
-                             f"in {int(bad.sum())} of {len(out)} samples): check the weights "
-                             "(NaN in the file?) and the preprocessing")
-        result[name] = out
+                             f"({type(exc).__name__}: {first_line(exc)}): export it for the "
+                             "data's sample shape and dtype, or declare its other inputs "
+                             "([inputs.<name>] value = ... or zeros = true)") from exc
+        outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] \
+            if parts else []
+        for out_name, out in zip(output_names, outs, strict=True):
+            bad = ~np.isfinite(out.astype(np.float64)).reshape(len(out), -1).all(1)
+            if bad.any():
+                where = f" {out_name!r}" if len(outs) > 1 else ""
+                raise UsageError(f"model.onnx's outputs{where} on data.{name} are not finite "
+                                 f"(NaN or inf in {int(bad.sum())} of {len(out)} samples): "
+                                 "check the weights (NaN in the file?) and the preprocessing")
+        result[name] = outs
     return result["test"]
 
 
-def _onnx_inputs(spec: ModelSpec, root: Path, data: Dataset) -> Inputs:
+def _onnx_inputs(spec: ModelSpec, project: Project, found: dict[str, Any]) -> Inputs:
     from edgekd.inputs.model_files import inspect_onnx, resolve_path
 
+    root, config = project.root, project.build
     path = resolve_path(spec.onnx, root, "model.onnx")  # type: ignore[arg-type]
     info = inspect_onnx(path, "model.onnx")
-    want = list(data.test.x.shape[1:])
-    got = list(info.input_shape[1:])
-    if len(got) != len(want) or any(isinstance(g, int) and g != w
-                                    for g, w in zip(got, want, strict=True)):
-        raise UsageError(f"model.onnx expects inputs of shape {list(info.input_shape)} but the "
-                         f"data's samples are {want}: make them match (data.image_size, or "
-                         "export the model for this shape)")
-    outputs = _run_onnx(path, info, data)
+    declared, out_names = onnx_io(path)
+    check_declarations(declared, project.inputs, out_names, project.outputs, "model.onnx")
+    wanted = _wanted(declared, project.inputs)
+    if not wanted:
+        raise UsageError("model.onnx has no input that comes from the data (every input is "
+                         "declared fixed or state): leave at least one to [data]")
+    data = user_data(project.data, root, trains=False,  # type: ignore[arg-type]
+                     calibration_samples=config.quant.calibration_samples, seed=config.seed,
+                     wanted=wanted, found=found)
+    single = len(declared) == 1 and declared[0].dtype == "float32" and not project.inputs
+    data = _with_io(data, declared, project, "model.onnx", single)
+    for d in declared:
+        if project.inputs.get(d.name) is not None and project.inputs[d.name].role != "data":
+            continue
+        want = list(data.arrays(data.test)[d.name if not single else "input"].shape[1:])
+        got = list((d.dims or ())[1:])
+        if d.dims is not None and (len(got) != len(want) or any(
+                isinstance(g, int) and g > 0 and g != w for g, w in zip(got, want, strict=True))):
+            where = f" {d.name!r}" if len(declared) > 1 else ""
+            raise UsageError(f"model.onnx expects input{where} of shape {list(d.dims)} but "
+                             f"the data's samples are {want}: make them match "
+                             "(data.image_size, or export the model for this shape)")
+    if single:
+        data = dataclasses.replace(data, inputs=())
+    outputs_test = _run_onnx(path, dataclasses.replace(
+        data, inputs=data.inputs or (InputSpec(declared[0].name, "float32",
+                                               tuple(data.test.x.shape[1:])),)))
+    outputs = output_specs(out_names, project.outputs, data.input_specs,
+                           spec.task == "classification")
+    data = dataclasses.replace(data, outputs=outputs)
     if spec.task == "classification":
-        out = info.output_shapes[0]
-        if len(out) != 2:
-            raise UsageError(f"model.onnx's output has shape {list(out)}, not [batch, "
-                             "classes]: set model.task = \"regression\" for models that are "
-                             "not classifiers")
-        # A symbolic class axis ("classes") is known only from a run.
-        data = _check_labels(data, int(outputs.shape[1]))
+        shapes = [[1, *o.shape[1:]] for o in outputs_test]
+        classes = classes_of(spec.task, outputs, shapes, "model.onnx's output")
+        if classes is not None:  # a symbolic class axis ("classes") is known only from a run
+            data = check_labels(data, classes)
     return Inputs(data=data, task=spec.task, onnx=path,
                   model={"onnx": spec.onnx, "onnx_sha256": sha256_file(path), "task": spec.task,
                          "input": info.input_name, "opset": info.opset})

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import stat
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class Samples:
     classes: tuple[str, ...] | None  # image folders: label i is classes[i]
     source: str
     kind: str  # images | arrays | dataset
+    # Named arrays (a .npz's arrays other than y, a Dataset's dict items), dtype as stored:
+    # a model with several inputs takes them by name; integer token ids stay integers.
+    named: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -140,8 +143,10 @@ def _images(folder: Path, spec: str, what: str, options: ImageOptions, labeled: 
     return Samples(np.stack(arrays), y, classes, spec, "images")
 
 
-def _load_arrays(path: Path, what: str, scope: Scope) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` and ``y`` from a .npz, or the one array of a .npy (inputs only)."""
+def _load_arrays(path: Path, what: str, scope: Scope
+                 ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """``x`` (or the first named array), ``y`` and every other array by name from a .npz;
+    the one array of a .npy (inputs only)."""
     damaged = "it may be truncated or not written by numpy: save it again (np.savez / np.save)"
     try:
         with scope.open(path) as f:
@@ -155,14 +160,17 @@ def _load_arrays(path: Path, what: str, scope: Scope) -> tuple[np.ndarray, np.nd
             f.seek(0)
             loaded = np.load(f, allow_pickle=False)
             if isinstance(loaded, np.ndarray):
-                return loaded, None
+                return loaded, None, {}
             with loaded as npz:
-                if "x" not in npz.files:
-                    raise UsageError(f"{what}: {path} has no array 'x' (it has: "
+                inputs = [n for n in npz.files if n != "y"]
+                if not inputs:
+                    raise UsageError(f"{what}: {path} has no input array (it has: "
                                      f"{', '.join(npz.files) or 'nothing'}): save inputs as x "
-                                     "and labels as y (np.savez(path, x=..., y=...)); other "
-                                     "names are not read")
-                return npz["x"], (npz["y"] if "y" in npz.files else None)
+                                     "and labels as y (np.savez(path, x=..., y=...)), or one "
+                                     "array per model input, named as the model names them")
+                named = {n: npz[n] for n in inputs}
+                first = named["x"] if "x" in named else named[inputs[0]]
+                return first, (npz["y"] if "y" in npz.files else None), named
     except UsageError:
         raise
     except ValueError as exc:
@@ -176,18 +184,26 @@ def _load_arrays(path: Path, what: str, scope: Scope) -> tuple[np.ndarray, np.nd
 
 def _arrays(path: Path, spec: str, what: str, max_samples: int | None, scope: Scope
             ) -> Samples:
-    x, y = _load_arrays(path, what, scope)
-    for name, arr in (("x", x), ("y", y)):
+    x, y, named = _load_arrays(path, what, scope)
+    for name, arr in (("x", x), ("y", y), *named.items()):
         if arr is not None and arr.ndim == 0:
             raise UsageError(f"{what}: {name} in {path} is a single value, not one row per "
                              "sample: save an array whose first axis is the samples")
+    for name, arr in named.items():
+        if len(arr) != len(x):
+            raise UsageError(f"{what}: {path} has {len(x)} samples in {next(iter(named))} "
+                             f"but {len(arr)} in {name}: give every input one row per sample")
     if y is not None and len(y) != len(x):
         raise UsageError(f"{what}: {path} has {len(x)} inputs but {len(y)} labels: give one "
                          "label per input")
     if max_samples:
         x, y = x[:max_samples], None if y is None else y[:max_samples]
-    return Samples(_numeric(x, what, "inputs", spec),
-                   None if y is None else _labels(y, what, spec), None, spec, "arrays")
+        named = {n: a[:max_samples] for n, a in named.items()}
+    first = _numeric(x, what, "inputs", spec)
+    named = {n: _numeric_raw(a, what, n, spec) for n, a in named.items()}
+    return Samples(first,
+                   None if y is None else _labels(y, what, spec), None, spec, "arrays",
+                   named)
 
 
 def _numeric(x: Any, what: str, name: str, spec: str) -> np.ndarray:
@@ -196,6 +212,15 @@ def _numeric(x: Any, what: str, name: str, spec: str) -> np.ndarray:
         raise UsageError(f"{what}: the {name} in {spec} are {arr.dtype}, not numbers: "
                          "store real numeric arrays (int or float)")
     return arr.astype(np.float32)
+
+
+def _numeric_raw(x: Any, what: str, name: str, spec: str) -> np.ndarray:
+    """A named input as stored (integers stay integers), numbers only."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise UsageError(f"{what}: the input {name!r} in {spec} is {arr.dtype}, not numbers: "
+                         "store real numeric arrays (int, float or bool)")
+    return arr
 
 
 def _labels(y: Any, what: str, spec: str) -> np.ndarray:
@@ -249,11 +274,18 @@ def _dataset(spec: str, root: Path, what: str, max_samples: int | None) -> Sampl
     n = min(total, max_samples) if max_samples else total
     xs: list[np.ndarray] = []
     ys: list[np.ndarray | None] = []
+    dicts: list[dict[str, np.ndarray]] = []
     for i in range(n):
         try:
             item = data[i]
             pair = isinstance(item, tuple | list) and len(item) == 2
-            xs.append(_to_numpy(item[0] if pair else item))
+            x = item[0] if pair else item
+            if isinstance(x, dict):  # several named inputs: {"input_ids": ..., "mask": ...}
+                if not x:
+                    raise ValueError("an empty dict of inputs")
+                dicts.append({str(k): _to_numpy(v) for k, v in x.items()})
+                x = next(iter(x.values()))
+            xs.append(_to_numpy(x))
             ys.append(_to_numpy(item[1]) if pair else None)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's __getitem__
             raise UsageError(f"{what}: reading item {i} of {spec} raised "
@@ -265,10 +297,16 @@ def _dataset(spec: str, root: Path, what: str, max_samples: int | None) -> Sampl
         raise UsageError(f"{what}: item {labeled.index(not labeled[0])} of {spec} differs from "
                          "item 0 in carrying a label: return (x, y) for every item, or x for "
                          "every item")
+    if dicts and (len(dicts) != len(xs) or any(d.keys() != dicts[0].keys() for d in dicts)):
+        raise UsageError(f"{what}: the items of {spec} do not all return a dict with the same "
+                         f"input names (item 0: {', '.join(dicts[0])}): return the same "
+                         "inputs for every item")
+    named = {k: _numeric_raw(_stack([d[k] for d in dicts], what, spec, f"input {k!r}"),
+                             what, k, spec) for k in (dicts[0] if dicts else {})}
     x = _numeric(_stack(xs, what, spec, "an input"), what, "inputs", spec)
     y = _labels(_stack([v for v in ys if v is not None], what, spec, "a label"), what, spec) \
         if all(labeled) else None
-    return Samples(x, y, None, spec, "dataset")
+    return Samples(x, y, None, spec, "dataset", named)
 
 
 def _is_factory(spec: str, root: Path) -> bool:
@@ -306,12 +344,20 @@ def load_samples(spec: str, *, root: Path, what: str, images: ImageOptions = Ima
                              "a Dataset")
     if len(samples) == 0:
         raise UsageError(f"{what}: {spec} holds no samples: add some")
-    bad = ~np.isfinite(samples.x).all(axis=tuple(range(1, samples.x.ndim)))
-    if bad.any():
-        raise UsageError(f"{what}: {int(bad.sum())} sample(s) in {spec} contain NaN or "
-                         f"infinite values (first: sample {int(np.flatnonzero(bad)[0])}): clean "
-                         "the data")
+    for name, arr in {"": samples.x, **samples.named}.items():
+        if arr.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(arr).all(axis=tuple(range(1, arr.ndim)))
+        if bad.any():
+            raise UsageError(f"{what}: {int(bad.sum())} sample(s) in {spec} contain NaN or "
+                             f"infinite values{f' in {name!r}' if name else ''} (first: sample "
+                             f"{int(np.flatnonzero(bad)[0])}): clean the data")
     if labeled and samples.y is None:
+        if samples.named and "x" not in samples.named:
+            raise UsageError(f"{what}: {spec} has no array 'x' and no labels 'y' (it has: "
+                             f"{', '.join(samples.named)}): save inputs as x and labels as y "
+                             "(np.savez(path, x=..., y=...)), or one array per model input "
+                             "named as the model names them, and y")
         raise UsageError(f"{what}: {spec} has no labels: training needs them (a .npz with y, "
                          "class sub-folders, or a Dataset returning (x, y))")
     return samples

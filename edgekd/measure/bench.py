@@ -14,12 +14,15 @@ SIGKILLed edgekd leaves no child running.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgekd.common.interrupts import run_child
 from edgekd.errors import BuildError
@@ -35,6 +38,10 @@ MAX_RUNS = 1_000_000
 MAX_WARMUP = 100_000
 MAX_BATCH = 4096
 MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32-bit
+MAX_INPUT_ELEMENTS = 2**28  # 1 GiB of float32 in one input
+INPUT_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8",
+                "bool")
+INPUT_KEYS = ("name", "shape", "dtype", "value", "low", "high")
 
 
 def max_threads() -> int:
@@ -69,6 +76,12 @@ class BenchSpec:
     providers: tuple[Provider, ...] = ("CPUExecutionProvider",)
     seed: int = 0
     samples: bool = True  # keep the raw timings (for plots)
+    # One dict per model input, by name (empty: derived from the model, as input_shape says):
+    # {"name": str, "dtype": one of INPUT_DTYPES, "shape": [ints, batch included] (optional:
+    # the model's declared shape, symbolic dims 1), "value": nested list fed as given
+    # (broadcast to shape), or "low" and "high": draw from [low, high] (integers: both ends
+    # included; floats: uniform; neither: floats standard normal, integers 0/1)}.
+    inputs: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         _bounded("threads", self.threads, 1, max_threads(), " (4 per core here, at least 64)")
@@ -81,6 +94,13 @@ class BenchSpec:
         _bounded("seed", self.seed, 0, MAX_SEED)
         if self.runs is None and self.seconds is None:
             raise ValueError("give runs or seconds (or both: at least that many of each)")
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", _checked_shape("input_shape",
+                                                                   self.input_shape))
+        object.__setattr__(self, "inputs", _checked_inputs(self.inputs))
+        if self.inputs and (self.input_shape is not None or self.batch != 1):
+            raise ValueError("with inputs, give each input's full shape (batch included) "
+                             "there, and neither input_shape nor a batch other than 1")
 
     def to_dict(self, artifact: str | None = None) -> dict[str, Any]:
         """The worker's JSON spec; ``artifact`` replaces the path (for a remote copy)."""
@@ -92,7 +112,84 @@ class BenchSpec:
             "input_shape": list(self.input_shape) if self.input_shape else None,
             "providers": [p if isinstance(p, str) else [p[0], p[1]] for p in self.providers],
             "seed": self.seed, "samples": self.samples,
+            "inputs": [dict(d) for d in self.inputs],
         }
+
+
+def _checked_shape(what: str, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, str | bytes) or not hasattr(shape, "__iter__"):
+        raise ValueError(f"{what} must be a list of dimensions, got {shape!r}")
+    dims = tuple(shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise ValueError(f"{what} must be non-negative integers, got {list(dims)}")
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"{what} {list(dims)} has over {MAX_INPUT_ELEMENTS} elements")
+    return dims
+
+
+def _number(what: str, v: Any, integer: bool) -> float | int:
+    ok = (isinstance(v, int) if integer else isinstance(v, int | float) and math.isfinite(v))
+    if isinstance(v, bool) or not ok:
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{what} must be {kind}, got {v!r}")
+    return v  # type: ignore[no-any-return]
+
+
+def _checked_input(i: int, d: Any) -> dict[str, Any]:
+    """One entry of BenchSpec.inputs, checked, with its shape as a list."""
+    if not isinstance(d, dict):
+        raise ValueError(f"inputs[{i}] must be a dict with keys {', '.join(INPUT_KEYS)}")
+    unknown = sorted(set(d) - set(INPUT_KEYS))
+    if unknown:
+        raise ValueError(f"inputs[{i}] has unknown keys {', '.join(unknown)}: allowed are "
+                         f"{', '.join(INPUT_KEYS)}")
+    name = d.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"inputs[{i}] needs a name (the model's input name)")
+    what = f"input {name!r}"
+    if d.get("dtype") not in INPUT_DTYPES:
+        raise ValueError(f"{what}: dtype must be one of {', '.join(INPUT_DTYPES)}, "
+                         f"got {d.get('dtype')!r}")
+    out: dict[str, Any] = {"name": name, "dtype": d["dtype"]}
+    if d.get("shape") is not None:
+        out["shape"] = list(_checked_shape(f"{what} shape", d["shape"]))
+    bounds = [d.get("low"), d.get("high")]
+    if d.get("value") is not None:
+        if any(b is not None for b in bounds):
+            raise ValueError(f"{what}: give value or low/high, not both")
+        try:
+            value = np.asarray(d["value"], dtype=d["dtype"])
+            if "shape" in out:
+                np.broadcast_to(value, out["shape"])
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ValueError(f"{what}: value is not a {d['dtype']} array of shape "
+                             f"{out.get('shape', 'the model declares')} ({exc})") from exc
+        out["value"] = value.tolist()
+    elif any(b is not None for b in bounds):
+        integer = d["dtype"] != "bool" and np.issubdtype(np.dtype(d["dtype"]), np.integer)
+        if None in bounds or d["dtype"] == "bool":
+            raise ValueError(f"{what}: give both low and high (not for bool inputs)")
+        low, high = (_number(f"{what} {k}", d[k], integer) for k in ("low", "high"))
+        if low > high:
+            raise ValueError(f"{what}: low {low} is above high {high}")
+        if integer:
+            info = np.iinfo(d["dtype"])
+            if low < info.min or high > info.max:
+                raise ValueError(f"{what}: low/high must be within {d['dtype']} "
+                                 f"({info.min}..{info.max})")
+        out["low"], out["high"] = low, high
+    return out
+
+
+def _checked_inputs(inputs: Any) -> tuple[dict[str, Any], ...]:
+    if isinstance(inputs, dict | str) or not hasattr(inputs, "__iter__"):
+        raise ValueError("inputs must be a list of dicts, one per model input")
+    checked = tuple(_checked_input(i, d) for i, d in enumerate(inputs))
+    names = [d["name"] for d in checked]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"inputs name {', '.join(twice)} more than once: give each input once")
+    return checked
 
 
 def parse_result(stdout: str, what: str, returncode: int, stderr: str) -> dict[str, Any]:

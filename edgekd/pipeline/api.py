@@ -22,6 +22,7 @@ from edgekd.settings.project import Project, load_project
 
 if TYPE_CHECKING:
     from edgekd.pipeline.run import BuildResult, StepCallback
+    from edgekd.pipeline.training import EpochCallback
 
 DEFAULT_TARGET = "raspberrypi"
 
@@ -99,14 +100,17 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
           = None, model: str | None = None, weights: str | None = None,
           seed: int | None = None, budget: str | Path | None = None, fresh: bool = False,
           trust_pickle: bool = False, remotes: Sequence[Any] = (),
-          on_step: StepCallback | None = None, cwd: str | Path | None = None) -> BuildResult:
+          on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
+          cwd: str | Path | None = None) -> BuildResult:
     """Build ``target`` (default: the project file's ``target``, else ``raspberrypi``).
 
     ``config``: a project file (default ``edgekd.toml`` in ``cwd`` if there is one, else the
     built-in digits demonstration) or a :class:`BuildConfig`. ``settings``: overrides as
     ``{"section.key": value}`` or ``["section.key=value"]``. ``model``: an ``.onnx`` file or a
     ``module:factory`` (with ``weights``) to build instead of the project's. ``out``: the
-    output root (default: the project's ``out``, else ``build``). The rest as on the CLI.
+    output root (default: the project's ``out``, else ``build``). ``on_step(name, detail)``
+    and ``on_epoch(stage, report)`` hear the progress (steps as they end, training epochs).
+    Training threads are the setting ``train.threads``. The rest as on the CLI.
     """
     from edgekd.pipeline.run import build as run_build
     from edgekd.settings.budgets import load_budget_file
@@ -118,6 +122,7 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
     if out is None:
         out = _project_out(project, here)
     limits = load_budget_file(Path(budget)) if budget else None
-    return run_build(name, out=Path(out), project=project, on_step=on_step, budget=limits,
+    return run_build(name, out=Path(out), project=project, on_step=on_step,
+                     on_epoch=on_epoch, budget=limits,
                      budget_source=str(budget) if budget else None, remotes=remotes,
                      fresh=fresh, trust_pickle=trust_pickle)

@@ -24,30 +24,43 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.backends import ExportSource, get_backend, predict_batches, quantizers
+from edgekd.backends import ExportSource, get_backend, predict_all, quantizers
 from edgekd.backends.from_torch import to_onnx
 from edgekd.backends.onnxruntime import provider_options, to_fp16
 from edgekd.common.cache import sha256_file
 from edgekd.compress.equalize import equalize
 from edgekd.compress.quantize import Quantized, quantize_cached
 from edgekd.errors import BuildError, UsageError
+from edgekd.inputs.calls import first_output, model_outputs, torch_call
+from edgekd.inputs.dataset import Dataset, Feeds, OutputSpec, Split
 from edgekd.inputs.resolve import Inputs
 from edgekd.measure.bench import BenchSpec, run_bench
 from edgekd.measure.remote import Remote, bench_hosts
 from edgekd.measure.robustness import artifact_predictor, measure_robustness
-from edgekd.measure.verify import Verification, require_agreement, verify_artifact
+from edgekd.measure.verify import (
+    Limits,
+    Verification,
+    require_outputs,
+    require_stream,
+    stream_check,
+    verify_artifact,
+)
 from edgekd.pipeline.training import Trained
 from edgekd.report.model import Report, artifact_files, gzip_size
 from edgekd.report.model import assemble as assemble_report
 from edgekd.settings.config import BuildConfig
 from edgekd.settings.project import Project
 from edgekd.settings.targets import Target
-from edgekd.train.loop import accuracy, logits_of, predictor
+from edgekd.train.loop import accuracy
 from edgekd.train.stage_cache import digest, stage_entry
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[str], contextlib.AbstractContextManager[dict[str, str]]]
+RunAll = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+# A stateful model is also verified over a stream of this many consecutive test samples
+# (each call fed the state the one before returned): long enough for drift to build up.
+STREAM_CHUNKS = 50
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class QuantizedModel:
     deployed: Any | None  # the model the artifacts come from (equalised when asked)
     onnx: dict[str, Path]  # precision -> ONNX file (fp32, int8 QDQ, fp16 for GPUs)
     quantized: Quantized
+    calibration: np.ndarray | Feeds  # the samples INT8 was calibrated on (states streamed)
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,7 @@ class Exported:
 @dataclass(frozen=True)
 class Verified:
     exported: Exported
-    expected: np.ndarray  # the reference model's outputs on the test split
+    expected: list[np.ndarray]  # the reference model's outputs on the test split
     entries: list[dict[str, Any]]  # report entries of the artifacts
     references: list[dict[str, Any]]  # report entries of the dense references
 
@@ -145,20 +159,37 @@ def model_of(inputs: Inputs, trained: Trained | None) -> Model:
 # -- quantize ------------------------------------------------------------------------------
 
 
-def _validation(inputs: Inputs) -> tuple[np.ndarray, np.ndarray | None] | None:
+def samples(data: Dataset, split: Split, n: int | None = None) -> np.ndarray | Feeds:
+    """``split``'s first ``n`` samples as a model takes them: one float array, or every
+    input by name (several inputs, integer token ids; fixed and state inputs alongside)."""
+    return data.feeds(split, n) if data.several_inputs else split.x[:n]
+
+
+def _fp32_call(model: Any | None, fp32: Path, data: Dataset) -> RunAll:
+    """One call of the model being quantized (PyTorch, else its FP32 ONNX file)."""
+    if model is not None:
+        return torch_call(model, data.input_specs)
+    return get_backend("onnxruntime").load(fp32, 1).run_all
+
+
+def _output_names(data: Dataset) -> list[str] | None:
+    return [o.name for o in data.outputs] if data.outputs else None
+
+
+def _validation(inputs: Inputs) -> tuple[np.ndarray | Feeds, np.ndarray | None] | None:
     """Where accuracy-aware INT8 is judged: the validation split, else the calibration
     split, never the test split; without labels, top-1 agreement with FP32."""
     if inputs.task != "classification":
         return None
     v = inputs.data.validation or inputs.data.calibration
-    return v.x, v.y
+    return samples(inputs.data, v), v.y
 
 
 def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
     """ONNX FP32 of the model, then static INT8 QDQ with ONNX Runtime's tools (cached), and
     FP16 for GPU targets."""
     q, data = ctx.config.quant, ctx.inputs.data
-    calibration = data.calibration.x[:q.calibration_samples]
+    calibration = samples(data, data.calibration, q.calibration_samples)
     fp32 = ctx.work / "student_fp32.onnx"
     with ctx.step("quantize") as s:
         # Cross-layer equalisation changes the weights, not the function: the artifacts come
@@ -167,9 +198,12 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
                     else model.student)
         if deployed is not None:
             with converting("ONNX export (torch.onnx)", "onnx"):
-                to_onnx(deployed, data.test.x[:1], fp32)
+                to_onnx(deployed, samples(data, data.test, 2), fp32, _output_names(data))
         else:
             shutil.copyfile(model.onnx, fp32)  # type: ignore[arg-type]
+        if isinstance(calibration, Feeds) and any(s.role == "state" for s in calibration.specs):
+            calibration = calibration.streamed(_fp32_call(deployed, fp32, data),
+                                               [o.name for o in _output_specs(ctx)])
         quantized = quantize_cached(
             ctx.cache, model.key, fp32, ctx.work / "student_int8.onnx", calibration, q,
             validation=_validation(ctx.inputs),
@@ -183,7 +217,7 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
                        + (f", kept in float: {', '.join(quantized.float_layers)}"
                           if quantized.float_layers else "")
                        + (" (cached)" if quantized.cached else ""))
-    return QuantizedModel(model, deployed, onnx, quantized)
+    return QuantizedModel(model, deployed, onnx, quantized, calibration)
 
 
 # -- export --------------------------------------------------------------------------------
@@ -192,16 +226,17 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
 def export(ctx: Deploy, q: QuantizedModel) -> Exported:
     """Each runtime's FP32 and INT8 (and FP16) artifacts, and FP32 references of the dense
     model (the distilled student before pruning) in ``reference/``."""
-    data, calibration = ctx.inputs.data, ctx.inputs.data.calibration.x[
-        :ctx.config.quant.calibration_samples]
-    example = data.test.x[:1]
+    data = ctx.inputs.data
+    calibration = q.calibration  # what ONNX Runtime calibrated on: the converters too
+    example = samples(data, data.test, 1)
     source = ExportSource(model=q.deployed, example=example, calibration=calibration,
                           onnx=q.onnx, per_channel=ctx.config.quant.per_channel)
     dense = None
     if q.model.dense is not None:
+        onnx = to_onnx(q.model.dense, samples(data, data.test, 2), ctx.work / "dense.onnx",
+                       _output_names(data))
         dense = ExportSource(model=q.model.dense, example=example, calibration=calibration,
-                             onnx={"fp32": to_onnx(q.model.dense, example,
-                                                   ctx.work / "dense.onnx")}, stem="dense")
+                             onnx={"fp32": onnx}, stem="dense")
         (ctx.stage / "reference").mkdir()
     artifacts: list[Artifact] = []
     references: list[Artifact] = []
@@ -257,14 +292,27 @@ def describe(a: Artifact) -> dict[str, Any]:
             "size_gzip_bytes": gzip_size(files), "sha256": sha256_file(a.path)}
 
 
-def _expected(ctx: Deploy, q: QuantizedModel) -> np.ndarray:
-    """The reference outputs on the test split: the PyTorch model's, or for a finished ONNX
-    model, that model's in ONNX Runtime."""
-    x = ctx.inputs.data.test.x
+def _reference(ctx: Deploy, q: QuantizedModel) -> RunAll:
+    """One call of the model the artifacts came from: the PyTorch model, or for a finished
+    ONNX model, that model in ONNX Runtime."""
     if q.model.student is not None:
-        return np.asarray(logits_of(q.model.student, x).detach().numpy())
+        return torch_call(q.model.student, ctx.inputs.data.input_specs)
+    return get_backend("onnxruntime").load(q.onnx["fp32"], ctx.threads).run_all
+
+
+def _expected(ctx: Deploy, q: QuantizedModel) -> list[np.ndarray]:
+    """Every reference output on the test split (see :func:`_reference`)."""
+    data = ctx.inputs.data
+    if q.model.student is not None:
+        return model_outputs(q.model.student, data.feeds(data.test))
     runner = get_backend("onnxruntime").load(q.onnx["fp32"], ctx.threads)
-    return predict_batches(runner, x)
+    return predict_all(runner, data.input_specs, data.arrays(data.test))
+
+
+def _output_specs(ctx: Deploy) -> tuple[OutputSpec, ...]:
+    data = ctx.inputs.data
+    return data.outputs or (OutputSpec("logits" if ctx.classifier else "output",
+                                       classifier=ctx.classifier),)
 
 
 def _verified_detail(v: Verification) -> str:
@@ -272,6 +320,9 @@ def _verified_detail(v: Verification) -> str:
         return f"accuracy {v.accuracy:.2%}, agreement {v.top1_agreement:.2%}"
     if v.top1_agreement is not None:
         return f"agreement {v.top1_agreement:.2%}"
+    worst = max(v.outputs, key=lambda c: c.rel_error) if v.outputs else None
+    if worst is not None and (len(v.outputs) > 1 or worst.cosine_min is None):
+        return f"max |Δ| {worst.rel_error:.2%} of range ({worst.name})"
     return f"cosine ≥ {v.cosine_min:.4f}, max |Δ| {v.max_abs_diff:.3g}"
 
 
@@ -281,17 +332,27 @@ def verify(ctx: Deploy, exported: Exported) -> Verified:
     data, config = ctx.inputs.data, ctx.config
     expected = _expected(ctx, exported.quantized)
     labels = data.test.y if ctx.classifier else None
+    specs, arrays, outputs = data.input_specs, data.arrays(data.test), _output_specs(ctx)
+    limits = Limits.of(config)
+    streams = any(s.role == "state" for s in specs)
     entries = []
     for a in exported.artifacts:
         with ctx.step(f"verify {a.path.name}") as s:
-            v = verify_artifact(a.path, a.runtime, x=data.test.x, y=labels,
-                                reference_logits=expected, threads=ctx.threads,
-                                providers=ctx.providers(a.runtime, a.precision),
-                                classifier=ctx.classifier)
+            providers = ctx.providers(a.runtime, a.precision)
+            v = verify_artifact(a.path, a.runtime, threads=ctx.threads, y=labels,
+                                providers=providers, inputs=specs, arrays=arrays,
+                                references=expected, outputs=outputs)
             s["detail"] = _verified_detail(v)
-        require_agreement(a.path.name, a.runtime, a.precision, v, config.min_agreement,
-                          config.min_cosine)
-        entries.append({**describe(a), **v.to_dict()})
+            require_outputs(a.path.name, a.runtime, a.precision, v.outputs, limits)
+            entry = {**describe(a), **v.to_dict()}
+            if streams:  # drift over a stream shows only when the state is fed back
+                runner = get_backend(a.runtime).load(a.path, ctx.threads, providers)
+                stream = stream_check(_reference(ctx, exported.quantized), runner.run_all,
+                                      specs, outputs, arrays, chunks=STREAM_CHUNKS)
+                require_stream(a.path.name, a.runtime, a.precision, stream, limits)
+                entry["stream"] = stream.to_dict()
+                s["detail"] += f", stream of {stream.chunks} chunks"
+        entries.append(entry)
     references = [describe(a) for a in exported.references]
     return Verified(exported, expected, entries, references)
 
@@ -303,9 +364,31 @@ def _bench_spec(ctx: Deploy, entry: dict[str, Any], threads: int) -> BenchSpec:
     folder = ctx.stage if entry["path"].startswith("student") else ctx.stage / "reference"
     b = ctx.config.bench
     return BenchSpec(folder / entry["path"], entry["runtime"], threads, b.warmup, b.runs,
-                     b.seconds or None, input_shape=ctx.inputs.data.test.x[:1].shape,
+                     b.seconds or None, **_bench_inputs(ctx.inputs.data),
                      seed=ctx.config.seed,
                      providers=ctx.providers(entry["runtime"], entry["precision"]))
+
+
+def _bench_inputs(data: Dataset) -> dict[str, Any]:
+    """What the benchmark feeds: one float sample's shape, or every input by name (token
+    ids drawn within the test split's range, so they stay inside the vocabulary; fixed and
+    state inputs at their value)."""
+    if not data.several_inputs:
+        return {"input_shape": data.test.x[:1].shape}
+    arrays = data.arrays(data.test)
+    inputs = []
+    for s in data.input_specs:
+        if s.role != "data":
+            v = s.constant(1)
+            inputs.append({"name": s.name, "dtype": s.dtype, "shape": list(v.shape),
+                           "value": v.tolist()})
+            continue
+        one: dict[str, Any] = {"name": s.name, "dtype": s.dtype, "shape": [1, *s.shape]}
+        x = arrays[s.name]
+        if np.issubdtype(x.dtype, np.integer) and len(x):
+            one |= {"low": int(x.min()), "high": int(x.max())}
+        inputs.append(one)
+    return {"inputs": tuple(inputs)}
 
 
 def _bench_entry(result: dict[str, Any]) -> dict[str, Any]:
@@ -320,23 +403,35 @@ def _bench_entry(result: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _robustness(ctx: Deploy, verified: Verified) -> dict[str, Any] | None:
-    """The built-in demonstration's test accuracy under corruptions: teacher, scratch and
-    distilled students in PyTorch, and the shipped INT8 artifacts in their runtimes."""
+def _robustness(ctx: Deploy, verified: Verified) -> dict[str, Any]:
+    """Test figures under corruptions of each data input, by its kind (images, 1-D signals,
+    token ids; :mod:`edgekd.measure.robustness`): the teacher, scratch and distilled students
+    (or a finished model) in PyTorch, and the shipped INT8 artifacts in their runtimes. Where
+    nothing can be corrupted the result says why (``skipped``)."""
     m = verified.exported.quantized.model
-    if not ctx.project.builtin or m.teacher is None or m.scratch is None or m.dense is None:
-        return None
+    data = ctx.inputs.data
+    specs = data.input_specs
     with ctx.step("robustness") as s:  # same corrupted test inputs for every model
-        models = {"teacher": predictor(m.teacher), "student_scratch": predictor(m.scratch),
-                  "student_distilled": predictor(m.dense)}
+        torch_models = {"teacher": m.teacher, "student_scratch": m.scratch,
+                        "student_distilled": m.dense}
+        if m.teacher is None and m.student is not None:  # a finished PyTorch model
+            torch_models = {"student": m.student}
+        models = {n: first_output(x, specs) for n, x in torch_models.items() if x is not None}
+        if m.student is None:  # a finished ONNX model: itself, as shipped in FP32
+            models["model"] = artifact_predictor(verified.exported.quantized.onnx["fp32"],
+                                                 "onnxruntime", ctx.threads, specs=specs)
         models |= {a.path.name: artifact_predictor(a.path, a.runtime, ctx.threads,
-                                                   ctx.providers(a.runtime, a.precision))
+                                                   ctx.providers(a.runtime, a.precision),
+                                                   specs=specs)
                    for a in verified.exported.artifacts if a.precision == "int8"}
-        robust = measure_robustness(ctx.inputs.data, ctx.config.robustness, models,
-                                    seed=ctx.config.seed)
-        s["detail"] = (f"{len(robust['conditions'])} conditions, distilled more accurate "
-                       f"than scratch in {robust['summary']['distilled_more_accurate']} of "
-                       f"{robust['summary']['conditions']}")
+        robust = measure_robustness(data, ctx.config.robustness, models, seed=ctx.config.seed)
+        if "skipped" in robust:
+            s["detail"] = f"skipped: {robust['skipped']}"
+        else:
+            s["detail"] = f"{len(robust['conditions'])} conditions" + (
+                f", distilled more {robust['metric']} than scratch in "
+                f"{robust['summary']['distilled_more_accurate']} of "
+                f"{robust['summary']['conditions']}" if "summary" in robust else "")
     return robust
 
 
@@ -387,5 +482,6 @@ def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,
         quantization={**verified.exported.quantized.quantized.to_dict(),
                       "by_runtime": quantizers(ctx.target.runtimes, ctx.config.quant)},
         robustness=measured.robustness, threads=ctx.threads,
-        output_shape=[1, *verified.expected.shape[1:]],
+        output_shapes=[[1, *e.shape[1:]] for e in verified.expected],
+        outputs=_output_specs(ctx),
         build_seconds=build_seconds, budget=budget)

@@ -39,7 +39,7 @@ from edgekd.pipeline.deploy import (
     quantize,
     verify,
 )
-from edgekd.pipeline.training import run_training
+from edgekd.pipeline.training import EpochCallback, run_training
 from edgekd.report.html import render_html
 from edgekd.report.markdown import render_markdown
 from edgekd.report.model import build_manifest, write_json
@@ -119,9 +119,10 @@ def _target(target: str | Target, project: Project) -> Target:
 
 def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
           config: BuildConfig | None = None, project: Project | None = None,
-          on_step: StepCallback | None = None, budget: Budget | None = None,
-          budget_source: str | None = None, remotes: Sequence[Remote] = (),
-          fresh: bool = False, trust_pickle: bool = False) -> BuildResult:
+          on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
+          budget: Budget | None = None, budget_source: str | None = None,
+          remotes: Sequence[Remote] = (), fresh: bool = False, trust_pickle: bool = False
+          ) -> BuildResult:
     """Run the whole pipeline for ``target``; artifacts and reports go to ``out/<target>``.
 
     ``project`` says what to build from (default: the built-in digits demonstration);
@@ -130,6 +131,8 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
     an exit code). ``remotes`` are devices the artifacts are also benchmarked on, over SSH.
     Training stages are cached under ``out/.cache``; ``fresh`` ignores that cache.
     ``trust_pickle`` lets weights files that are full pickles run their code when loaded.
+    ``on_step(name, detail)`` hears each step as it ends, ``on_epoch(stage, report)`` each
+    epoch of a training stage (:class:`edgekd.train.loop.EpochReport`).
     """
     started = time.perf_counter()
     project = project or Project(root=Path.cwd(), source="built-in")
@@ -155,7 +158,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                     teacher_trains=inputs.teacher_trains, teacher_key=inputs.teacher_key,
                     data=inputs.data, config=project.build,
                     cache=StageCache(out / ".cache" / "stages", fresh=fresh),
-                    cache_dir=out / ".cache", step=step)
+                    cache_dir=out / ".cache", step=step, on_epoch=on_epoch)
             if rank != 0:  # the other ranks only helped train; rank 0 does the rest
                 return BuildResult(out / target.name, {})
         with staged_dir(out / target.name) as stage:

@@ -4,13 +4,18 @@ distilled student -> pruned + fine-tuned student, each cached in the stage cache
 
 A stage's key chains the key of the stage it starts from, so a changed setting re-runs that
 stage and the ones after it, and nothing before.
+
+Every stage trains with ``[train] threads`` intra-op threads, reports its epochs to the
+caller's ``on_epoch`` (the CLI's progress bar), and warns when its test accuracy is within
+:data:`CHANCE_MARGIN` of chance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +27,54 @@ from edgekd.compress import prune as pruning
 from edgekd.compress.structured import prune_channels
 from edgekd.errors import UsageError
 from edgekd.inputs.dataset import Dataset, Split
-from edgekd.settings.config import BuildConfig, DistillConfig
+from edgekd.settings.config import BuildConfig, DistillConfig, TrainConfig
 from edgekd.train.augment import SoftTargets, training_views
 from edgekd.train.distill import Distillation, LayerPair, auto_pairs
-from edgekd.train.loop import Schedule, accuracy, set_seed, train
+from edgekd.train.loop import (
+    EpochReport,
+    Schedule,
+    accuracy,
+    reporting_epochs,
+    set_seed,
+    train,
+    training_threads,
+)
 from edgekd.train.stage_cache import StageCache, digest, stage_entry
 from edgekd.train.teacher_cache import teacher_outputs
 
 log = logging.getLogger(__name__)
 
 Factory = Callable[[], nn.Module]  # a fresh, untrained (or pre-loaded) model
+EpochCallback = Callable[[str, EpochReport], None]  # (stage name, its epoch's figures)
+# A stage whose test accuracy is below chance (1 / classes) + this margin has learned
+# (next to) nothing: it is logged as a warning and noted in the stage's report entry.
+CHANCE_MARGIN = 0.05
+
+
+def near_chance(stage: str, acc: float | None, num_classes: int | None) -> str | None:
+    """The warning for a stage at (or near) chance accuracy; None when it learned."""
+    if acc is None or not num_classes or num_classes < 2:
+        return None
+    chance = 1.0 / num_classes
+    if acc >= chance + CHANCE_MARGIN:
+        return None
+    return (f"{stage}: test accuracy {acc:.1%} is within {100 * CHANCE_MARGIN:.0f} points of "
+            f"chance ({chance:.1%} for {num_classes} classes): it learned (next to) nothing; "
+            "try more epochs or another lr, and check that the labels match the samples and "
+            "the preprocessing (data.scale, data.mean, data.std) suits the model")
+
+
+def _schedule(c: TrainConfig | DistillConfig, images: bool) -> Schedule:
+    """A stage's :class:`Schedule`; shifts and flips only for image data."""
+    return Schedule(c.epochs, c.lr, c.batch_size, weight_decay=c.weight_decay,
+                    optimizer=c.optimizer, warmup=c.warmup,
+                    label_smoothing=getattr(c, "label_smoothing", 0.0),
+                    shift=c.shift if images else 0.0, flip=c.flip and images)
+
+
+def _images(data: Dataset) -> bool:
+    """Whether the samples are images (NCHW), where shifts and flips keep the class."""
+    return data.preprocessing.layout == "NCHW" and data.train.x.ndim == 4
 
 
 @dataclass(frozen=True)
@@ -63,7 +106,7 @@ def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
         return [LayerPair(s, t) for s, t in d.pairs]
     try:
         return auto_pairs(student, teacher, example)
-    except ValueError as exc:  # not sequential CNNs: logits only, and the report says why
+    except ValueError as exc:  # no shared 1-D/2-D feature maps: logits only, the log says why
         log.warning("distill: no automatic layer pairs (%s); distilling logits only", exc)
         return []
 
@@ -76,8 +119,7 @@ def _teacher(make: Factory, trains: bool, data: Dataset, config: BuildConfig,
         return model.eval(), {"cached": False, "trained": False}
     if cache.load("teacher", key, model) is not None:
         return model.eval(), {"cached": True, "trained": True}
-    t = config.teacher
-    train(model, data.train, Schedule(t.epochs, t.lr, t.batch_size), seed=config.seed)
+    train(model, data.train, _schedule(config.teacher, _images(data)), seed=config.seed)
     cache.save("teacher", key, model, {})
     return model.eval(), {"cached": False, "trained": True}
 
@@ -93,13 +135,44 @@ class _Run:
     base: str  # the data's digest and the seed: the root of every stage key
     split: Split  # what the students train on: the training split plus augmented views
     soft_labels: Any  # labels of the augmented views (mixed), or None
+    threads: int = 1  # intra-op threads the stages train with
     stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def entry(self, name: str, model: nn.Module, **extra: Any) -> dict[str, Any]:
+        """The stage's report entry, appended: test accuracy, the threads it trained with
+        (when it trained here) and a warning when it is near chance."""
+        acc = accuracy(model, self.data.test)
+        if not extra.get("cached", True) and extra.get("trained", True):
+            extra["threads"] = self.threads
+        warning = near_chance(name, acc, self.data.num_classes)
+        if warning:
+            log.warning("%s", warning)
+            extra["warning"] = warning
+        self.stages.append(stage_entry(name, model, acc, **extra))
+        return self.stages[-1]
 
     def record(self, name: str, model: nn.Module, cached: bool, s: dict[str, str],
                **extra: Any) -> None:
-        self.stages.append(stage_entry(name, model, accuracy(model, self.data.test),
-                                       cached=cached, **extra))
-        s["detail"] = f"{self.stages[-1]['accuracy']:.2%}" + (" (cached)" if cached else "")
+        self.entry(name, model, cached=cached, **extra)
+        s["detail"] = _detail(self.stages[-1])
+
+
+def _detail(entry: dict[str, Any]) -> str:
+    """A stage's line in the progress display: its accuracy, cached, near chance."""
+    return (f"{entry['accuracy']:.2%}" + (" (cached)" if entry.get("cached") else "")
+            + (" — near chance, see the warning" if entry.get("warning") else ""))
+
+
+def _reporting(step: Callable[[str], Any], on_epoch: EpochCallback | None
+               ) -> Callable[[str], Any]:
+    """``step`` whose context also sends the epochs of whatever trains inside it to
+    ``on_epoch``, under the step's name (the pruning fine-tune included)."""
+    @contextlib.contextmanager
+    def stage(name: str) -> Iterator[Any]:
+        hook = (lambda report: on_epoch(name, report)) if on_epoch else None
+        with step(name) as s, reporting_epochs(hook):
+            yield s
+    return stage
 
 
 class _Objectives:
@@ -132,12 +205,25 @@ class _Objectives:
 
 def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                  teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
-                 cache_dir: Path, step: Callable[[str], Any]) -> Trained:
+                 cache_dir: Path, step: Callable[[str], Any],
+                 on_epoch: EpochCallback | None = None) -> Trained:
     """Teacher -> student from scratch (the baseline) -> distilled -> pruned + fine-tuned.
 
     ``teacher_key`` identifies the teacher (its factory and weights, or what trains it);
-    ``step(name)`` is the caller's progress context (a dict whose ``detail`` it fills).
+    ``step(name)`` is the caller's progress context (a dict whose ``detail`` it fills);
+    ``on_epoch(stage, report)`` hears every epoch of every stage that trains. Training runs
+    with ``config.train.threads`` threads (0 = automatic); the previous count is restored.
     """
+    with training_threads(config.train.threads) as threads:
+        return _run_training(teacher=teacher, student=student, teacher_trains=teacher_trains,
+                             teacher_key=teacher_key, data=data, config=config, cache=cache,
+                             cache_dir=cache_dir, step=_reporting(step, on_epoch),
+                             threads=threads)
+
+
+def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
+                  teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
+                  cache_dir: Path, step: Callable[[str], Any], threads: int) -> Trained:
     if data.num_classes is None or data.train.y is None or len(data.train) == 0:
         raise UsageError("distillation needs labeled training samples of a classifier: set "
                          "data.train to a labeled source")
@@ -147,7 +233,7 @@ def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
     split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
                                         num_classes=data.num_classes, seed=config.seed)
     run = _Run(data, config, cache, step, digest("data", data.fingerprint(), config.seed),
-               split, soft_labels)
+               split, soft_labels, threads)
     teacher_model, t_key = _teacher_stage(run, teacher, teacher_trains, teacher_key)
     scratch = _scratch_stage(run, student) if config.baseline else None
     pairs = _pairs(d, student(), teacher_model, torch.from_numpy(data.train.x[:1]))
@@ -162,10 +248,7 @@ def _teacher_stage(run: _Run, make: Factory, trains: bool, teacher_key: str
     with run.step("teacher") as s:
         key = digest("teacher", teacher_key, run.base, asdict(run.config.teacher))
         model, info = _teacher(make, trains, run.data, run.config, run.cache, key)
-        run.stages.append(stage_entry("teacher", model, accuracy(model, run.data.test),
-                                      **info))
-        s["detail"] = (f"{run.stages[-1]['accuracy']:.2%}"
-                       + (" (cached)" if info["cached"] else ""))
+        s["detail"] = _detail(run.entry("teacher", model, **info))
     return model, key
 
 
@@ -178,7 +261,7 @@ def _scratch_stage(run: _Run, student: Factory) -> nn.Module:
         scratch = student()
         hit = run.cache.load("student_scratch", key, scratch) is not None
         if not hit:
-            train(scratch, run.split, Schedule(st.epochs, st.lr, st.batch_size), seed=seed,
+            train(scratch, run.split, _schedule(st, _images(run.data)), seed=seed,
                   objective=SoftTargets(run.soft_labels) if d.views else None)
             run.cache.save("student_scratch", key, scratch, {})
         run.record("student_scratch", scratch.eval(), hit, s)
@@ -195,12 +278,13 @@ def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objec
         hit = run.cache.load("student_distilled", key, distilled) is not None
         if not hit:
             kd = objectives(distilled)
-            train(distilled, run.split, Schedule(d.epochs, d.lr, d.batch_size),
+            train(distilled, run.split, _schedule(d, _images(run.data)),
                   seed=run.config.seed, objective=kd)
             kd.close()
             run.cache.save("student_distilled", key, distilled, {})
-        note = ({"note": "logits only: automatic layer pairs need nn.Sequential CNNs; name "
-                         "them in distill.pairs for feature and attention terms"}
+        note = ({"note": "logits only: no automatic layer pairs (the models share no 1-D or "
+                         "2-D feature-map resolution, the build log says why); name them in "
+                         "distill.pairs for feature and attention terms"}
                 if not pairs and (d.feature_weight or d.attention_weight) else {})
         run.record("student_distilled", distilled.eval(), hit, s, temperature=d.temperature,
                    alpha=d.alpha, feature_weight=d.feature_weight,
@@ -213,14 +297,23 @@ def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Obj
                   ) -> tuple[nn.Module, str]:
     p = run.config.prune
     with run.step("student_pruned") as s:
-        key = digest("pruned", kd_key, asdict(p), run.config.seed)
+        key = digest("pruned", pruning.VERSION, kd_key, asdict(p), run.config.seed)
         pruned, info, hit = _pruned(distilled, p, run.data.train, objectives, key, run.cache,
                                     seed=run.config.seed + 1,
                                     batch_size=run.config.distill.batch_size,
                                     example=torch.from_numpy(run.data.test.x[:1]))
+        short = pruning.shortfall(info)  # measured in the weights, compared with the setting
+        if short:
+            log.warning("%s", short)
+            info["sparsity_warning"] = short
         run.record("student_pruned", pruned, hit, s, **info)
-        s["detail"] = (f"{run.stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, "
-                       f"{info['weight_sparsity']:.0%} weight sparsity"
+        if p.method == "structured":
+            amount = (f"{1 - run.stages[-1]['params'] / max(info['params_before'], 1):.1%} "
+                      "of parameters removed")
+        else:  # both figures counted in the final weights, not taken from prune.sparsity
+            amount = (f"{info['weight_sparsity']:.1%} of conv/linear weights zero, "
+                      f"{info['param_sparsity']:.1%} of all parameters")
+        s["detail"] = (f"{run.stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, {amount}"
                        + (" (cached)" if hit else ""))
     return pruned, key
 
@@ -234,8 +327,8 @@ def _pruned(distilled: nn.Module, p: Any, train_split: Split,
     shell = (prune_channels(distilled, example, p.sparsity) if p.method == "structured"
              else copy.deepcopy(distilled))
     meta = cache.load("student_pruned", key, shell)
-    if meta is not None:
-        return shell.eval(), meta, True
+    if meta is not None:  # the figures are counted again in the weights just loaded
+        return shell.eval(), {**meta, **pruning.measure(distilled, shell)}, True
     pruned, info = pruning.prune_model(distilled, p, train_split, objective_for=objective_for,
                                        example=example, seed=seed, batch_size=batch_size)
     cache.save("student_pruned", key, pruned, info)

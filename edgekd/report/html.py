@@ -138,6 +138,25 @@ def _artifacts(r: dict[str, Any]) -> str:
     return _table("Artifacts", head, rows)
 
 
+def _outputs(r: dict[str, Any]) -> str:
+    """Every output of every artifact (several outputs, or a stream check)."""
+    arts = dicts(r.get("artifacts"))
+    if len(dicts(r.get("outputs"))) < 2 and not any(a.get("stream") for a in arts):
+        return ""
+    rows = []
+    for a in arts:
+        stream: dict[str, Any] = a["stream"] if isinstance(a.get("stream"), dict) else {}
+        for on, checks in (("test split", a.get("outputs")),
+                           ("stream, last chunk", stream.get("last"))):
+            rows += [("", [_e(a.get("path")), on, _e(o.get("name")),
+                           fmt.error(o.get("max_abs_error")), fmt.percent(o.get("rel_error")),
+                           fmt.cosine(o.get("cosine_min")), fmt.percent(o.get("top1_agreement")),
+                           fmt.percent(o.get("decision_agreement"))]) for o in dicts(checks)]
+    head = ["file", "on", "output", "max abs Δ", "error / range", "min cosine", "top-1",
+            "decisions"]
+    return _table("Every output", head, rows)
+
+
 def _quantization(r: dict[str, Any]) -> str:
     by_runtime = as_dict(as_dict(r.get("quantization")).get("by_runtime"))
     rows = [("", [_e(rt), _e(w.get("tool")), _e(w.get("when")),
@@ -145,6 +164,30 @@ def _quantization(r: dict[str, Any]) -> str:
             for rt, w in by_runtime.items() if isinstance(w, dict)]
     return _table("Who made each runtime's INT8 model", ["runtime", "tool", "when",
                   "quant.* settings it ignores"], rows)
+
+
+def _pruning(r: dict[str, Any]) -> str:
+    """The pruned student's layers, counted in its final weights, and what stayed dense."""
+    stage = next((s for s in dicts(r.get("stages")) if s.get("name") == "student_pruned"), {})
+    rows = [("", [_e(x.get("layer")), _e(x.get("type")) + ("" if x.get("pruned", True)
+                                                           else " (not pruned)"),
+                  f"{fmt.shape(x.get('before'))} → {fmt.shape(x.get('after'))}",
+                  fmt.count(x.get("params")), fmt.count(x.get("zeros")),
+                  fmt.fine_share(x.get("zero_fraction"))])
+            for x in dicts(stage.get("layers"))]
+    caption = (f"{_e(stage.get('method'))} {_e(stage.get('schedule'))}, target "
+               f"{fmt.share(stage.get('target_sparsity'))}; measured in the final weights: "
+               f"{fmt.fine_share(stage.get('weight_sparsity'))} of the pruned layers' weights "
+               f"zero, {fmt.fine_share(stage.get('param_sparsity'))} of all parameters")
+    if stage.get("sparsity_warning"):
+        caption += f"<br>⚠ {_e(stage['sparsity_warning'])}"
+    dense = (stage.get("kept_whole") if stage.get("method") == "structured"
+             else stage.get("skipped"))
+    left = [("", [_e(x.get("layer")), _e(x.get("type")), fmt.count(x.get("params")),
+                  _e(x.get("reason"))]) for x in dicts(dense)]
+    return (_table("Pruning: layers", ["layer", "type", "weight shape before → after",
+                                       "weights", "zero", "zero %"], rows, caption)
+            + _table("Pruning: layers left whole", ["layer", "type", "params", "why"], left))
 
 
 def _payoff(r: dict[str, Any]) -> str:
@@ -173,17 +216,32 @@ def _placement(r: dict[str, Any]) -> str:
 
 
 def _robustness(r: dict[str, Any]) -> str:
+    from edgekd.report.markdown import ROBUSTNESS_METRICS
+
     rob = as_dict(r.get("robustness"))
+    if "skipped" in rob:
+        return f"<h2>Robustness under input corruptions</h2><p>Not measured: " \
+               f"{_e(rob.get('skipped'))}.</p>"
+    metric = str(rob.get("metric") or "accuracy")
+    title, cell = ROBUSTNESS_METRICS.get(metric, (metric, fmt.number))
     models = [str(m) for m in rob.get("models") or []] if isinstance(rob.get("models"), list) \
         else []
-    rows = [("", [_e(c.get("name"))] + [fmt.percent(as_dict(c.get("accuracy")).get(m))
-                                         for m in models]
-             + [fmt.points(c.get("distilled_minus_scratch_points"))])
-            for c in dicts(rob.get("conditions"))]
+    conds = dicts(rob.get("conditions"))
+    gap = any("distilled_minus_scratch_points" in c for c in conds)
+    rows = [("", [_e(c.get("name")),
+                  _e(f"{c['input']} ({c.get('kind')})" if c.get("input") else "all clean")]
+             + [cell(as_dict(c.get(metric)).get(m)) for m in models]
+             + ([fmt.points(c.get("distilled_minus_scratch_points"))] if gap else []))
+            for c in conds]
     finding = as_dict(rob.get("summary")).get("finding")
-    return _table("Robustness: accuracy under input corruptions",
-                  ["condition", *map(_e, models), "distilled − scratch (points)"], rows,
-                  f"{_e(rob.get('pixel_units'))}. {_e(finding) if finding else ''}")
+    reasons = rob.get("not_corrupted")
+    skipped = "".join(f" Not corrupted: {_e(why)}."
+                      for why in (reasons if isinstance(reasons, list) else []))
+    units = rob.get("units") or rob.get("pixel_units")
+    return _table(f"Robustness: {_e(title)} under input corruptions",
+                  ["condition", "input", *map(_e, models)]
+                  + (["distilled − scratch (points)"] if gap else []), rows,
+                  f"{_e(units)}.{skipped} {_e(finding) if finding else ''}")
 
 
 def _nulls(r: dict[str, Any]) -> str:
@@ -200,7 +258,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         plots = (f'<figure class="plot" id="plot-accuracy-size">{accuracy_size_svg(r)}'
                  f'</figure><figure class="plot" id="plot-latency">{latency_svg(r)}</figure>')
     body = (_header(r) + _flags(r) + _budget(r) + plots + _stages(r) + _artifacts(r)
-            + _quantization(r) + _robustness(r) + _payoff(r) + _placement(r) + _nulls(r))
+            + _outputs(r) + _quantization(r) + _robustness(r) + _payoff(r) + _pruning(r)
+            + _placement(r) + _nulls(r))
     title = f"edgekd build: {_e(r.get('target', 'unknown target'))}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{title}</title><style>{_CSS}</style></head>\n"

@@ -50,6 +50,12 @@ def _models(report: dict[str, Any]) -> Lines:
         lines.append(f"- Distillation: {fmt.percent(summary['distilled_accuracy'])} vs "
                      f"{fmt.percent(summary['scratch_accuracy'])} from scratch "
                      f"(**{fmt.points(summary['distillation_gain_points'])} points**).")
+    lines += [f"- ⚠️ {md(s['warning'])}" for s in report["stages"] if s.get("warning")]
+    ins = report.get("inputs", [])
+    if len(ins) > 1 or any(i["role"] != "data" or i["dtype"] != "float32" for i in ins):
+        lines += ["", "| input | shape | dtype | role | fed as |", "|---|---|---|---|---|"]
+        lines += [f"| {md_code(i['name'])} | {md_code(i['shape'])} | {md(i['dtype'])} | "
+                  f"{md(i['role'])} | {md(i.get('preprocessing', ''))} |" for i in ins]
     return lines
 
 
@@ -71,6 +77,32 @@ def _artifacts(report: dict[str, Any]) -> Lines:
               f"{fmt.percent(a['top1_agreement'])} | {fmt.cosine(a.get('cosine_min'))} | "
               f"{fmt.error(a.get('max_rel_error'))} | {fmt.error(a.get('max_abs_diff'))} |"
               for a in report["artifacts"]]
+    return [*lines, "", *_outputs(report)]
+
+
+def _outputs(report: dict[str, Any]) -> Lines:
+    """Every output of every artifact on its own (what the build's verification gates), and
+    the stream check of a stateful model."""
+    rows = [(a["path"], "test split", o) for a in report["artifacts"] for o in a.get("outputs", [])]
+    rows += [(a["path"], f"stream of {a['stream']['chunks']}, last chunk", o)
+             for a in report["artifacts"] if a.get("stream") for o in a["stream"]["last"]]
+    if not rows or (len(report.get("outputs", [])) < 2 and not any(
+            a.get("stream") for a in report["artifacts"])):
+        return []
+    lines = [
+        "### Every output", "",
+        "Each output against the same output of the model: the largest error over that "
+        "output's range on the test set, its 99th percentile, the worst cosine (outputs of 8 "
+        "or more elements), top-1 agreement (classifier outputs) and decision agreement "
+        "(outputs with a threshold).", "",
+        "| file | on | output | max abs Δ | err / range | p99 | min cosine | top-1 | decisions |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {md_code(path)} | {md(on)} | {md_code(o['name'])} | "
+              f"{fmt.error(o.get('max_abs_error'))} | {fmt.percent(o.get('rel_error'))} | "
+              f"{fmt.percent(o.get('rel_error_p99'))} | {fmt.cosine(o.get('cosine_min'))} | "
+              f"{fmt.percent(o.get('top1_agreement'))} | "
+              f"{fmt.percent(o.get('decision_agreement'))} |" for path, on, o in rows]
     return [*lines, ""]
 
 
@@ -100,27 +132,48 @@ def _quantization(report: dict[str, Any]) -> Lines:
     return [*lines, ""]
 
 
+# How each robustness figure reads: (title, cell format, gap column applies)
+ROBUSTNESS_METRICS = {
+    "accuracy": ("test accuracy", fmt.percent),
+    "agreement": ("top-1 agreement with each model's own clean predictions", fmt.percent),
+    "rmse": ("RMSE against the labels", fmt.error),
+    "relative_deviation": ("deviation from each model's own clean outputs, relative to their "
+                           "norm", fmt.error),
+}
+
+
 def _robustness(report: dict[str, Any]) -> Lines:
-    """Accuracy per corruption and model, the distilled-minus-scratch gap, and the finding."""
+    """A figure per corruption and model, the distilled-minus-scratch gap, and the finding;
+    or why robustness was not measured."""
     rob = report.get("robustness")
     if not rob:
         return []
+    if "skipped" in rob:
+        return ["", "## Robustness under input corruptions", "",
+                f"Not measured: {md(rob['skipped'])}."]
+    metric = rob.get("metric", "accuracy")
+    title, cell = ROBUSTNESS_METRICS.get(metric, (metric, fmt.number))
     models = rob["models"]
     gap = any("distilled_minus_scratch_points" in c for c in rob["conditions"])
-    lines = ["", "## Robustness: test accuracy under input corruptions", "",
-             "| condition | " + " | ".join(md_code(m) if "." in m else md(m) for m in models)
+    several = len({c.get("input") for c in rob["conditions"]} - {None}) > 1
+    lines = ["", f"## Robustness: {md(title)} under input corruptions", "",
+             "| condition | " + ("input | " if several else "")
+             + " | ".join(md_code(m) if "." in m else md(m) for m in models)
              + (" | distilled − scratch |" if gap else " |"),
-             "|---|" + "---:|" * (len(models) + gap)]
+             "|---|" + ("---|" if several else "") + "---:|" * (len(models) + gap)]
     for c in rob["conditions"]:
-        cells = [fmt.percent(c["accuracy"][m]) for m in models]
+        cells = [cell(c[metric].get(m)) for m in models]
         if gap:
             cells.append(fmt.points(c.get("distilled_minus_scratch_points")))
-        lines.append(f"| {md(c['name'])} | " + " | ".join(cells) + " |")
-    lines += ["", f"Corruptions on {md(rob['pixel_units'])}; noise sigma in raw pixel units; "
-              f"seed {md(rob['seed'])}, {md(rob['samples'])} test samples, the same corrupted "
-              "inputs "
-              "for every model; `.onnx`/`.xml`/`.tflite` columns are the shipped INT8 artifacts "
-              "(the pruned student), run in their runtime."]
+        where = [md(f"{c['input']} ({c['kind']})" if c.get("input") else "all clean")] \
+            if several else []
+        lines.append(f"| {md(c['name'])} | " + " | ".join(where + cells) + " |")
+    units = rob.get("units") or rob.get("pixel_units", "")
+    lines += ["", f"Corruptions in {md(units)}; seed {md(rob['seed'])}, {md(rob['samples'])} "
+              "test samples, the same corrupted inputs for every model; `.onnx`/`.xml`/"
+              "`.tflite` columns are the shipped INT8 artifacts (the pruned student), run in "
+              "their runtime."]
+    lines += [f"Not corrupted: {md(why)}." for why in rob.get("not_corrupted", [])]
     if "summary" in rob:
         lines += ["", f"**{md(rob['summary']['finding'])}**"]
     return lines
@@ -177,11 +230,16 @@ def _pruning(report: dict[str, Any]) -> Lines:
     unit = "channels" if stage["method"] == "structured" else "weights"
     lines = [f"## Pruning: {md(stage['method'])}, {md(stage['schedule'])}, target "
              f"{fmt.share(stage['target_sparsity'])} of {unit}", "",
-             "| layer | type | weight shape before → after | zero |", "|---|---|---|---:|"]
-    lines += [f"| {md_code(r['layer'])} | {md(r['type'])} | {fmt.shape(r['before'])} → "
-              f"{fmt.shape(r['after'])} | {fmt.fine_share(r['zero_fraction'])} |"
+             *_measured_sparsity(stage),
+             "| layer | type | weight shape before → after | weights | zero | zero % |",
+             "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {md_code(r['layer'])} | {md(r['type'])}"
+              f"{'' if r.get('pruned', True) else ' (not pruned)'} | "
+              f"{fmt.shape(r['before'])} → {fmt.shape(r['after'])} | "
+              f"{fmt.count(r.get('params'))} | {fmt.count(r.get('zeros'))} | "
+              f"{fmt.fine_share(r['zero_fraction'])} |"
               for r in stage["layers"]]
-    lines += ["", *_dense_vs_pruned(report)]
+    lines += ["", *_left_dense(stage), *_dense_vs_pruned(report)]
     if stage["method"] == "unstructured":
         lines.append("\n**Unstructured sparsity gives no speed-up on ONNX Runtime, OpenVINO or "
                      "LiteRT**: the zeroed weights keep their dense shapes and run through the "
@@ -192,6 +250,42 @@ def _pruning(report: dict[str, Any]) -> Lines:
     else:
         lines.append(f"\nChannels were removed: {fmt.count(stage['macs_before'])} → "
                      f"{fmt.count(stage['macs_after'])} multiply-adds per sample.")
+    return [*lines, ""]
+
+
+def _measured_sparsity(stage: dict[str, Any]) -> Lines:
+    """The totals, counted in the pruned student's weights (not the setting)."""
+    if "param_sparsity" not in stage:
+        return []
+    lines = [f"Measured in the final weights: {fmt.fine_share(stage.get('weight_sparsity'))} "
+             f"of the pruned layers' weights are zero ({fmt.count(stage.get('zero_weights'))} "
+             f"of {fmt.count(stage.get('pruned_weights'))}), "
+             f"{fmt.fine_share(stage['param_sparsity'])} of all parameters "
+             f"({fmt.count(stage.get('params'))}; {fmt.count(stage.get('params_before'))} "
+             "before pruning).", ""]
+    if stage.get("sparsity_warning"):
+        lines += [f"⚠️ {md(stage['sparsity_warning'])}", ""]
+    return lines
+
+
+def _left_dense(stage: dict[str, Any]) -> Lines:
+    """The layers pruning did not touch, grouped by kind and reason."""
+    rows = (stage.get("kept_whole") if stage.get("method") == "structured"
+            else stage.get("skipped")) or []
+    if not rows:
+        return []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["type"], r["reason"]), []).append(r)
+    head = ("Layers that kept every channel:" if stage.get("method") == "structured"
+            else "Layers left dense:")
+    lines = [head, ""]
+    for (kind, reason), members in groups.items():
+        names = ", ".join(md_code(r["layer"] or "(model)") for r in members[:6])
+        more = f" and {len(members) - 6} more" if len(members) > 6 else ""
+        params = sum(r.get("params", 0) for r in members)
+        size = f", {fmt.count(params)} params" if params else ""
+        lines.append(f"- {len(members)} × {md(kind)} ({names}{more}{size}): {md(reason)}")
     return [*lines, ""]
 
 

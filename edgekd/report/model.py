@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import edgekd
@@ -23,13 +24,13 @@ from edgekd.report.nulls import NullNote, with_nulls, write_json
 from edgekd.settings.budgets import Budget
 
 if TYPE_CHECKING:
-    from edgekd.inputs.dataset import Dataset
+    from edgekd.inputs.dataset import Dataset, OutputSpec
     from edgekd.settings.config import BuildConfig
     from edgekd.settings.targets import Target
 
 # Major: a reader of 1.x can read every 1.y report. A new optional field is a minor bump; a
 # removed, renamed or retyped field is a major one (and edgekd check refuses the other major).
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: inputs, outputs; per-output verification; stream
 
 __all__ = ["SCHEMA_VERSION", "Artifact", "BudgetCheck", "Input", "Latency", "Memory", "NullNote",
            "PayoffRow", "Quantization", "Reference", "RemoteMeasurement", "Report",
@@ -146,8 +147,13 @@ class Verification(TypedDict):
     cosine_mean: float | None
 
 
-class Artifact(Reference, Verification):
-    """A shipped file: described, verified in its runtime, benchmarked."""
+class _PerOutput(TypedDict, total=False):
+    outputs: list[dict[str, Any]]  # measure.verify.OutputCheck per output (1.1)
+    stream: dict[str, Any]  # measure.verify.StreamCheck: stateful models (1.1)
+
+
+class Artifact(Reference, Verification, _PerOutput):
+    """A shipped file: described, verified in its runtime (every output), benchmarked."""
 
 
 class PayoffRow(TypedDict):
@@ -222,7 +228,7 @@ class _Report(TypedDict):
     edgekd_version: str
     target: str
     target_description: str
-    input: Input
+    input: Input  # the first input (with the first output inside): the 1.0 form
     dataset: dict[str, Any]  # Dataset.summary(): open (sources, validation split ...)
     stages: list[Stage]
     summary: Summary
@@ -240,6 +246,8 @@ class Report(_Report, total=False):
     then ``references``, ``payoff``, ``quantization``, ``robustness``, ``flags``, ``budget``,
     ``nulls``."""
 
+    inputs: list[dict[str, Any]]  # every input, model order (InputSpec.to_dict); 1.1
+    outputs: list[dict[str, Any]]  # every output, model order; 1.1
     references: list[Reference]
     payoff: list[PayoffRow]
     quantization: Quantization
@@ -265,25 +273,57 @@ def _summary(stages: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _io(data: Dataset, output_shapes: list[list[int]], outputs: Sequence[OutputSpec]
+        ) -> dict[str, Any]:
+    """``inputs`` and ``outputs``: every one, in the model's order, as a third party feeds
+    and reads them (name, shape with batch 1, dtype, role; preprocessing; verification)."""
+    ins = []
+    one: dict[str, Any]
+    for spec in data.input_specs:
+        one = spec.to_dict()
+        one["shape"] = ([1, *spec.shape] if spec.role == "data" else
+                        list(spec.constant(1).shape))
+        if not data.inputs:  # the one float input: the data set's preprocessing
+            one["preprocessing"] = data.preprocessing.raw
+        ins.append(one)
+    outs = []
+    for out, shape in zip(outputs, output_shapes, strict=False):
+        one = {"name": out.name, "shape": shape, "dtype": "float32",
+               "classifier": out.classifier}
+        if out.threshold is not None:
+            one["threshold"] = out.threshold
+        if out.state:
+            one["state_for"] = out.state
+        outs.append(one)
+    return {"inputs": ins, "outputs": outs}
+
+
 def _head(target: Target, data: Dataset, stages: list[dict[str, Any]],
-          artifacts: list[dict[str, Any]], output_shape: list[int] | None) -> dict[str, Any]:
-    """From ``schema_version`` to ``artifacts``: what was built from what."""
+          artifacts: list[dict[str, Any]], output_shapes: list[list[int]],
+          outputs: Sequence[OutputSpec]) -> dict[str, Any]:
+    """From ``schema_version`` to ``artifacts``: what was built from what. ``input`` (the
+    first input, with the first output inside) is the 1.0 form; ``inputs`` / ``outputs``
+    list every one."""
     prep = data.preprocessing
+    first = data.input_specs[0]
+    output_shape = output_shapes[0] if output_shapes else None
     return {
         "schema_version": SCHEMA_VERSION,
         "edgekd_version": edgekd.__version__,
         "target": target.name,
         "target_description": target.description,
         "input": {
-            "name": "input", "shape": list(data.input_shape), "dtype": "float32",
+            "name": first.name, "shape": [1, *first.shape], "dtype": first.dtype,
             "layout": prep.layout,
             "preprocessing": {
                 "raw": prep.raw, "scale": prep.scale, "mean": prep.mean, "std": prep.std,
                 "formula": "x = (raw * scale - mean) / std",
             },
-            "output": {"name": "logits" if data.num_classes else "output",
+            "output": {"name": outputs[0].name if outputs else
+                       "logits" if data.num_classes else "output",
                        "shape": output_shape or [1, data.num_classes], "dtype": "float32"},
         },
+        **_io(data, output_shapes, outputs),
         "dataset": data.summary(),
         "stages": stages,
         "summary": _summary(stages),
@@ -317,7 +357,8 @@ def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
              model: dict[str, Any], stages: list[dict[str, Any]],
              artifacts: list[dict[str, Any]], references: list[dict[str, Any]],
              quantization: dict[str, Any] | None, robustness: dict[str, Any] | None,
-             threads: int, output_shape: list[int], build_seconds: float,
+             threads: int, output_shapes: list[list[int]],
+             outputs: Sequence[OutputSpec] = (), build_seconds: float,
              budget: dict[str, Any] | None) -> Report:
     """The whole report of a build, in the order it is written.
 
@@ -327,7 +368,7 @@ def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
     Non-finite numbers become ``null``, each listed in ``nulls`` with the reason, so the
     returned report is exactly what ``report.json`` holds.
     """
-    report = _head(target, data, stages, artifacts, output_shape)
+    report = _head(target, data, stages, artifacts, output_shapes, outputs)
     report |= _how(target, config, threads, build_seconds)
     report["task"] = task
     report["model"] = model

@@ -19,18 +19,68 @@ def _check(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# The same names as edgekd.train.loop.OPTIMIZERS (settings may not import torch).
+OPTIMIZERS = ("adamw", "sgd")
+Optimizer = Annotated[str, OneOf(OPTIMIZERS, "optimizer")]
+
+
+def _check_recipe(c: TrainConfig | DistillConfig) -> None:
+    """The training-recipe fields TrainConfig and DistillConfig share."""
+    _check(c.optimizer in OPTIMIZERS,
+           f"unknown optimizer {c.optimizer!r}; allowed: {', '.join(OPTIMIZERS)}")
+    _check(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
+    _check(0.0 <= c.warmup < 1.0,
+           f"warmup must be in [0, 1) (a fraction of the steps), got {c.warmup}")
+    _check(0.0 <= c.shift < 0.5,
+           f"shift must be in [0, 0.5) (a fraction of the image size), got {c.shift}")
+    _check(isinstance(c.flip, bool), f"flip must be true or false, got {c.flip!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Supervised training (teacher, and the student trained from scratch)."""
+    """Supervised training (teacher, and the student trained from scratch).
+
+    The recipe (see :mod:`edgekd.train.loop`; measured with benchmarks/rgb_recipe.py):
+    ``optimizer`` adamw (or sgd, Nesterov momentum 0.9) with decoupled ``weight_decay`` on
+    conv/linear weights only (never biases or BatchNorm), a linear ``warmup`` over that
+    fraction of the steps then cosine decay, ``label_smoothing`` of the hard labels, and for
+    image data random shifts of up to ``shift`` of the image size (rounded down to whole
+    pixels) and, with ``flip``,
+    horizontal flips (off: a mirrored digit or arrow is another class)."""
 
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 64
+    optimizer: Optimizer = "adamw"
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    label_smoothing: float = 0.1
+    # Up to 10 % of the size, rounded down: 3 px on 32x32, none on 8x8 digits, where a
+    # 1-pixel shift cost student_tiny 5 points (AdamW, warm-up and smoothing alone: +0.8).
+    shift: float = 0.1
+    flip: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(0.0 <= self.label_smoothing < 1.0,
+               f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check_recipe(self)
+
+
+@dataclass(frozen=True)
+class TrainRunConfig:
+    """``[train]``: how training uses this machine. ``threads``: PyTorch's intra-op threads
+    while the stages train; 0 = automatic, half the cores this process may use (affinity and
+    cgroup quota), at least one: see :func:`edgekd.train.loop.auto_threads` for the
+    measurement behind it."""
+
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.threads >= 0, f"train.threads must be >= 0 (0 = automatic), got "
+                                  f"{self.threads}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +108,14 @@ class DistillConfig:
     pairs: tuple[tuple[str, ...], ...] = ()
     views: int = 0
     mixup: float = 1.0
+    # The training recipe, as in TrainConfig (no label smoothing: the soft targets are the
+    # teacher's). The shifts move the student's input away from the one the teacher's
+    # cached outputs are for; small shifts keep the class and still help (rgb_recipe.py).
+    optimizer: Optimizer = "adamw"
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    shift: float = 0.1
+    flip: bool = False
 
     def __post_init__(self) -> None:
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
@@ -75,6 +133,7 @@ class DistillConfig:
         object.__setattr__(self, "pairs", pairs)
         _check(self.views >= 0, f"views must be >= 0, got {self.views}")
         _check(self.mixup >= 0, f"mixup must be >= 0 (0 = shifts only), got {self.mixup}")
+        _check_recipe(self)
 
 
 # Names of edgekd.train.models.STUDENTS (kept here so that importing the config needs no torch).
@@ -140,7 +199,12 @@ class QuantConfig:
     ``auto`` is ``uint8`` on CPUs and symmetric ``int8`` for TensorRT. ``equalize``: cross-
     layer equalisation of conv/linear pairs before export. ``max_accuracy_drop`` (points on
     the validation split, ``None`` = unchecked): layers are kept in float until INT8 is
-    within it. Defaults measured with benchmarks/calibration.py.
+    within it. ``reduce_range`` (None = auto: on with ``uint8`` activations) quantizes weights
+    to 7 bits: ONNX Runtime's u8 x s8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) add
+    pairs of products in saturating 16-bit lanes, and full-range weights overflow them. A
+    recurrent cell's INT8 output was off by 41 % of its range on such a CPU and by 3 % with
+    7-bit weights (tests/test_model_io.py); on VNNI and ARM it costs almost nothing.
+    Defaults measured with benchmarks/calibration.py.
     """
 
     calibration_samples: int = 200
@@ -151,6 +215,7 @@ class QuantConfig:
     weight_type: str = "int8"
     equalize: bool = False
     max_accuracy_drop: float | None = 1.0
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         _check(self.calibration_samples >= 1,
@@ -196,22 +261,38 @@ class BenchConfig:
                f"got {self.seconds}")
 
 
-# Corruptions edgekd.measure.robustness knows, each at one fixed severity (described there).
+# Image corruptions edgekd.measure.corrupt knows, each at one fixed severity (described there).
 CORRUPTIONS = ("dropout", "salt_pepper", "shift", "contrast", "blur")
 Corruption = Annotated[str, OneOf(CORRUPTIONS, "corruption")]
 
 
 @dataclass(frozen=True)
 class RobustnessConfig:
-    """Test accuracy under input corruptions, applied to raw pixels before preprocessing.
+    """Test figures under input corruptions, each applied in *raw* units (the preprocessing
+    undone, the input corrupted, the preprocessing redone), per input kind
+    (:mod:`edgekd.measure.corrupt`). The clean test split is always measured as the baseline;
+    an empty list turns that corruption off.
 
-    ``noise_sigmas``: standard deviations of additive Gaussian noise in *raw pixel units*
-    (digits: 0..16; the result is clipped back to 0..16). ``corruptions``: names from
-    :data:`CORRUPTIONS`. The clean test split is always measured as the baseline.
+    Images: ``noise_sigmas``: standard deviations of additive Gaussian noise in *raw pixel
+    units*, clipped back to the pixel range; ``None`` (the default) is 1/8, 1/4 and 1/2 of the
+    range the test images span (digits 0..16: 2, 4, 8; 8-bit images: ~32, 64, 128).
+    ``corruptions``: names from :data:`CORRUPTIONS`. Signals (``[N, T]`` or ``[N, C, T]``):
+    ``signal_snr_db``: additive Gaussian noise at this signal-to-noise ratio (dB, against each
+    sample's RMS about its mean, per channel); ``signal_gains``: the signal multiplied by each;
+    ``signal_shifts``: delayed by this fraction of its length, zero-padded (nothing wraps).
+    Token ids: ``token_dropout``: this fraction of the tokens replaced by ``token_pad_id``;
+    ``token_replace``: this fraction replaced by random ids in the range the test data uses
+    (tokens already equal to ``token_pad_id`` are left alone by both).
     """
 
-    noise_sigmas: tuple[float, ...] = (2.0, 4.0, 8.0)
+    noise_sigmas: tuple[float, ...] | None = None
     corruptions: tuple[Corruption, ...] = ("dropout", "shift")
+    signal_snr_db: tuple[float, ...] = (20.0, 10.0)
+    signal_gains: tuple[float, ...] = (0.5, 2.0)
+    signal_shifts: tuple[float, ...] = (0.1,)
+    token_dropout: tuple[float, ...] = (0.1,)
+    token_replace: tuple[float, ...] = (0.1,)
+    token_pad_id: int = 0
 
     def __post_init__(self) -> None:
         _check(not isinstance(self.noise_sigmas, str | int | float),
@@ -220,17 +301,32 @@ class RobustnessConfig:
                f"corruptions must be a list of names, got {self.corruptions!r}; "
                f"allowed: {', '.join(CORRUPTIONS)}")
         # JSON gives lists; keep tuples so the config stays hashable and compares equal.
-        object.__setattr__(self, "noise_sigmas", tuple(float(s) for s in self.noise_sigmas))
+        if self.noise_sigmas is not None:
+            object.__setattr__(self, "noise_sigmas", tuple(float(s) for s in self.noise_sigmas))
         object.__setattr__(self, "corruptions", tuple(self.corruptions))
-        for s in self.noise_sigmas:
+        for s in self.noise_sigmas or ():
             _check(math.isfinite(s) and s >= 0,
                    f"noise_sigmas must be finite and >= 0 (raw pixel units), got {s}")
         for c in self.corruptions:
             _check(c in CORRUPTIONS, f"unknown corruption {c!r}; allowed: {', '.join(CORRUPTIONS)}")
-        _check(len(set(self.noise_sigmas)) == len(self.noise_sigmas),
-               f"noise_sigmas has duplicates: {self.noise_sigmas}")
-        _check(len(set(self.corruptions)) == len(self.corruptions),
-               f"corruptions has duplicates: {self.corruptions}")
+        bounds = {"signal_snr_db": (-math.inf, math.inf, "finite (dB)"),
+                  "signal_gains": (0.0, math.inf, "finite and >= 0"),
+                  "signal_shifts": (0.0, 1.0, "in [0, 1] (a fraction of the length)"),
+                  "token_dropout": (0.0, 1.0, "in [0, 1] (a fraction of the tokens)"),
+                  "token_replace": (0.0, 1.0, "in [0, 1] (a fraction of the tokens)")}
+        for key, (low, high, what) in bounds.items():
+            value = getattr(self, key)
+            _check(not isinstance(value, str | int | float),
+                   f"{key} must be a list of numbers, got {value!r}")
+            object.__setattr__(self, key, tuple(float(v) for v in value))
+            for v in getattr(self, key):
+                _check(math.isfinite(v) and low <= v <= high, f"{key} must be {what}, got {v}")
+        _check(isinstance(self.token_pad_id, int) and not isinstance(self.token_pad_id, bool)
+               and self.token_pad_id >= 0,
+               f"token_pad_id must be an integer >= 0, got {self.token_pad_id!r}")
+        for key in ("noise_sigmas", "corruptions", *bounds):
+            value = getattr(self, key) or ()
+            _check(len(set(value)) == len(value), f"{key} has duplicates: {value}")
 
 
 @dataclass(frozen=True)
@@ -243,11 +339,18 @@ class BuildConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    train: TrainRunConfig = field(default_factory=lambda: TrainRunConfig())
     # Minimum top-1 agreement between an artifact and the PyTorch model it came from.
     min_agreement: float = 0.98
     # Minimum cosine similarity between an artifact's outputs and its PyTorch model's, per
     # sample (the worst sample counts): the check for models that are not classifiers.
     min_cosine: float = 0.99
+    # Largest |artifact - reference| of a non-classifier output, as a fraction of that
+    # output's range over the test split (the worst sample counts). 0.2 fails a probability
+    # off by 0.23; healthy INT8 models measured 0.02-0.13 (see edgekd.measure.verify).
+    max_output_error: float = 0.2
+    # Minimum agreement of decisions (output > threshold) for outputs with a threshold.
+    min_decision_agreement: float = 0.98
     # The built-in student architecture, a name in edgekd.train.models.STUDENTS.
     student_model: StudentModel = "student_cnn"
     # Train the student from scratch too, to measure what distillation bought.
@@ -259,6 +362,11 @@ class BuildConfig:
                f"min_agreement must be in [0, 1], got {self.min_agreement}")
         _check(-1.0 <= self.min_cosine <= 1.0,
                f"min_cosine must be in [-1, 1], got {self.min_cosine}")
+        _check(self.max_output_error > 0.0,  # also refuses NaN
+               f"max_output_error must be > 0 (a fraction of each output's range), "
+               f"got {self.max_output_error}")
+        _check(0.0 <= self.min_decision_agreement <= 1.0,
+               f"min_decision_agreement must be in [0, 1], got {self.min_decision_agreement}")
         _check(isinstance(self.baseline, bool), f"baseline must be true or false, got "
                                                 f"{self.baseline!r}")
         _check(self.student_model in STUDENT_MODELS,

@@ -29,7 +29,7 @@ from edgekd.settings.budgets import Budget, parse_budget
 from edgekd.settings.config import BuildConfig, config_schema, set_items
 from edgekd.settings.resources import read_text_file
 from edgekd.settings.targets import Runtime, target_names
-from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields
+from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields, from_table
 
 PROJECT_FILE = "edgekd.toml"
 TASKS = ("classification", "regression")
@@ -75,7 +75,8 @@ class ModelSpec:
         _check(not (self.teacher and self.task != "classification"),
                "distillation needs a classifier (model.task = \"classification\"); for other "
                "models give a trained student (model.student_weights) without a teacher")
-        _check(not (self.student and not self.teacher and not self.student_weights),
+        _check(not (self.student and not self.teacher and not self.student_weights
+                    and not checkpoint_folder(self.student)),
                "model.student has no weights and no teacher to learn from: set "
                "model.student_weights, or model.teacher to distill it")
 
@@ -83,6 +84,18 @@ class ModelSpec:
     def trains(self) -> bool:
         """Whether the build distills (teacher -> student) or takes a finished model."""
         return self.teacher is not None
+
+    @property
+    def teacher_trains(self) -> bool:
+        """The teacher has no weights (none given, not a checkpoint folder): train it."""
+        return bool(self.teacher and not self.teacher_weights
+                    and not checkpoint_folder(self.teacher))
+
+
+def checkpoint_folder(spec: str) -> bool:
+    """A model named by a folder (a Hugging Face checkpoint: config.json and its weights),
+    not a factory: factories are always ``file.py:function`` or ``module:function``."""
+    return ":" not in spec
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,72 @@ class DataSpec:
                "for a finished model)")
 
 
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+INPUT_KINDS = ("auto", "image", "signal", "tokens", "mask", "values")
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    """``[inputs.<name>]``: what one model input is, when the data alone cannot say.
+
+    A data input (one row per sample, from ``[data]``) needs no table, or only ``dtype``
+    (``"int64"`` keeps token ids integer; float inputs are preprocessed, integer and bool
+    inputs never are) and ``kind`` (image | signal | tokens | mask | values: which
+    robustness corruptions apply). ``value`` is fixed for a deployment (a sample rate): fed
+    as given with every call. ``zeros = true`` is carried state: zeros of ``shape`` at the
+    start of a stream; ``from_output`` names the output fed back as this input in a stream.
+    ``batch_axis``: where a state or value gets the batch axis when several samples run at
+    once (leave it out for a value fed exactly as given; a finished ONNX model's declared
+    shape says it for itself)."""
+
+    value: Any = None
+    zeros: bool = False
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    batch_axis: int | None = None
+    from_output: str | None = None
+    kind: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(not (self.value is not None and self.zeros),
+               "give value (a fixed input) or zeros = true (a state), not both")
+        _check(self.dtype is None or self.dtype in DTYPES,
+               f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _check(self.kind in INPUT_KINDS,
+               f"kind must be one of {', '.join(INPUT_KINDS)}, got {self.kind!r}")
+        _check(self.shape is None or all(v >= 1 for v in self.shape),
+               f"shape must be whole numbers >= 1, got {self.shape!r}")
+        _check(self.from_output is None or self.zeros,
+               "from_output is for a state input: add zeros = true (its value at the start "
+               "of a stream)")
+        _check(self.batch_axis is None or self.batch_axis >= 0,
+               f"batch_axis must be >= 0, got {self.batch_axis}")
+        if self.value is not None:
+            _check(_numeric_value(self.value), "value must be a number, a boolean or a "
+                                               f"list of them, got {self.value!r}")
+
+    @property
+    def role(self) -> str:
+        return "fixed" if self.value is not None else "state" if self.zeros else "data"
+
+
+def _numeric_value(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return bool(value) and all(_numeric_value(v) for v in value)
+    return isinstance(value, int | float | bool)
+
+
+@dataclass(frozen=True)
+class OutputDecl:
+    """``[outputs.<name>]``: how one model output is verified. ``threshold``: decisions are
+    ``output > threshold`` (a detector's probability), and INT8 must keep them
+    (``min_decision_agreement``); ``classifier``: compared by top-1 (default: the first
+    output of a classification model)."""
+
+    threshold: float | None = None
+    classifier: bool | None = None
+
+
 @dataclass(frozen=True)
 class Project:
     """A resolved project: where it lives, what to build from, how, and for which target."""
@@ -151,6 +230,8 @@ class Project:
     runtimes: tuple[Runtime, ...] | None = None  # a subset of the target's runtimes
     budget: Budget | None = None
     budgets: dict[str, Budget] = field(default_factory=dict)  # per target
+    inputs: dict[str, InputDecl] = field(default_factory=dict)  # [inputs.<name>]
+    outputs: dict[str, OutputDecl] = field(default_factory=dict)  # [outputs.<name>]
 
     @property
     def builtin(self) -> bool:
@@ -169,12 +250,23 @@ class Project:
             raw["model"] = asdict(self.model)
         if self.data is not None:
             raw["data"] = asdict(self.data)
+        for key in ("inputs", "outputs"):
+            if getattr(self, key):
+                raw[key] = {n: asdict(d) for n, d in getattr(self, key).items()}
         return json.loads(json.dumps(raw, default=list))
 
 
 # Top-level keys of the file besides the build settings; all but budget are Project fields.
-_PROJECT_KEYS = ("target", "out", "runtimes", "model", "data", "budget")
-_OWN_KEYS = _PROJECT_KEYS[:-1]
+_PROJECT_KEYS = ("target", "out", "runtimes", "model", "data", "budget", "inputs", "outputs")
+_OWN_KEYS = _PROJECT_KEYS[:-3]
+
+
+def _declarations(raw: Any, key: str, cls: type[Any]) -> dict[str, Any]:
+    """``[inputs.<name>]`` / ``[outputs.<name>]`` tables, each checked like a section."""
+    if raw is None:
+        return {}
+    table = convert(raw, dict[str, Any], key)
+    return {name: from_table(cls, value, f"{key}.{name}") for name, value in table.items()}
 
 
 def _budgets(raw: Any, source: str) -> tuple[Budget | None, dict[str, Budget]]:
@@ -206,6 +298,11 @@ def parse_project(raw: dict[str, Any], root: Path, source: str) -> Project:
         own = convert_fields(Project, {k: raw[k] for k in _OWN_KEYS if k in raw})
         _check_own(own)
         build = BuildConfig.from_dict({k: v for k, v in raw.items() if k not in _PROJECT_KEYS})
+        own["inputs"] = _declarations(raw.get("inputs"), "inputs", InputDecl)
+        own["outputs"] = _declarations(raw.get("outputs"), "outputs", OutputDecl)
+        if (own["inputs"] or own["outputs"]) and own.get("model") is None:
+            raise ValueError("[inputs] and [outputs] describe a project's own model: add "
+                             "[model] and [data], or remove them")
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
     budget, budgets = _budgets(raw.get("budget"), source)

@@ -1,4 +1,6 @@
-"""Augmented training views for distillation: "function matching" (Beyer et al., 2022, *A good
+"""Data augmentation: random shifts and flips of image batches while a stage trains
+(:func:`augment_batch`, the training recipe's light augmentation), and augmented training
+views for distillation: "function matching" (Beyer et al., 2022, *A good
 teacher is patient and consistent*).
 
 A teacher that has memorised its training set gives near one-hot answers on it, so soft
@@ -34,6 +36,31 @@ def random_shift(x: np.ndarray, rng: np.random.Generator, max_pixels: int = 1) -
         out[i, :, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
             x[i, :, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
     return out
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, *, shift: float, flip: bool
+                  ) -> torch.Tensor:
+    """A randomly shifted (and, with ``flip``, half of the time mirrored) copy of an NCHW
+    image batch; any other batch is returned as it is.
+
+    Each image moves by up to ``shift`` of its height and width in each direction, rounded
+    down to whole pixels (0.1: 3 pixels on 32x32, as CIFAR's pad-and-crop; none on 8x8,
+    where one pixel is 12 % of the image), the edge rows and columns repeated into the space
+    it leaves. Flips are left right only, and off by default: they change the
+    meaning of digits, letters and arrows."""
+    if x.dim() != 4 or not (shift > 0 or flip):
+        return x
+    n, _, h, w = x.shape
+    rows, cols = torch.arange(h).expand(n, h), torch.arange(w).expand(n, w)
+    py, px = int(shift * h), int(shift * w)
+    if py or px:
+        rows = (rows + torch.randint(-py, py + 1, (n, 1), generator=gen)).clamp(0, h - 1)
+        cols = (cols + torch.randint(-px, px + 1, (n, 1), generator=gen)).clamp(0, w - 1)
+    if flip:
+        mirrored = torch.rand(n, generator=gen) < 0.5
+        cols = torch.where(mirrored[:, None], cols.flip(1), cols)
+    return x[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def training_views(split: Split, views: int, *, mixup: float, num_classes: int,

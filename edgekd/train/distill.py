@@ -7,11 +7,12 @@
   The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones
   when T changes.
 - Features (FitNets, Romero et al., 2015): mean squared error between a student layer's
-  output, passed through a learned 1x1 projection (a linear map for flat features) when the
-  widths differ, and the paired teacher layer's output.
+  output, passed through a learned 1x1 projection (Conv1d for [N, C, T] maps, Conv2d for
+  [N, C, H, W], a linear map for flat features), and the paired teacher layer's output.
 - Attention transfer (Zagoruyko & Komodakis, 2017): for each layer pair, the squared L2
-  distance between the L2-normalised spatial attention maps ``mean_c |f|^2``; no projection
-  needed, only equal spatial sizes (the student's map is resized when they differ).
+  distance between the L2-normalised attention maps ``mean_c |f|^2`` (over time for 1-D
+  maps, over space for 2-D); no projection needed, only equal lengths or spatial sizes (the
+  student's map is resized when they differ).
 
 The teacher's outputs come from :class:`~edgekd.train.teacher_cache.TeacherOutputs` (computed once
 per sample, memory-mapped), so training never runs the teacher.
@@ -66,53 +67,102 @@ class LayerPair:
         return f"{self.student}->{self.teacher}"
 
 
+# Feature maps the feature and attention terms understand, by rank without the batch axis:
+# 1-D [C, T] (audio, sensor signals) and 2-D [C, H, W] (images); flat [C] for FitNets only.
+_MAP_RANKS = {2: "1-D [N, C, T]", 3: "2-D [N, C, H, W]"}
+_HOW = ('name the pairs in the config (distill.pairs = [["student.layer", "teacher.layer"]]) '
+        "with layers whose outputs are [N, C, T] or [N, C, H, W] feature maps")
+
+
 def _shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Output shape of each top-level layer of a sequential model, in order."""
+    """Output shape (without the batch axis) of each top-level layer, in the order forward
+    calls them (an ``nn.Sequential``'s order; any other model's own, e.g. a ResNet's stem,
+    stages and head, whatever order its ``__init__`` defines them in)."""
     names = [name for name, _ in model.named_children()]
     with torch.no_grad(), tap(model, names) as seen:
         model.eval()(example)
-    return {n: tuple(seen[n].shape[1:]) for n in names if isinstance(seen.get(n), torch.Tensor)}
+    return {n: tuple(v.shape[1:]) for n, v in seen.items() if isinstance(v, torch.Tensor)}
+
+
+def _feature_maps(model: nn.Module, example: torch.Tensor, who: str
+                  ) -> dict[tuple[int, ...], str]:
+    """The last top-level layer at each feature-map resolution (``(T,)`` or ``(H, W)``),
+    counting outputs from the first conv layer on (an embedding's [N, T, C] before it is not
+    a channel-first map)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if not convs:
+        raise ValueError(f"automatic layer pairs need conv layers and the {who} has none; "
+                         + _HOW)
+    rank = convs[0].weight.dim() - 1  # Conv1d: [out, in, k] -> feature maps [C, T]
+    if rank not in _MAP_RANKS:
+        raise ValueError(f"automatic layer pairs support 1-D and 2-D conv feature maps; the "
+                         f"{who}'s first conv ({type(convs[0]).__name__}) gives rank-{rank + 1} "
+                         f"features (with the batch axis); " + _HOW)
+    out: dict[tuple[int, ...], str] = {}
+    started = False
+    children = dict(model.named_children())
+    for name, shape in _shapes(model, example).items():
+        child = children[name]
+        started = started or any(isinstance(m, nn.modules.conv._ConvNd)
+                                 for m in child.modules())
+        if started and len(shape) == rank:
+            out[shape[1:]] = name
+    return out
 
 
 def auto_pairs(student: nn.Module, teacher: nn.Module, example: torch.Tensor) -> list[LayerPair]:
-    """The default pairing for sequential CNNs: at every spatial resolution that both models
-    compute, the *last* top-level layer with a feature map at that resolution (the most
-    processed features before the next downsampling), student with teacher."""
-    if not isinstance(student, nn.Sequential) or not isinstance(teacher, nn.Sequential):
-        raise ValueError("automatic layer pairs need nn.Sequential models; name the pairs in "
-                         "the config (distill.pairs = [[\"student.layer\", \"teacher.layer\"]])")
+    """The default pairing for CNNs, 1-D ([N, C, T]) or 2-D ([N, C, H, W]), sequential or
+    not (residual): at every resolution that both models compute, the *last* top-level layer
+    (in forward's call order) with a feature map at that resolution (the most processed
+    features before the next downsampling), student with teacher. Raises ``ValueError``
+    saying why when there is no such pair."""
+    s = _feature_maps(student, example, "student")
+    t = _feature_maps(teacher, example, "teacher")
+    pairs = [LayerPair(s[res], t[res]) for res in s if res in t]
+    if not pairs:
+        raise ValueError(f"the student's feature maps (sizes {sorted(s)}) and the teacher's "
+                         f"({sorted(t)}) share no resolution; " + _HOW)
+    return pairs
 
-    def last_per_resolution(model: nn.Module) -> dict[tuple[int, ...], str]:
-        out: dict[tuple[int, ...], str] = {}
-        for name, shape in _shapes(model, example).items():
-            if len(shape) == 3:  # C, H, W
-                out[shape[1:]] = name
-        return out
 
-    s, t = last_per_resolution(student), last_per_resolution(teacher)
-    return [LayerPair(s[res], t[res]) for res in s if res in t]
+def _check_rank(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> None:
+    """Refuse a pair whose features cannot be compared, saying what was found."""
+    ranks = {len(student_shape), len(teacher_shape)}
+    if len(ranks) > 1 or not ranks <= {1, 2, 3}:
+        raise ValueError(
+            f"cannot pair a feature of shape {student_shape} (rank {len(student_shape) + 1} "
+            f"with the batch axis) with one of shape {teacher_shape} (rank "
+            f"{len(teacher_shape) + 1}): both layers must give the same kind of feature, "
+            "1-D [N, C, T] or 2-D [N, C, H, W] maps (flat [N, C] for the feature term only); "
+            "set distill.pairs to such layers")
 
 
 def _projection(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]) -> nn.Module:
-    """FitNets' regressor: a 1x1 conv (or a linear map for flat features) from the student's
-    width to the teacher's; spatial sizes are matched by resizing before it."""
-    if len(student_shape) == 3 and len(teacher_shape) == 3:
+    """FitNets' regressor: a 1x1 conv (1-D or 2-D, as the features are; a linear map for flat
+    features) from the student's width to the teacher's; lengths or spatial sizes are matched
+    by resizing before it."""
+    _check_rank(student_shape, teacher_shape)
+    if len(student_shape) == 3:
         return nn.Conv2d(student_shape[0], teacher_shape[0], 1)
-    if len(student_shape) == 1 and len(teacher_shape) == 1:
-        return nn.Linear(student_shape[0], teacher_shape[0])
-    raise ValueError(f"cannot pair a feature of shape {student_shape} with one of shape "
-                     f"{teacher_shape}: pair conv layers with conv layers, flat with flat")
+    if len(student_shape) == 2:
+        return nn.Conv1d(student_shape[0], teacher_shape[0], 1)
+    return nn.Linear(student_shape[0], teacher_shape[0])
 
 
 def attention_map(feature: torch.Tensor) -> torch.Tensor:
-    """Zagoruyko & Komodakis' spatial attention: mean over channels of the squared activation,
-    flattened and L2-normalised per sample."""
+    """Zagoruyko & Komodakis' attention: mean over channels of the squared activation,
+    flattened and L2-normalised per sample; over time for [N, C, T], over space for
+    [N, C, H, W]."""
     return F.normalize(feature.pow(2).mean(1).flatten(1), dim=1)
 
 
 def _resize(feature: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    if feature.shape[2:] == size:
+    """A student feature map resized to the teacher's length (1-D: linear interpolation) or
+    spatial size (2-D: adaptive average pooling)."""
+    if feature.shape[2:] == size or feature.dim() not in (3, 4):
         return feature
+    if feature.dim() == 3:
+        return F.interpolate(feature, size=size[0], mode="linear", align_corners=False)
     return F.adaptive_avg_pool2d(feature, (size[0], size[1]))
 
 
@@ -137,15 +187,17 @@ class Distillation:
         self._tap = tap(student, [p.student for p in self.pairs])
         self._seen = self._tap.__enter__()
         self.projections = nn.ModuleDict()
-        if self.pairs and feature_weight:
+        if self.pairs:
             with torch.no_grad():  # one forward pass to learn the student's feature shapes
                 training = student.training
                 student.eval()(example)
                 student.train(training)
             for i, p in enumerate(self.pairs):
-                self.projections[str(i)] = _projection(
-                    tuple(self._seen[p.student].shape[1:]),
-                    tuple(self.teacher.features[p.teacher].shape[1:]))
+                shapes = (tuple(self._seen[p.student].shape[1:]),
+                          tuple(self.teacher.features[p.teacher].shape[1:]))
+                _check_rank(*shapes)
+                if feature_weight:
+                    self.projections[str(i)] = _projection(*shapes)
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor,
                  labels: torch.Tensor) -> torch.Tensor:
@@ -157,10 +209,10 @@ class Distillation:
         for i, p in enumerate(self.pairs):
             f_s = self._seen[p.student]
             f_t = self.teacher.feature_for(p.teacher, index).to(f_s.device)
-            f_s_sized = _resize(f_s, tuple(f_t.shape[2:])) if f_s.dim() == 4 else f_s
+            f_s_sized = _resize(f_s, tuple(f_t.shape[2:]))
             if self.feature_weight:
                 feature_terms.append(F.mse_loss(self.projections[str(i)](f_s_sized), f_t))
-            if self.attention_weight and f_s.dim() == 4:
+            if self.attention_weight and f_s.dim() in (3, 4):  # maps only, not flat features
                 attention_terms.append(
                     (attention_map(f_s_sized) - attention_map(f_t)).pow(2).mean())
         if feature_terms:

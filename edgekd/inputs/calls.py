@@ -1,0 +1,80 @@
+"""Calling a user's PyTorch model the way it is written: several named inputs in forward's
+order (float, int64 token ids, bool masks; fixed and state inputs fed alongside), and one
+output or several (a tuple, a list, a dict or a Hugging Face ``ModelOutput``).
+
+The deploy steps compare every output, so they need them as a flat list in a fixed order
+with names; this is the one place that flattens them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.inputs.dataset import Feeds, InputSpec
+
+
+def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    """forward's named parameters in order (no ``self``, ``*args`` or ``**kwargs``)."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return []
+    return [p for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def flat_outputs(result: Any) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor ``forward`` returned, named: ``logits`` / ``output`` for one tensor, the
+    keys of a dict (``ModelOutput`` too), ``output0``, ``output1``, ... for a sequence."""
+    if isinstance(result, torch.Tensor):
+        return [("output", result)]
+    if isinstance(result, Mapping):
+        return [(str(k), v) for k, v in result.items() if isinstance(v, torch.Tensor)]
+    if isinstance(result, tuple | list):
+        return [(f"output{i}", v) for i, v in enumerate(result) if isinstance(v, torch.Tensor)]
+    return []
+
+
+def tensors(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> tuple[Any, ...]:
+    """One call's inputs as tensors in forward's order (a 0-d value stays 0-d)."""
+    return tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs)
+
+
+@torch.no_grad()
+def model_outputs(model: nn.Module, feeds: Feeds, batch_size: int = 256) -> list[np.ndarray]:
+    """Every output of ``model`` (eval) on every sample of ``feeds``, in batches."""
+    model.eval()
+    parts: list[list[np.ndarray]] = []
+    for i in range(0, len(feeds), batch_size):
+        out = flat_outputs(model(*tensors(feeds.batch(i, i + batch_size), feeds.specs)))
+        parts.append([t.detach().float().numpy() if t.is_floating_point()
+                      else t.detach().numpy() for _, t in out])
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def torch_call(model: nn.Module, specs: Sequence[InputSpec]
+               ) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """One call of ``model`` (eval) on every input by name -> every output, as NumPy."""
+    model.eval()
+
+    @torch.no_grad()
+    def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy()
+                for _, t in flat_outputs(model(*tensors(feed, specs)))]
+    return call
+
+
+def first_output(model: nn.Module, specs: Sequence[InputSpec], batch_size: int = 512
+                 ) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    """The data inputs by name -> the model's first output (fixed and state inputs of
+    ``specs`` fed alongside): what the robustness measurements take."""
+
+    def predict(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        return model_outputs(model, Feeds(tuple(specs), arrays), batch_size)[0]
+    return predict

@@ -1,0 +1,301 @@
+"""Models with several inputs and outputs, integer and stateful inputs, built end to end in
+their real runtimes: every input fed by name, every output verified on its own, stateful
+models checked over a stream; a damaged INT8 model and a NaN model fail by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+BENCH = """
+[bench]
+warmup = 2
+runs = 10
+seconds = 0
+"""
+
+
+def _edgekd(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgekd", "build", *args], cwd=root,
+                          capture_output=True, text=True, env=ENV, timeout=900)
+
+
+def _finished_onnx(root: Path, onnx_file: str, data: str) -> None:
+    """A project whose model is a finished ONNX (regression) file, data its test split."""
+    (root / "edgekd.toml").write_text(f'[model]\nonnx = "{onnx_file}"\ntask = "regression"\n'
+                                      f'[data]\ntest = "{data}"\n')
+
+
+def _stream_model(path: Path) -> None:
+    """A recurrent detector as production audio models are shaped: a float chunk
+    [batch, 64], a float state [batch, 16] and an int64 sample rate (a scalar) in; a
+    probability [batch, 1] and the next state out."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.normal(size=(64, 16)) / 8).astype(np.float32)
+    w2 = (rng.normal(size=(16, 16)) / 4).astype(np.float32)
+    w3 = rng.normal(size=(16, 1)).astype(np.float32)
+    nodes = [h.make_node("MatMul", ["chunk", "W1"], ["a"]),
+             h.make_node("MatMul", ["state", "W2"], ["b"]),
+             h.make_node("Add", ["a", "b"], ["c"]), h.make_node("Tanh", ["c"], ["next_state"]),
+             h.make_node("MatMul", ["next_state", "W3"], ["z"]),
+             h.make_node("Cast", ["sr"], ["srf"], to=T.FLOAT),
+             h.make_node("Div", ["srf", "k"], ["s"]), h.make_node("Mul", ["z", "s"], ["zs"]),
+             h.make_node("Sigmoid", ["zs"], ["prob"])]
+    graph = h.make_graph(
+        nodes, "stream",
+        [h.make_tensor_value_info("chunk", T.FLOAT, ["batch", 64]),
+         h.make_tensor_value_info("state", T.FLOAT, ["batch", 16]),
+         h.make_tensor_value_info("sr", T.INT64, [])],
+        [h.make_tensor_value_info("prob", T.FLOAT, ["batch", 1]),
+         h.make_tensor_value_info("next_state", T.FLOAT, ["batch", 16])],
+        [nh.from_array(w1, "W1"), nh.from_array(w2, "W2"), nh.from_array(w3, "W3"),
+         nh.from_array(np.array(16000, np.float32), "k")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+STREAM_TOML = """
+[model]
+onnx = "stream.onnx"
+task = "regression"
+[data]
+test = "chunks.npz"
+calibration = "calibration.npz"
+[inputs.sr]
+value = 16000
+[inputs.state]
+zeros = true
+from_output = "next_state"
+[outputs.prob]
+threshold = 0.5
+"""
+
+
+@pytest.fixture
+def stream_project(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    _stream_model(tmp_path / "stream.onnx")
+    # Consecutive chunks of one signal: the test split is one stream.
+    np.savez(tmp_path / "chunks.npz", chunk=rng.normal(size=(160, 64)).astype(np.float32))
+    np.savez(tmp_path / "calibration.npz",
+             chunk=rng.normal(size=(100, 64)).astype(np.float32))
+    (tmp_path / "edgekd.toml").write_text(STREAM_TOML + BENCH)
+    return tmp_path
+
+
+@pytest.mark.parametrize("target", ["x86-cpu", "intel-cpu"])
+def test_three_inputs_two_outputs_verified_per_output_and_streamed(stream_project: Path,
+                                                                    target: str) -> None:
+    done = _edgekd(stream_project, "--target", target)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((stream_project / "build" / target / "report.json").read_text())
+    assert report["schema_version"] == "1.1"
+    assert [(i["name"], i["dtype"], i["role"]) for i in report["inputs"]] == [
+        ("chunk", "float32", "data"), ("state", "float32", "state"), ("sr", "int64", "fixed")]
+    assert report["inputs"][1]["from_output"] == "next_state"
+    assert report["inputs"][2]["value"] == 16000
+    assert [o["name"] for o in report["outputs"]] == ["prob", "next_state"]
+    assert report["outputs"][0]["threshold"] == 0.5
+    for artifact in report["artifacts"]:
+        prob, state = artifact["outputs"]
+        assert (prob["name"], prob["elements"], prob["cosine_min"]) == ("prob", 1, None)
+        assert prob["decision_agreement"] >= 0.98 and prob["rel_error"] <= 0.2
+        assert state["elements"] == 16 and state["cosine_min"] >= 0.99
+        assert artifact["stream"]["chunks"] == 50
+        assert [o["name"] for o in artifact["stream"]["last"]] == ["prob", "next_state"]
+        assert artifact["latency_ms"]["p50"] > 0  # the benchmark fed all three inputs
+    assert report["robustness"]["conditions"][0]["name"] == "clean"
+    assert {c.get("input") for c in report["robustness"]["conditions"][1:]} == {"chunk"}
+
+
+def test_int8_calibrated_on_zeros_fails_naming_the_output(stream_project: Path) -> None:
+    np.savez(stream_project / "calibration.npz", chunk=np.zeros((50, 64), np.float32))
+    done = _edgekd(stream_project, "--target", "x86-cpu")
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: student_int8.onnx (onnxruntime, int8) against its "
+                           "reference model: output '")
+    assert "first try more or more representative calibration data" in line
+    assert "lower the threshold" not in line
+    assert not (stream_project / "build" / "x86-cpu").exists()  # nothing half-written
+
+
+def test_undeclared_state_is_one_line(tmp_path: Path) -> None:
+    _stream_model(tmp_path / "stream.onnx")
+    np.savez(tmp_path / "chunks.npz", chunk=np.ones((20, 64), np.float32))
+    (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
+        [model]
+        onnx = "stream.onnx"
+        task = "regression"
+        [data]
+        test = "chunks.npz"
+        [inputs.rate]
+        value = 16000
+        """))
+    done = _edgekd(tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: [inputs.rate] names no input of model.onnx (its "
+                                   "inputs: chunk, state, sr): use one of those names")
+    _finished_onnx(tmp_path, "stream.onnx", "chunks.npz")
+    done = _edgekd(tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "chunks.npz has no input 'state'" in done.stderr
+
+
+TOKENS = '''
+"""A user's bag-of-tokens classifier: int64 token ids in, class scores out."""
+import torch
+from torch import nn
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, input_ids):
+        return self.head(self.embed(input_ids).mean(1))
+
+
+def bag():
+    torch.manual_seed(0)
+    return Bag()
+'''
+
+
+@pytest.mark.parametrize("target", ["x86-cpu", "intel-cpu"])
+def test_int64_token_ids_through_onnx_runtime_and_openvino(tmp_path: Path,
+                                                          target: str) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "nets.py").write_text(TOKENS)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import nets  # type: ignore[import-not-found]
+        save_file(nets.bag().state_dict(), str(tmp_path / "bag.safetensors"))
+        ids = np.random.default_rng(0).integers(1, 50, size=(120, 12)).astype(np.int64)
+        with torch.no_grad():
+            y = nets.bag()(torch.from_numpy(ids)).argmax(1).numpy()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("nets", None)
+    np.savez(tmp_path / "tokens.npz", input_ids=ids, y=y)
+    (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
+        [model]
+        student = "nets.py:bag"
+        student_weights = "bag.safetensors"
+        [data]
+        test = "tokens.npz"
+        """) + BENCH)
+    done = _edgekd(tmp_path, "--target", target)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "build" / target / "report.json").read_text())
+    assert report["inputs"] == [{"name": "input_ids", "shape": [1, 12], "dtype": "int64",
+                                 "role": "data", "kind": "tokens",
+                                 "preprocessing": "as stored (integers, not preprocessed)"}]
+    assert report["input"]["dtype"] == "int64"
+    for artifact in report["artifacts"]:
+        assert artifact["top1_agreement"] >= 0.98 and artifact["accuracy"] >= 0.98
+        assert artifact["outputs"][0]["classifier"] is True
+        assert artifact["latency_ms"]["p50"] > 0
+    assert {c.get("kind") for c in report["robustness"]["conditions"][1:]} == {"tokens"}
+
+
+def test_nan_output_model_fails(tmp_path: Path) -> None:
+    graph = h.make_graph([h.make_node("Log", ["x"], ["y"])], "log",
+                         [h.make_tensor_value_info("x", T.FLOAT, ["batch", 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["batch", 4])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "log.onnx"))
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(40, 4)).astype(
+        np.float32))
+    _finished_onnx(tmp_path, "log.onnx", "x.npz")
+    done = _edgekd(tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "are not finite (NaN or inf" in done.stderr
+    assert not list(tmp_path.glob("build/*/report.json"))
+
+
+STATEFUL = '''
+"""A user's streaming model in PyTorch: (chunk, state) -> (prob, next state)."""
+import torch
+from torch import nn
+
+
+class Cell(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(32, 8)
+        self.rec = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, chunk, state):
+        new = torch.tanh(self.inp(chunk) + self.rec(state))
+        return torch.sigmoid(self.out(new)), new
+
+
+def cell():
+    return Cell()
+'''
+
+
+def test_pytorch_model_with_state_and_two_outputs_on_every_runtime(tmp_path: Path) -> None:
+    """Export of several inputs and outputs from PyTorch: ONNX (dynamic batch on both
+    inputs) and TFLite (LiteRT-Torch, inputs in forward's order)."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "cell.py").write_text(STATEFUL)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import cell  # type: ignore[import-not-found]
+        save_file(cell.cell().state_dict(), str(tmp_path / "cell.safetensors"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("cell", None)
+    del torch
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "chunks.npz", chunk=rng.normal(size=(120, 32)).astype(np.float32))
+    np.savez(tmp_path / "calib.npz", chunk=rng.normal(size=(80, 32)).astype(np.float32))
+    (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
+        [model]
+        student = "cell.py:cell"
+        student_weights = "cell.safetensors"
+        task = "regression"
+        [data]
+        test = "chunks.npz"
+        calibration = "calib.npz"
+        [inputs.state]
+        zeros = true
+        shape = [8]
+        from_output = "output1"
+        [outputs.output0]
+        threshold = 0.5
+        """) + BENCH)
+    done = _edgekd(tmp_path, "--target", "raspberrypi")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "build" / "raspberrypi" / "report.json").read_text())
+    assert [i["name"] for i in report["inputs"]] == ["chunk", "state"]
+    assert [o["name"] for o in report["outputs"]] == ["output0", "output1"]
+    runtimes = {(a["runtime"], a["precision"]) for a in report["artifacts"]}
+    assert {("tflite", "fp32"), ("tflite", "int8"), ("onnxruntime", "int8")} <= runtimes
+    for artifact in report["artifacts"]:
+        assert len(artifact["outputs"]) == 2 and artifact["stream"]["chunks"] == 50
