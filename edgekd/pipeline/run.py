@@ -34,11 +34,11 @@ from edgekd.pipeline.deploy import (
     Model,
     assemble,
     export,
-    measure,
     model_of,
     quantize,
     verify,
 )
+from edgekd.pipeline.measuring import measure
 from edgekd.pipeline.training import EpochCallback, run_training
 from edgekd.report.html import render_html
 from edgekd.report.markdown import render_markdown
