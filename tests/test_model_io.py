@@ -97,6 +97,7 @@ def stream_project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["x86-cpu", "intel-cpu"])
 def test_three_inputs_two_outputs_verified_per_output_and_streamed(stream_project: Path,
                                                                     target: str) -> None:
@@ -122,6 +123,7 @@ def test_three_inputs_two_outputs_verified_per_output_and_streamed(stream_projec
     assert {c.get("input") for c in report["robustness"]["conditions"][1:]} == {"chunk"}
 
 
+@pytest.mark.slow
 def test_int8_calibrated_on_zeros_fails_naming_the_output(stream_project: Path) -> None:
     np.savez(stream_project / "calibration.npz", chunk=np.zeros((50, 64), np.float32))
     done = _edgekd(stream_project, "--target", "x86-cpu")
@@ -178,6 +180,7 @@ def bag():
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["x86-cpu", "intel-cpu"])
 def test_int64_token_ids_through_onnx_runtime_and_openvino(tmp_path: Path,
                                                           target: str) -> None:
@@ -257,6 +260,7 @@ def cell():
 '''
 
 
+@pytest.mark.slow
 def test_pytorch_model_with_state_and_two_outputs_on_every_runtime(tmp_path: Path) -> None:
     """Export of several inputs and outputs from PyTorch: ONNX (dynamic batch on both
     inputs) and TFLite (LiteRT-Torch, inputs in forward's order)."""

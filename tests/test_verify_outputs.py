@@ -12,14 +12,8 @@ import pytest
 
 from edgekd.errors import UsageError, VerificationError
 from edgekd.inputs.dataset import InputSpec, OutputSpec
-from edgekd.measure.verify import (
-    Limits,
-    compare_output,
-    require_outputs,
-    require_stream,
-    stream_check,
-    verify_artifact,
-)
+from edgekd.measure.stream import require_stream, stream_check
+from edgekd.measure.verify import Limits, compare_output, require_outputs, verify_artifact
 from edgekd.settings.config import BuildConfig
 
 SPECS = (InputSpec("chunk", "float32", (64,), kind="signal"),

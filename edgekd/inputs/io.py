@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekd.errors import UsageError
 from edgekd.inputs.dataset import InputSpec, OutputSpec
-from edgekd.settings.project import InputDecl, OutputDecl
+from edgekd.settings.declarations import InputDecl, OutputDecl
 
 # ONNX TensorProto element types -> NumPy dtype names (the ones a model input may take).
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64",

@@ -39,7 +39,8 @@ from edgekd.inputs.splits import (
     load_splits,
     user_data,
 )
-from edgekd.settings.project import InputDecl, ModelSpec, Project
+from edgekd.settings.declarations import InputDecl
+from edgekd.settings.project import ModelSpec, Project
 
 Factory = Callable[[], Any]  # () -> torch.nn.Module
 

@@ -1,12 +1,11 @@
 """Verification: run an artifact in its real runtime on the whole test split and compare every
-output with the model it was made from (:func:`verify_artifact`), and, for stateful models,
-a stream of consecutive chunks with the state fed back (:func:`stream_check`). The gates
-(:func:`require_outputs`, :func:`require_stream`) fail the build naming the artifact, the
-worst output, the figure and what to try. Imports no torch."""
+output with the model it was made from (:func:`verify_artifact`; stateful models also as a
+stream: :mod:`edgekd.measure.stream`). The gate (:func:`require_outputs`) fails the build
+naming the artifact, the worst output, the figure and what to try. Imports no torch."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ import numpy as np
 
 from edgekd.backends import get_backend, predict_all, predict_batches
 from edgekd.common.quiet import quiet
-from edgekd.errors import UsageError, VerificationError
-from edgekd.inputs.dataset import InputSpec, OutputSpec, feed
+from edgekd.errors import VerificationError
+from edgekd.inputs.dataset import InputSpec, OutputSpec
 from edgekd.settings.config import BuildConfig
 
 # Cosine similarity is reported (and gated) only for outputs with at least this many
@@ -25,8 +24,6 @@ from edgekd.settings.config import BuildConfig
 # off by 14 % of its norm). From 8 elements on it measures the direction of a vector.
 MIN_COSINE_ELEMENTS = 8
 
-# A model as a plain callable, like Runner.run_all: every input by name -> every output.
-RunAll = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -101,21 +98,6 @@ class Verification:
                 "max_abs_diff": self.max_abs_diff, "max_rel_error": self.max_rel_error,
                 "cosine_min": self.cosine_min, "cosine_mean": self.cosine_mean,
                 "outputs": [o.to_dict() for o in self.outputs]}
-
-
-@dataclass(frozen=True)
-class StreamCheck:
-    """The first ``chunks`` test samples run as one stream at batch 1, state fed back, by the
-    artifact and by the reference: each output over the whole stream and on the last chunk
-    (where drift of the carried state shows)."""
-
-    chunks: int
-    outputs: tuple[OutputCheck, ...]
-    last: tuple[OutputCheck, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"chunks": self.chunks, "outputs": [o.to_dict() for o in self.outputs],
-                "last": [o.to_dict() for o in self.last]}
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -263,58 +245,6 @@ def _require_finite(outputs: np.ndarray, whose: str, name: str) -> None:
                                 "the preprocessing")
 
 
-# -- a stream ------------------------------------------------------------------------------
-
-
-def stream_check(reference: RunAll, artifact: RunAll, specs: Sequence[InputSpec],
-                 outputs: Sequence[OutputSpec], arrays: Mapping[str, np.ndarray],
-                 chunks: int = 50) -> StreamCheck:
-    """The first ``chunks`` samples of ``arrays`` (the data inputs by name) as one stream,
-    at batch 1, through ``reference`` and ``artifact`` (each: every input by name -> every
-    output, model order). Each side carries its own state: a state input starts at its
-    spec's value and then takes the output its ``from_output`` names (or the output whose
-    ``state`` names it) of that side's previous call."""
-    n = min(chunks, len(next(iter(arrays.values()))))
-    if n < 1:
-        raise UsageError("the streaming check needs at least one test sample")
-    carry = _carried(specs, outputs)
-    runs: dict[str, list[list[np.ndarray]]] = {"reference": [], "artifact": []}
-    for side, model in (("reference", reference), ("artifact", artifact)):
-        state: dict[str, np.ndarray] = {}
-        for i in range(n):
-            given = {**feed(specs, arrays, i, i + 1), **state}
-            got = [np.asarray(o) for o in model(given)]
-            state = {s.name: got[carry[s.name]].astype(s.dtype, copy=False)
-                     for s in specs if s.role == "state"}
-            runs[side].append(got)
-    whole, last = [], []
-    for k, spec in enumerate(outputs):
-        ref = np.concatenate([r[k] for r in runs["reference"]])
-        out = np.concatenate([r[k] for r in runs["artifact"]])
-        check = compare_output(spec.name, out, ref, spec)
-        whole.append(check)
-        last.append(compare_output(spec.name, runs["artifact"][-1][k],
-                                   runs["reference"][-1][k], spec, scale=check.scale,
-                                   rates=False))
-    return StreamCheck(n, tuple(whole), tuple(last))
-
-
-def _carried(specs: Sequence[InputSpec], outputs: Sequence[OutputSpec]) -> dict[str, int]:
-    """For each state input, the position of the output fed back into it."""
-    names = [o.name for o in outputs]
-    out = {}
-    for s in specs:
-        if s.role != "state":
-            continue
-        source = s.from_output or next((o.name for o in outputs if o.state == s.name), None)
-        if source not in names:
-            raise UsageError(f"state input {s.name!r} is carried from "
-                             f"{'no output' if source is None else repr(source)}; set its "
-                             f"from_output to one of the model's outputs: {', '.join(names)}")
-        out[s.name] = names.index(source)
-    return out
-
-
 # -- gates ---------------------------------------------------------------------------------
 
 
@@ -388,15 +318,6 @@ def require_outputs(name: str, runtime: str, precision: str, checks: Sequence[Ou
     also = f" (also failing: {', '.join(repr(n) for n in others)})" if others else ""
     raise VerificationError(f"{name} ({runtime}, {precision}) against its reference model: "
                             f"{what}{also}; {_advice(precision, setting)}")
-
-
-def require_stream(name: str, runtime: str, precision: str, stream: StreamCheck,
-                   limits: Limits) -> None:
-    """:func:`require_outputs` over the whole stream, then on its last chunk."""
-    require_outputs(name, runtime, precision, stream.outputs, limits,
-                    where=f"over a {stream.chunks}-chunk stream")
-    require_outputs(name, runtime, precision, stream.last, limits,
-                    where=f"on the last chunk of a {stream.chunks}-chunk stream")
 
 
 def require_agreement(name: str, runtime: str, precision: str, result: Verification,

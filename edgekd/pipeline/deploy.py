@@ -37,14 +37,8 @@ from edgekd.inputs.calls import model_outputs, torch_call
 from edgekd.inputs.dataset import Dataset, Feeds, OutputSpec, Split
 from edgekd.inputs.resolve import Inputs
 from edgekd.measure.remote import Remote
-from edgekd.measure.verify import (
-    Limits,
-    Verification,
-    require_outputs,
-    require_stream,
-    stream_check,
-    verify_artifact,
-)
+from edgekd.measure.stream import require_stream, stream_check
+from edgekd.measure.verify import Limits, Verification, require_outputs, verify_artifact
 from edgekd.pipeline.training import Trained
 from edgekd.report.model import Report, artifact_files, gzip_size
 from edgekd.report.model import assemble as assemble_report

@@ -27,6 +27,7 @@ from edgekd.errors import UsageError
 from edgekd.settings.budgets import KEYS as BUDGET_KEYS
 from edgekd.settings.budgets import Budget, parse_budget
 from edgekd.settings.config import BuildConfig, config_schema, set_items
+from edgekd.settings.declarations import InputDecl, OutputDecl
 from edgekd.settings.resources import read_text_file
 from edgekd.settings.targets import Runtime, target_names
 from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields, from_table
@@ -148,72 +149,6 @@ class DataSpec:
         _check(bool(self.train or self.test or self.calibration),
                "[data] names no samples: set data.train (or data.test and data.calibration "
                "for a finished model)")
-
-
-DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
-INPUT_KINDS = ("auto", "image", "signal", "tokens", "mask", "values")
-
-
-@dataclass(frozen=True)
-class InputDecl:
-    """``[inputs.<name>]``: what one model input is, when the data alone cannot say.
-
-    A data input (one row per sample, from ``[data]``) needs no table, or only ``dtype``
-    (``"int64"`` keeps token ids integer; float inputs are preprocessed, integer and bool
-    inputs never are) and ``kind`` (image | signal | tokens | mask | values: which
-    robustness corruptions apply). ``value`` is fixed for a deployment (a sample rate): fed
-    as given with every call. ``zeros = true`` is carried state: zeros of ``shape`` at the
-    start of a stream; ``from_output`` names the output fed back as this input in a stream.
-    ``batch_axis``: where a state or value gets the batch axis when several samples run at
-    once (leave it out for a value fed exactly as given; a finished ONNX model's declared
-    shape says it for itself)."""
-
-    value: Any = None
-    zeros: bool = False
-    shape: tuple[int, ...] | None = None
-    dtype: str | None = None
-    batch_axis: int | None = None
-    from_output: str | None = None
-    kind: str = "auto"
-
-    def __post_init__(self) -> None:
-        _check(not (self.value is not None and self.zeros),
-               "give value (a fixed input) or zeros = true (a state), not both")
-        _check(self.dtype is None or self.dtype in DTYPES,
-               f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        _check(self.kind in INPUT_KINDS,
-               f"kind must be one of {', '.join(INPUT_KINDS)}, got {self.kind!r}")
-        _check(self.shape is None or all(v >= 1 for v in self.shape),
-               f"shape must be whole numbers >= 1, got {self.shape!r}")
-        _check(self.from_output is None or self.zeros,
-               "from_output is for a state input: add zeros = true (its value at the start "
-               "of a stream)")
-        _check(self.batch_axis is None or self.batch_axis >= 0,
-               f"batch_axis must be >= 0, got {self.batch_axis}")
-        if self.value is not None:
-            _check(_numeric_value(self.value), "value must be a number, a boolean or a "
-                                               f"list of them, got {self.value!r}")
-
-    @property
-    def role(self) -> str:
-        return "fixed" if self.value is not None else "state" if self.zeros else "data"
-
-
-def _numeric_value(value: Any) -> bool:
-    if isinstance(value, list | tuple):
-        return bool(value) and all(_numeric_value(v) for v in value)
-    return isinstance(value, int | float | bool)
-
-
-@dataclass(frozen=True)
-class OutputDecl:
-    """``[outputs.<name>]``: how one model output is verified. ``threshold``: decisions are
-    ``output > threshold`` (a detector's probability), and INT8 must keep them
-    (``min_decision_agreement``); ``classifier``: compared by top-1 (default: the first
-    output of a classification model)."""
-
-    threshold: float | None = None
-    classifier: bool | None = None
 
 
 @dataclass(frozen=True)
