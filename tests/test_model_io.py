@@ -303,3 +303,191 @@ def test_pytorch_model_with_state_and_two_outputs_on_every_runtime(tmp_path: Pat
     assert {("tflite", "fp32"), ("tflite", "int8"), ("onnxruntime", "int8")} <= runtimes
     for artifact in report["artifacts"]:
         assert len(artifact["outputs"]) == 2 and artifact["stream"]["chunks"] == 50
+
+
+MASKED = '''
+"""A user's text classifier: token ids and an attention mask (optional in forward, as in
+Hugging Face models), and a Dataset that returns a dict of inputs per item."""
+import numpy as np
+import torch
+from torch import nn
+
+
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(30, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        if attention_mask is not None:
+            m = attention_mask.unsqueeze(-1).float()
+            h = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        else:
+            h = h.mean(1)
+        return self.head(h)
+
+
+def masked():
+    return Masked()
+
+
+class Texts(torch.utils.data.Dataset):
+    def __init__(self):
+        rng = np.random.default_rng(3)
+        self.ids = rng.integers(1, 30, size=(80, 10))
+        self.lengths = rng.integers(3, 11, size=80)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        mask = np.arange(10) < self.lengths[i]
+        ids = np.where(mask, self.ids[i], 0)
+        with torch.no_grad():
+            y = int(masked()(torch.from_numpy(ids[None]), torch.from_numpy(mask[None])).argmax())
+        return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}, y
+
+
+def texts():
+    return Texts()
+'''
+
+
+@pytest.mark.slow
+def test_dataset_of_dicts_with_a_bool_mask_for_an_optional_input(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    (tmp_path / "text.py").write_text(MASKED)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import text  # type: ignore[import-not-found]
+        save_file(text.masked().state_dict(), str(tmp_path / "masked.safetensors"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("text", None)
+    (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
+        runtimes = ["onnxruntime"]
+        [model]
+        student = "text.py:masked"
+        student_weights = "masked.safetensors"
+        [data]
+        test = "text.py:texts"
+        """) + BENCH)
+    done = _edgekd(tmp_path, "--target", "raspberrypi")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "build" / "raspberrypi" / "report.json").read_text())
+    assert [(i["name"], i["dtype"], i["kind"]) for i in report["inputs"]] == [
+        ("input_ids", "int64", "tokens"), ("attention_mask", "bool", "mask")]
+    for artifact in report["artifacts"]:
+        assert artifact["top1_agreement"] >= 0.98
+    conditions = report["robustness"]["conditions"][1:]
+    assert conditions and {c["input"] for c in conditions} == {"input_ids"}  # mask untouched
+
+
+SILERO_LIKE = '''
+"""A user's streaming model with its state laid out as Silero VAD's: [2, batch, 8]."""
+import torch
+from torch import nn
+
+
+class Cell(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(32, 8)
+        self.rec = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, chunk, state):
+        new = torch.tanh(self.inp(chunk) + self.rec(state[0]))
+        return torch.sigmoid(self.out(new)), torch.stack([new, new])
+
+
+def cell():
+    return Cell()
+'''
+
+
+@pytest.mark.slow
+def test_state_with_its_batch_on_another_axis(tmp_path: Path) -> None:
+    """A state [2, batch, 8] (batch_axis = 1): fed, carried, batched for calibration and
+    verification, and reported with its batch where the model has it, in ONNX Runtime and
+    TFLite (whose converted model has a static batch of 1)."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "cell.py").write_text(SILERO_LIKE)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import cell  # type: ignore[import-not-found]
+        save_file(cell.cell().state_dict(), str(tmp_path / "cell.safetensors"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("cell", None)
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "chunks.npz", chunk=rng.normal(size=(120, 32)).astype(np.float32))
+    np.savez(tmp_path / "calib.npz", chunk=rng.normal(size=(80, 32)).astype(np.float32))
+    (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
+        [model]
+        student = "cell.py:cell"
+        student_weights = "cell.safetensors"
+        task = "regression"
+        [data]
+        test = "chunks.npz"
+        calibration = "calib.npz"
+        [inputs.state]
+        zeros = true
+        shape = [2, 8]
+        batch_axis = 1
+        from_output = "output1"
+        [outputs.output0]
+        threshold = 0.5
+        """) + BENCH)
+    done = _edgekd(tmp_path, "--target", "raspberrypi")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "build" / "raspberrypi" / "report.json").read_text())
+    assert report["inputs"][1]["shape"] == [2, 1, 8] and report["inputs"][1]["batch_axis"] == 1
+    assert report["outputs"][1] == {"name": "output1", "shape": [2, 1, 8], "dtype": "float32",
+                                    "classifier": False, "state_for": "state"}
+    assert {a["runtime"] for a in report["artifacts"]} == {"tflite", "onnxruntime"}
+    for artifact in report["artifacts"]:
+        state = artifact["stream"]["last"][1]
+        assert state["elements"] == 16 and state["cosine_min"] >= 0.99
+
+
+@pytest.mark.slow
+def test_finished_onnx_state_batch_axis_from_the_graph(tmp_path: Path) -> None:
+    """An ONNX model declaring its state [2, "batch", 16]: the batch axis comes from the
+    graph, no batch_axis in the project."""
+    rng = np.random.default_rng(0)
+    nodes = [h.make_node("Gather", ["state", "zero"], ["s0"], axis=0),
+             h.make_node("MatMul", ["chunk", "W1"], ["a"]),
+             h.make_node("MatMul", ["s0", "W2"], ["b"]), h.make_node("Add", ["a", "b"], ["c"]),
+             h.make_node("Tanh", ["c"], ["hh"]), h.make_node("Unsqueeze", ["hh", "ax0"], ["hu"]),
+             h.make_node("Concat", ["hu", "hu"], ["next_state"], axis=0),
+             h.make_node("MatMul", ["hh", "W3"], ["z"]), h.make_node("Sigmoid", ["z"], ["prob"])]
+    graph = h.make_graph(
+        nodes, "silero_like",
+        [h.make_tensor_value_info("chunk", T.FLOAT, ["batch", 64]),
+         h.make_tensor_value_info("state", T.FLOAT, [2, "batch", 16])],
+        [h.make_tensor_value_info("prob", T.FLOAT, ["batch", 1]),
+         h.make_tensor_value_info("next_state", T.FLOAT, [2, "batch", 16])],
+        [nh.from_array((rng.normal(size=(64, 16)) / 8).astype(np.float32), "W1"),
+         nh.from_array((rng.normal(size=(16, 16)) / 4).astype(np.float32), "W2"),
+         nh.from_array(rng.normal(size=(16, 1)).astype(np.float32), "W3"),
+         nh.from_array(np.array(0, np.int64), "zero"),
+         nh.from_array(np.array([0], np.int64), "ax0")])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "s.onnx"))
+    np.savez(tmp_path / "chunks.npz", chunk=rng.normal(size=(120, 64)).astype(np.float32))
+    np.savez(tmp_path / "calibration.npz", chunk=rng.normal(size=(60, 64)).astype(np.float32))
+    (tmp_path / "edgekd.toml").write_text(STREAM_TOML.replace("stream.onnx", "s.onnx").replace(
+        "[inputs.sr]\nvalue = 16000\n", "") + BENCH)
+    done = _edgekd(tmp_path, "--target", "intel-cpu")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "build" / "intel-cpu" / "report.json").read_text())
+    assert report["inputs"][1]["batch_axis"] == 1 and report["outputs"][1]["shape"] == [2, 1, 16]
+    assert all(a["stream"]["last"][1]["cosine_min"] >= 0.99 for a in report["artifacts"])

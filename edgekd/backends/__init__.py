@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import numpy as np
 
 from edgekd.errors import UsageError
-from edgekd.inputs.dataset import Feeds, InputSpec, feed
+from edgekd.inputs.dataset import Feeds, InputSpec, OutputSpec, feed, join_batches
 from edgekd.settings.config import QuantConfig
 from edgekd.settings.targets import RUNTIMES
 
@@ -125,9 +125,11 @@ def predict_batches(runner: Runner, x: np.ndarray, batch_size: int = 256) -> np.
 
 
 def predict_all(runner: Runner, specs: Sequence[InputSpec],
-                arrays: Mapping[str, np.ndarray], batch_size: int = 256) -> list[np.ndarray]:
+                arrays: Mapping[str, np.ndarray], batch_size: int = 256,
+                outputs: Sequence[OutputSpec] | None = None) -> list[np.ndarray]:
     """Every output of ``runner`` on every sample of ``arrays`` (the data inputs by name),
-    in batches, with the fixed and state inputs of ``specs`` fed alongside each batch."""
+    in batches, with the fixed and state inputs of ``specs`` fed alongside each batch; each
+    output batch-first (``outputs`` say where an output's batch axis is)."""
     n = len(next(iter(arrays.values())))
     fixed = getattr(runner, "fixed_batch", None)
     size = fixed or batch_size
@@ -135,7 +137,7 @@ def predict_all(runner: Runner, specs: Sequence[InputSpec],
         raise UsageError(f"the model takes batches of exactly {fixed} and {n} samples do "
                          "not divide into them: export it with a dynamic batch axis")
     parts = [runner.run_all(feed(specs, arrays, i, i + size)) for i in range(0, n, size)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return join_batches(parts, outputs)
 
 
 def quantizers(runtimes: Sequence[str], config: QuantConfig) -> dict[str, dict[str, Any]]:

@@ -113,6 +113,9 @@ class TfliteRunner:
         self.input = self._inputs[0]
         self.output = self._outputs[0]
         self.batch = int(self.input["shape"][0]) if len(self.input["shape"]) else 1
+        # Converted models have a static batch: callers feed batches of it (a state with
+        # its batch on another axis is then made with that batch, edgekd.backends.feed).
+        self.fixed_batch = self.batch
 
     @staticmethod
     def _quantized(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

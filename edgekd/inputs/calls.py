@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.inputs.dataset import Feeds, InputSpec
+from edgekd.inputs.dataset import Feeds, InputSpec, OutputSpec, join_batches
 
 
 def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
@@ -47,15 +47,17 @@ def tensors(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> tuple
 
 
 @torch.no_grad()
-def model_outputs(model: nn.Module, feeds: Feeds, batch_size: int = 256) -> list[np.ndarray]:
-    """Every output of ``model`` (eval) on every sample of ``feeds``, in batches."""
+def model_outputs(model: nn.Module, feeds: Feeds, batch_size: int = 256,
+                  outputs: Sequence[OutputSpec] | None = None) -> list[np.ndarray]:
+    """Every output of ``model`` (eval) on every sample of ``feeds``, in batches, each
+    batch-first (``outputs`` say where an output's batch axis is)."""
     model.eval()
     parts: list[list[np.ndarray]] = []
     for i in range(0, len(feeds), batch_size):
         out = flat_outputs(model(*tensors(feeds.batch(i, i + batch_size), feeds.specs)))
         parts.append([t.detach().float().numpy() if t.is_floating_point()
                       else t.detach().numpy() for _, t in out])
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return join_batches(parts, outputs)
 
 
 def torch_call(model: nn.Module, specs: Sequence[InputSpec]

@@ -96,6 +96,7 @@ class OutputSpec:
     classifier: bool = False
     threshold: float | None = None
     state: str | None = None
+    batch_axis: int = 0  # where the batch is ([2, batch, 128] state: 1)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,18 @@ class Feeds:
         """What identifies these samples (for cache keys)."""
         return (*(self.arrays[k] for k in sorted(self.arrays)),
                 [s.to_dict() for s in self.specs])
+
+
+def join_batches(parts: Sequence[Sequence[np.ndarray]],
+                 outputs: Sequence[OutputSpec] | None = None) -> list[np.ndarray]:
+    """Each output's batches joined along its batch axis, the batch moved first: every
+    figure (per sample) and every report shape reads outputs batch-first."""
+    axes = [o.batch_axis for o in outputs or ()]
+    joined = []
+    for k in range(len(parts[0])):
+        axis = axes[k] if k < len(axes) else 0
+        joined.append(np.moveaxis(np.concatenate([p[k] for p in parts], axis=axis), axis, 0))
+    return joined
 
 
 def feed(specs: Sequence[InputSpec], arrays: Mapping[str, np.ndarray], start: int = 0,

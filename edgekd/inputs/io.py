@@ -54,21 +54,20 @@ class Declared:
     required: bool = True
 
 
-def onnx_io(path: Path) -> tuple[list[Declared], list[str]]:
-    """The graph inputs (initializers excluded) and output names of an ONNX file."""
+def onnx_io(path: Path) -> tuple[list[Declared], list[Declared]]:
+    """The graph inputs (initializers excluded) and outputs of an ONNX file."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
-    declared = []
-    for value in graph.input:
-        if value.name in inits:
-            continue
+    def one(value: Any) -> Declared:
         t = value.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                      for d in t.shape.dim) if t.HasField("shape") else None
-        declared.append(Declared(value.name, _ONNX_DTYPES.get(t.elem_type, "float32"), dims))
-    return declared, [o.name for o in graph.output]
+        return Declared(value.name, _ONNX_DTYPES.get(t.elem_type, "float32"), dims)
+
+    return ([one(v) for v in graph.input if v.name not in inits],
+            [one(v) for v in graph.output])
 
 
 def torch_io(model: Any, available: Sequence[str], decls: Mapping[str, InputDecl]
@@ -118,14 +117,18 @@ def constant_spec(d: Declared, decl: InputDecl, what: str) -> InputSpec:
         if all(isinstance(v, int) and v > 0 for v in rest):
             shape = tuple(int(v) for v in rest)  # type: ignore[arg-type]
     if shape is None:
-        raise UsageError(f"inputs.{d.name}: a state input needs its shape: set "
-                         f"[inputs.{d.name}] shape = [...] (one sample's, without the batch)")
+        raise UsageError(f"inputs.{d.name}: zeros need a shape: set [inputs.{d.name}] "
+                         "shape = [...] (one sample's, without the batch)")
     if decl.batch_axis is None and d.dims is None:
         axis = 0  # a PyTorch state: batch first unless declared
-    return InputSpec(d.name, dtype, tuple(shape), role="state",
+    # Zeros that no output feeds back are a constant (an unused optional input), not state.
+    role = "state" if decl.from_output else "fixed"
+    return InputSpec(d.name, dtype, tuple(shape), role=role,
                      kind=decl.kind if decl.kind != "auto" else "values",
                      value=np.zeros(shape, dtype=dtype), batch_axis=axis,
-                     from_output=decl.from_output, preprocessing="zeros at the start of a stream")
+                     from_output=decl.from_output,
+                     preprocessing=("zeros at the start of a stream" if role == "state"
+                                    else "zeros, fed with every call"))
 
 
 def check_declarations(declared: Sequence[Declared], decls: Mapping[str, InputDecl],
@@ -148,16 +151,23 @@ def check_declarations(declared: Sequence[Declared], decls: Mapping[str, InputDe
 
 
 def output_specs(names: Sequence[str], decls: Mapping[str, OutputDecl],
-                 inputs: Sequence[InputSpec], classifier_task: bool) -> tuple[OutputSpec, ...]:
+                 inputs: Sequence[InputSpec], classifier_task: bool,
+                 dims: Sequence[tuple[int | str | None, ...] | None] = ()
+                 ) -> tuple[OutputSpec, ...]:
     """Each output's verification: top-1 for the classifier output (the first output of a
-    classification model unless declared), a threshold where declared, and which state
-    input it feeds in a stream."""
-    feeds = {s.from_output: s.name for s in inputs if s.from_output}
+    classification model unless declared), a threshold where declared, which state input
+    it feeds in a stream, and where its batch axis is: a finished model's declared
+    symbolic axis, else the batch axis of the state it feeds, else the first."""
+    feeds = {s.from_output: s for s in inputs if s.from_output}
     out = []
     for i, name in enumerate(names):
         decl = decls.get(name, OutputDecl())
         classifier = decl.classifier if decl.classifier is not None else (
             classifier_task and i == 0)
+        state = feeds.get(name)
+        axis = _batch_axis(dims[i]) if i < len(dims) else None
+        if axis is None:
+            axis = state.batch_axis if state is not None and state.batch_axis else 0
         out.append(OutputSpec(name, classifier=classifier, threshold=decl.threshold,
-                              state=feeds.get(name)))
+                              state=state.name if state else None, batch_axis=axis))
     return tuple(out)

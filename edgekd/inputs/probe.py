@@ -89,8 +89,10 @@ def probe(model: Any, data: Dataset, task: str, what: str, *, finite: bool
     pair = {k: np.concatenate([v[:2], v[:1]])[:2] for k, v in feeds.arrays.items()}
     feed = type(feeds)(specs, pair).batch()
     first = _call(model, feed, specs, what, 2)
+    # An output fed back as a state has the batch where that state input has it.
+    axes = {s.from_output: s.batch_axis or 0 for s in specs if s.from_output}
     for name, out in first:
-        if out.ndim == 0 or out.shape[0] != 2:
+        if out.ndim == 0 or out.shape[min(axes.get(name, 0), out.ndim - 1)] != 2:
             where = f" (output {name!r})" if len(first) > 1 else ""
             raise UsageError(f"{what} returns outputs of shape {list(out.shape)}{where} for a "
                              "batch of 2 samples: the first axis of every output must be the "
@@ -112,7 +114,9 @@ def probe(model: Any, data: Dataset, task: str, what: str, *, finite: bool
             if len(split) == 0:
                 continue
             for name, out in zip([n for n, _ in first],
-                                 model_outputs(model, data.feeds(split), 64), strict=True):
+                                 model_outputs(model, data.feeds(split), 64, [
+                                     OutputSpec(n, batch_axis=axes.get(n, 0))
+                                     for n, _ in first]), strict=True):
                 bad = ~np.isfinite(out.astype(np.float64)).reshape(len(split), -1).all(1)
                 if bad.any():
                     where = f" {name!r}" if len(first) > 1 else ""
@@ -123,4 +127,5 @@ def probe(model: Any, data: Dataset, task: str, what: str, *, finite: bool
     names = [n for n, _ in first]
     if len(names) == 1:
         names = ["logits"]  # the one output's name in every artifact (from_torch.OUTPUT_NAME)
-    return names, [[1, *out.shape[1:]] for _, out in first]
+    return names, [[1 if i == axes.get(n, 0) else int(v) for i, v in enumerate(out.shape)]
+                   for n, out in first]

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekd.common.cache import sha256_file
 from edgekd.errors import UsageError
-from edgekd.inputs.dataset import Dataset, InputSpec
+from edgekd.inputs.dataset import Dataset, InputSpec, OutputSpec, join_batches
 from edgekd.inputs.io import (
     Declared,
     check_declarations,
@@ -102,7 +102,7 @@ def _specs(declared: list[Declared], decls: dict[str, InputDecl], data: Dataset,
            what: str) -> tuple[InputSpec, ...]:
     """Every input's spec: data inputs from the data (shape, dtype, kind), the others from
     the project's declarations."""
-    arrays = data.arrays(data.test)
+    arrays = dict(data.test.extra) or {declared[0].name: data.test.x}  # specs not set yet
     images = data.preprocessing.layout == "NCHW"
     out = []
     for d in declared:
@@ -215,7 +215,8 @@ def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
                   teacher_key=str(sorted((t_info or {}).items())), model=info)
 
 
-def _run_onnx(path: Path, data: Dataset) -> list[np.ndarray]:
+def _run_onnx(path: Path, data: Dataset, outputs: tuple[OutputSpec, ...]
+              ) -> list[np.ndarray]:
     """The ONNX model's outputs on the test split, run in ONNX Runtime (which names an op
     it cannot run), after its calibration outputs were checked to be finite too."""
     from edgekd.inputs.model_files import onnx_session
@@ -237,8 +238,7 @@ def _run_onnx(path: Path, data: Dataset) -> list[np.ndarray]:
                              f"({type(exc).__name__}: {first_line(exc)}): export it for the "
                              "data's sample shape and dtype, or declare its other inputs "
                              "([inputs.<name>] value = ... or zeros = true)") from exc
-        outs = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] \
-            if parts else []
+        outs = join_batches(parts, outputs) if parts else []
         for out_name, out in zip(output_names, outs, strict=True):
             bad = ~np.isfinite(out.astype(np.float64)).reshape(len(out), -1).all(1)
             if bad.any():
@@ -256,7 +256,8 @@ def _onnx_inputs(spec: ModelSpec, project: Project, found: dict[str, Any]) -> In
     root, config = project.root, project.build
     path = resolve_path(spec.onnx, root, "model.onnx")  # type: ignore[arg-type]
     info = inspect_onnx(path, "model.onnx")
-    declared, out_names = onnx_io(path)
+    declared, out_declared = onnx_io(path)
+    out_names = [o.name for o in out_declared]
     check_declarations(declared, project.inputs, out_names, project.outputs, "model.onnx")
     wanted = _wanted(declared, project.inputs)
     if not wanted:
@@ -280,11 +281,11 @@ def _onnx_inputs(spec: ModelSpec, project: Project, found: dict[str, Any]) -> In
                              "(data.image_size, or export the model for this shape)")
     if single:
         data = dataclasses.replace(data, inputs=())
+    outputs = output_specs(out_names, project.outputs, data.input_specs,
+                           spec.task == "classification", [o.dims for o in out_declared])
     outputs_test = _run_onnx(path, dataclasses.replace(
         data, inputs=data.inputs or (InputSpec(declared[0].name, "float32",
-                                               tuple(data.test.x.shape[1:])),)))
-    outputs = output_specs(out_names, project.outputs, data.input_specs,
-                           spec.task == "classification")
+                                               tuple(data.test.x.shape[1:])),)), outputs)
     data = dataclasses.replace(data, outputs=outputs)
     if spec.task == "classification":
         shapes = [[1, *o.shape[1:]] for o in outputs_test]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgekd.errors import UsageError
-from edgekd.inputs.dataset import InputSpec, OutputSpec, feed
+from edgekd.inputs.dataset import InputSpec, OutputSpec, feed, join_batches
 from edgekd.measure.verify import Limits, OutputCheck, compare_output, require_outputs
 
 # A model as a plain callable, like Runner.run_all: every input by name -> every output.
@@ -58,12 +58,10 @@ def stream_check(reference: RunAll, artifact: RunAll, specs: Sequence[InputSpec]
             runs[side].append(got)
     whole, last = [], []
     for k, spec in enumerate(outputs):
-        ref = np.concatenate([r[k] for r in runs["reference"]])
-        out = np.concatenate([r[k] for r in runs["artifact"]])
+        ref, out = (join_batches(runs[side], outputs)[k] for side in ("reference", "artifact"))
         check = compare_output(spec.name, out, ref, spec)
         whole.append(check)
-        last.append(compare_output(spec.name, runs["artifact"][-1][k],
-                                   runs["reference"][-1][k], spec, scale=check.scale,
+        last.append(compare_output(spec.name, out[-1:], ref[-1:], spec, scale=check.scale,
                                    rates=False))
     return StreamCheck(n, tuple(whole), tuple(last))
 

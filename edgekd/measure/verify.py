@@ -207,7 +207,7 @@ def verify_artifact(path: Path, runtime: str, *, threads: int, y: np.ndarray | N
         references = [reference_logits]
         outputs = [OutputSpec((runner.output_names or ["output"])[0], classifier)]
     else:
-        got = predict_all(runner, inputs, arrays)
+        got = predict_all(runner, inputs, arrays, outputs=outputs)
         outputs = list(outputs or [OutputSpec(n) for n in runner.output_names])
     _require_shapes(path.name, got, references, outputs)
     for out, ref, spec in zip(got, references, outputs, strict=True):

@@ -297,9 +297,10 @@ def _expected(ctx: Deploy, q: QuantizedModel) -> list[np.ndarray]:
     """Every reference output on the test split (see :func:`_reference`)."""
     data = ctx.inputs.data
     if q.model.student is not None:
-        return model_outputs(q.model.student, data.feeds(data.test))
+        return model_outputs(q.model.student, data.feeds(data.test), outputs=data.outputs)
     runner = get_backend("onnxruntime").load(q.onnx["fp32"], ctx.threads)
-    return predict_all(runner, data.input_specs, data.arrays(data.test))
+    return predict_all(runner, data.input_specs, data.arrays(data.test),
+                       outputs=data.outputs)
 
 
 def _output_specs(ctx: Deploy) -> tuple[OutputSpec, ...]:
@@ -350,6 +351,13 @@ def verify(ctx: Deploy, exported: Exported) -> Verified:
     return Verified(exported, expected, entries, references)
 
 
+def _one_sample(expected: np.ndarray, spec: OutputSpec) -> list[int]:
+    """An output's shape for one sample, its batch axis where the model has it."""
+    shape = [int(v) for v in expected.shape[1:]]
+    shape.insert(spec.batch_axis, 1)
+    return shape
+
+
 # -- assemble ------------------------------------------------------------------------------
 
 
@@ -365,6 +373,7 @@ def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,
         quantization={**verified.exported.quantized.quantized.to_dict(),
                       "by_runtime": quantizers(ctx.target.runtimes, ctx.config.quant)},
         robustness=measured.robustness, threads=ctx.threads,
-        output_shapes=[[1, *e.shape[1:]] for e in verified.expected],
+        output_shapes=[_one_sample(e, o) for e, o in zip(verified.expected,
+                                                          _output_specs(ctx), strict=False)],
         outputs=_output_specs(ctx),
         build_seconds=build_seconds, budget=budget)

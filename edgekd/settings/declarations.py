@@ -26,8 +26,9 @@ class InputDecl:
     (``"int64"`` keeps token ids integer; float inputs are preprocessed, integer and bool
     inputs never are) and ``kind`` (image | signal | tokens | mask | values: which
     robustness corruptions apply). ``value`` is fixed for a deployment (a sample rate): fed
-    as given with every call. ``zeros = true`` is carried state: zeros of ``shape`` at the
-    start of a stream; ``from_output`` names the output fed back as this input in a stream.
+    as given with every call. ``zeros = true`` with ``from_output`` is carried state: zeros
+    of ``shape`` at the start of a stream, then the named output of the call before;
+    without ``from_output`` the zeros are fed with every call (an unused optional input).
     ``batch_axis``: where a state or value gets the batch axis when several samples run at
     once (leave it out for a value fed exactly as given; a finished ONNX model's declared
     shape says it for itself)."""
@@ -60,7 +61,9 @@ class InputDecl:
 
     @property
     def role(self) -> str:
-        return "fixed" if self.value is not None else "state" if self.zeros else "data"
+        if self.zeros and self.from_output:
+            return "state"
+        return "fixed" if self.value is not None or self.zeros else "data"
 
 
 def _numeric_value(value: Any) -> bool:
