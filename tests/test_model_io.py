@@ -491,3 +491,23 @@ def test_finished_onnx_state_batch_axis_from_the_graph(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "build" / "intel-cpu" / "report.json").read_text())
     assert report["inputs"][1]["batch_axis"] == 1 and report["outputs"][1]["shape"] == [2, 1, 16]
     assert all(a["stream"]["last"][1]["cosine_min"] >= 0.99 for a in report["artifacts"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    ('[inputs.sr]\nvalue = [1, 2, 3]\n', "error: inputs.sr: value has shape [3] but model.onnx "
+     "declares []: give the value in the model's shape"),
+    ('[inputs.sr]\nvalue = "x"\n', "inputs.sr: value must be a number, a boolean or a list of "
+     "them, got 'x'"),
+    ('[inputs.chunk]\ndtype = "int64"\n', "error: inputs.chunk.dtype = 'int64' but model.onnx "
+     "takes float32: remove the dtype, or export the model for it"),
+    ('[outputs.prob]\nthreshold = "a"\n', "outputs.prob.threshold: expected a number, got 'a'"),
+])
+def test_bad_declarations_are_one_line(stream_project: Path, extra: str, message: str) -> None:
+    toml = (stream_project / "edgekd.toml").read_text()
+    toml = toml.replace("[inputs.sr]\nvalue = 16000\n", "").replace(
+        "[outputs.prob]\nthreshold = 0.5\n", "")
+    (stream_project / "edgekd.toml").write_text(toml + extra)
+    done = _edgekd(stream_project, "--target", "x86-cpu")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr
+    assert not (stream_project / "build" / "x86-cpu").exists()

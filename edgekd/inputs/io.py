@@ -140,6 +140,12 @@ def check_declarations(declared: Sequence[Declared], decls: Mapping[str, InputDe
         if name not in names:
             raise UsageError(f"[inputs.{name}] names no input of {what} (its inputs: "
                              f"{', '.join(names)}): use one of those names")
+    for d in declared:
+        decl = decls.get(d.name)
+        if decl is not None and decl.dtype and d.dtype and decl.dtype != d.dtype \
+                and d.dims is not None:  # a finished model declares its own dtypes
+            raise UsageError(f"inputs.{d.name}.dtype = {decl.dtype!r} but {what} takes "
+                             f"{d.dtype}: remove the dtype, or export the model for it")
     for name, decl in decls.items():
         if decl.from_output and outputs and decl.from_output not in outputs:
             raise UsageError(f"inputs.{name}.from_output = {decl.from_output!r} names no "
@@ -159,11 +165,12 @@ def output_specs(names: Sequence[str], decls: Mapping[str, OutputDecl],
     it feeds in a stream, and where its batch axis is: a finished model's declared
     symbolic axis, else the batch axis of the state it feeds, else the first."""
     feeds = {s.from_output: s for s in inputs if s.from_output}
+    named = any(decls.get(n, OutputDecl()).classifier for n in names)  # one declared: not 0
     out = []
     for i, name in enumerate(names):
         decl = decls.get(name, OutputDecl())
         classifier = decl.classifier if decl.classifier is not None else (
-            classifier_task and i == 0)
+            classifier_task and i == 0 and not named)
         state = feeds.get(name)
         axis = _batch_axis(dims[i]) if i < len(dims) else None
         if axis is None:

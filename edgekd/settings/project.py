@@ -201,7 +201,16 @@ def _declarations(raw: Any, key: str, cls: type[Any]) -> dict[str, Any]:
     if raw is None:
         return {}
     table = convert(raw, dict[str, Any], key)
-    return {name: from_table(cls, value, f"{key}.{name}") for name, value in table.items()}
+    out = {}
+    for name, value in table.items():
+        try:
+            out[name] = from_table(cls, value, f"{key}.{name}")
+        except ValueError as exc:  # a rule of the class (__post_init__) names no key itself
+            text = str(exc)
+            raise ValueError(text if text.startswith(f"{key}.") or text.startswith("unknown key")
+                             or text.startswith("missing key") else f"{key}.{name}: {text}"
+                             ) from exc
+    return out
 
 
 def _budgets(raw: Any, source: str) -> tuple[Budget | None, dict[str, Budget]]:
