@@ -271,3 +271,17 @@ def test_limits_come_from_the_config_and_are_checked() -> None:
         BuildConfig(max_output_error=0.0)
     with pytest.raises(ValueError, match=r"min_decision_agreement must be in \[0, 1\]"):
         BuildConfig(min_decision_agreement=1.5)
+
+
+def test_a_near_chance_classifier_is_named_as_the_likely_cause() -> None:
+    """Flat scores (a model that learned nothing) flip top-1 under tiny INT8 changes: the
+    failure says the model is near chance instead of only blaming calibration."""
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 1e-3, size=(400, 10)).astype(np.float32)
+    artifact = reference + rng.normal(0, 1e-3, size=reference.shape).astype(np.float32)
+    labels = rng.integers(0, 10, 400)
+    check = compare_output("logits", artifact, reference, OutputSpec("logits", True), labels)
+    with pytest.raises(VerificationError) as err:
+        require_outputs("m_int8.onnx", "onnxruntime", "int8", [check], Limits())
+    assert "the model is near chance (accuracy" in str(err.value)
+    assert "chance 10.0%" in str(err.value)

@@ -23,6 +23,9 @@ from edgekd.settings.config import BuildConfig
 # a handful it is mostly the sign pattern (a 2-element output at cosine 0.99 may still be
 # off by 14 % of its norm). From 8 elements on it measures the direction of a vector.
 MIN_COSINE_ELEMENTS = 8
+# Within this of chance (1 / classes), a classifier has learned (next to) nothing: the same
+# margin as the stage warnings of edgekd.pipeline.training.
+NEAR_CHANCE = 0.05
 
 
 
@@ -264,9 +267,15 @@ def _failures(check: OutputCheck, limits: Limits, where: str
         return [(float("inf"), check.name, f"{side} {o} is NaN or inf on {count} of "
                                            f"{check.samples} samples {where}", "")]
     if check.top1_agreement is not None and check.top1_agreement < limits.min_agreement:
+        near = (check.accuracy is not None and check.elements > 1
+                and check.accuracy < 1 / check.elements + NEAR_CHANCE)
         out.append((_shortfall(check.top1_agreement, limits.min_agreement), check.name,
                     f"{o} agrees on top-1 for only {check.top1_agreement:.2%} of the samples "
-                    f"{where} (min_agreement {limits.min_agreement:.2%})", "min_agreement"))
+                    f"{where} (min_agreement {limits.min_agreement:.2%})"
+                    + (f"; the model is near chance (accuracy {check.accuracy:.1%}, chance "
+                       f"{1 / check.elements:.1%}): its scores are almost flat, so small INT8 "
+                       "changes flip its top-1; train it further first (the stage warnings "
+                       "say what to try)" if near else ""), "min_agreement"))
     a = check.decision_agreement
     if a is not None and a < limits.min_decision_agreement:
         out.append((_shortfall(a, limits.min_decision_agreement), check.name,
