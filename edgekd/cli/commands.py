@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +21,7 @@ from edgekd.cli.display import (
     print_bench,
     print_checks,
     print_summary,
+    setup_logging,
 )
 from edgekd.common.interrupts import catch_interrupts, interrupt_exit_code
 from edgekd.errors import EdgekdError, UsageError
@@ -370,8 +370,7 @@ def build(
 ) -> None:
     """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
     (or --config, or --model), else the built-in digits demonstration."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(debug)
     items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
     if threads is not None:
         items.append(f"train.threads={threads}")

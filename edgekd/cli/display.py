@@ -23,6 +23,33 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+# Loggers of the libraries a build imports (converters, runtimes, their dependencies): their
+# warnings at import ("Failed to load ..._C_mxfp8.so", "no triton", a torch deprecation)
+# are about optional kernels edgekd never uses, and read like a broken install. They are
+# shown with --debug only; edgekd's own warnings (and any error) always are.
+THIRD_PARTY = ("torch", "torchao", "absl", "jax", "litert_torch", "ai_edge_litert",
+               "onnxscript", "onnx_ir", "transformers", "openvino", "root")
+
+
+class _EdgekdOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("edgekd") or record.levelno >= logging.ERROR
+
+
+def setup_logging(debug: bool) -> None:
+    """Warnings of edgekd to stderr (everything with ``debug``); third-party warnings only
+    with ``debug``."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_EdgekdOnly())
+    for name in THIRD_PARTY:  # libraries that attach handlers of their own (torch does)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 class Epoch(Protocol):
     """What a training stage reports after each epoch (edgekd.train.loop.EpochReport)."""
 
