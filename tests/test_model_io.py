@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -30,6 +31,22 @@ seconds = 0
 def _edgekd(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgekd", "build", *args], cwd=root,
                           capture_output=True, text=True, env=ENV, timeout=900)
+
+
+def _user_model(root: Path, module: str, code: str, factory: str) -> Any:
+    """A user's model file ``root/<module>.py`` and its weights ``<factory>.safetensors``
+    (the factory's initial weights: a finished model); returns the module."""
+    import importlib.util
+
+    from safetensors.torch import save_file
+
+    (root / f"{module}.py").write_text(code)
+    spec = importlib.util.spec_from_file_location(f"user_{module}", root / f"{module}.py")
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    save_file(getattr(loaded, factory)().state_dict(), str(root / f"{factory}.safetensors"))
+    return loaded
 
 
 def _finished_onnx(root: Path, onnx_file: str, data: str) -> None:
@@ -185,19 +202,10 @@ def bag():
 def test_int64_token_ids_through_onnx_runtime_and_openvino(tmp_path: Path,
                                                           target: str) -> None:
     import torch
-    from safetensors.torch import save_file
-
-    (tmp_path / "nets.py").write_text(TOKENS)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import nets  # type: ignore[import-not-found]
-        save_file(nets.bag().state_dict(), str(tmp_path / "bag.safetensors"))
-        ids = np.random.default_rng(0).integers(1, 50, size=(120, 12)).astype(np.int64)
-        with torch.no_grad():
-            y = nets.bag()(torch.from_numpy(ids)).argmax(1).numpy()
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("nets", None)
+    nets = _user_model(tmp_path, "nets", TOKENS, "bag")
+    ids = np.random.default_rng(0).integers(1, 50, size=(120, 12)).astype(np.int64)
+    with torch.no_grad():
+        y = nets.bag()(torch.from_numpy(ids)).argmax(1).numpy()
     np.savez(tmp_path / "tokens.npz", input_ids=ids, y=y)
     (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
         [model]
@@ -264,18 +272,7 @@ def cell():
 def test_pytorch_model_with_state_and_two_outputs_on_every_runtime(tmp_path: Path) -> None:
     """Export of several inputs and outputs from PyTorch: ONNX (dynamic batch on both
     inputs) and TFLite (LiteRT-Torch, inputs in forward's order)."""
-    import torch
-    from safetensors.torch import save_file
-
-    (tmp_path / "cell.py").write_text(STATEFUL)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import cell  # type: ignore[import-not-found]
-        save_file(cell.cell().state_dict(), str(tmp_path / "cell.safetensors"))
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("cell", None)
-    del torch
+    _user_model(tmp_path, "cell", STATEFUL, "cell")
     rng = np.random.default_rng(2)
     np.savez(tmp_path / "chunks.npz", chunk=rng.normal(size=(120, 32)).astype(np.float32))
     np.savez(tmp_path / "calib.npz", chunk=rng.normal(size=(80, 32)).astype(np.float32))
@@ -361,16 +358,7 @@ def texts():
 
 @pytest.mark.slow
 def test_dataset_of_dicts_with_a_bool_mask_for_an_optional_input(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    (tmp_path / "text.py").write_text(MASKED)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import text  # type: ignore[import-not-found]
-        save_file(text.masked().state_dict(), str(tmp_path / "masked.safetensors"))
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("text", None)
+    _user_model(tmp_path, "text", MASKED, "masked")
     (tmp_path / "edgekd.toml").write_text(textwrap.dedent("""
         runtimes = ["onnxruntime"]
         [model]
@@ -419,16 +407,7 @@ def test_state_with_its_batch_on_another_axis(tmp_path: Path) -> None:
     """A state [2, batch, 8] (batch_axis = 1): fed, carried, batched for calibration and
     verification, and reported with its batch where the model has it, in ONNX Runtime and
     TFLite (whose converted model has a static batch of 1)."""
-    from safetensors.torch import save_file
-
-    (tmp_path / "cell.py").write_text(SILERO_LIKE)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import cell  # type: ignore[import-not-found]
-        save_file(cell.cell().state_dict(), str(tmp_path / "cell.safetensors"))
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("cell", None)
+    _user_model(tmp_path, "cell", SILERO_LIKE, "cell")
     rng = np.random.default_rng(2)
     np.savez(tmp_path / "chunks.npz", chunk=rng.normal(size=(120, 32)).astype(np.float32))
     np.savez(tmp_path / "calib.npz", chunk=rng.normal(size=(80, 32)).astype(np.float32))

@@ -25,7 +25,7 @@ from edgekd.cli.display import (
 )
 from edgekd.common.interrupts import catch_interrupts, interrupt_exit_code
 from edgekd.errors import EdgekdError, UsageError
-from edgekd.measure.bench import BenchSpec
+from edgekd.measure.bench import bench_specs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distill, prune, INT8-quantize, export and verify PyTorch models for "
@@ -118,29 +118,6 @@ AcceptNewHostKey = Annotated[bool, typer.Option(
     help="Trust a host key seen for the first time (ssh accept-new).")]
 
 
-def _bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
-                 threads: int | None, remote: bool, **kw: object) -> list[BenchSpec]:
-    from edgekd.backends import runtime_for_suffix
-    from edgekd.settings.targets import load_target
-
-    t = load_target(target) if target else None
-    specs = []
-    for path in artifacts:
-        if not path.exists():
-            raise UsageError(f"{path}: no such file; give the path of an .onnx, .xml or "
-                             ".tflite artifact")
-        rt = runtime or runtime_for_suffix(path)
-        if t and rt not in t.runtimes:
-            raise UsageError(f"{path.name} runs in {rt}, which target {t.name!r} does not "
-                             f"use ({', '.join(t.runtimes)}); pass --runtime or another target")
-        n = threads or (t.threads if t else (os.cpu_count() or 1))
-        if t and not remote:  # more threads than this host's cores only measure contention
-            n = min(n, os.cpu_count() or 1)
-        providers = t.providers if t else ("CPUExecutionProvider",)
-        specs.append(BenchSpec(path, rt, n, providers=providers, **kw))  # type: ignore[arg-type]
-    return specs
-
-
 @app.command()
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="Artifact(s): .onnx, .xml (OpenVINO "
@@ -178,7 +155,7 @@ def bench(
             runs, seconds = 200, 2.0  # at least 200 runs and 2 s, whichever takes longer
         try:
             input_shape = tuple(int(v) for v in shape.split(",")) if shape else None
-            specs = _bench_specs(artifacts, runtime, target, threads, bool(remote),
+            specs = bench_specs(artifacts, runtime, target, threads, bool(remote),
                                  warmup=warmup, runs=runs, seconds=seconds, batch=batch,
                                  input_shape=input_shape, seed=seed)
         except ValueError as exc:

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.backends import runtime_for_suffix
 from edgekd.common.interrupts import run_child
-from edgekd.errors import BuildError
+from edgekd.errors import BuildError, UsageError
+from edgekd.settings.targets import load_target
 
 TIMEOUT_S = 900
 WORKER = Path(__file__).parents[1] / "device" / "worker.py"
@@ -223,3 +225,26 @@ def run_bench(spec: BenchSpec, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
                          "--seconds") from exc
     return parse_result(proc.stdout.decode(errors="replace"), what, proc.returncode,
                         proc.stderr.decode(errors="replace"))
+
+
+def bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
+                threads: int | None, remote: bool, **kw: object) -> list[BenchSpec]:
+    """What ``edgekd bench`` measures: one spec per artifact, its runtime from the suffix
+    (or ``runtime``), threads and providers from ``target`` (capped to this host's cores
+    unless it runs on remote devices)."""
+    t = load_target(target) if target else None
+    specs = []
+    for path in artifacts:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file; give the path of an .onnx, .xml or "
+                             ".tflite artifact")
+        rt = runtime or runtime_for_suffix(path)
+        if t and rt not in t.runtimes:
+            raise UsageError(f"{path.name} runs in {rt}, which target {t.name!r} does not "
+                             f"use ({', '.join(t.runtimes)}); pass --runtime or another target")
+        n = threads or (t.threads if t else (os.cpu_count() or 1))
+        if t and not remote:  # more threads than this host's cores only measure contention
+            n = min(n, os.cpu_count() or 1)
+        providers = t.providers if t else ("CPUExecutionProvider",)
+        specs.append(BenchSpec(path, rt, n, providers=providers, **kw))  # type: ignore[arg-type]
+    return specs
