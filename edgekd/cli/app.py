@@ -1,0 +1,106 @@
+"""The ``edgekd`` Typer app and what its commands share: one-line errors, output paths checked
+before any work, the interrupt message, the SSH options. Each command lives in its own module
+of this folder (build, check, bench, init, steps), registered on :data:`app` when
+:mod:`edgekd.cli.commands` imports them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+import edgekd
+from edgekd.cli.display import console, err_console
+from edgekd.common.interrupts import interrupt_exit_code
+from edgekd.errors import EdgekdError, UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distill, prune, INT8-quantize, export and verify PyTorch models for "
+                       "edge runtimes.")
+
+
+def fail(exc: EdgekdError, debug: bool) -> typer.Exit:
+    if debug:
+        err_console.print_exception()
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"edgekd {edgekd.__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version,
+                                                is_eager=True, help="Print the version.")]
+          = False) -> None:
+    """edgekd: one command from PyTorch to verified ONNX Runtime, OpenVINO and LiteRT models."""
+
+
+def output_file(path: Path | None, flag: str, creates: Path | None = None) -> None:
+    """Refuse, before any work, a file that could not be written at the end. Folders are not
+    created: a typo in a path should not leave new folders behind. The one exception is a
+    folder inside ``creates``, the output root the build itself makes (``--junit
+    build/budgets.xml`` beside the build)."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give the path of a file")
+    inside = creates is not None and (folder.resolve() == creates.resolve()
+                                      or creates.resolve() in folder.resolve().parents)
+    if inside:
+        return
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist: create it "
+                         "first or choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists()
+                                                   and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path} is not writable: choose another path or fix its "
+                         "permissions")
+
+
+def output_root(out: Path | None, config: Path | None) -> Path:
+    """Where a build writes: --out, else the project file's ``out``, else ./build."""
+    if out is not None:
+        return out
+    from edgekd.settings.project import PROJECT_FILE, load_project
+
+    try:
+        project = load_project(config, cwd=Path.cwd()) if (
+            config or Path(PROJECT_FILE).is_file()) else None
+    except EdgekdError:  # a broken project file is reported by the build itself
+        project = None
+    return project.root / project.out if project and project.out else Path("build")
+
+
+def interrupted(what: str) -> typer.Exit:
+    """SIGINT, SIGTERM or SIGHUP: one line, exit 128 + the signal (130, 143, 129)."""
+    err_console.print(f"[bold red]interrupted:[/] {what}", soft_wrap=True)
+    return typer.Exit(interrupt_exit_code())
+
+
+def os_error(exc: OSError) -> EdgekdError:
+    """A failed write (full disk, quota, permissions) as one line; the staging folder is gone
+    by now and an earlier build is untouched."""
+    import errno
+
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return EdgekdError(f"no space left on the device{where}: free some disk space or "
+                           "choose another --out; nothing was written and the previous build "
+                           "is untouched")
+    return EdgekdError(f"{exc.strerror or exc}{where}: check the path and its permissions "
+                       "(--debug shows where it happened)")
+
+
+# Options shared by `bench --remote` and `build --remote`.
+RemotePython = Annotated[str, typer.Option(help="Python on the remote device.")]
+SshConfig = Annotated[Path | None, typer.Option(help="ssh -F FILE.")]
+AcceptNewHostKey = Annotated[bool, typer.Option(
+    help="Trust a host key seen for the first time (ssh accept-new).")]

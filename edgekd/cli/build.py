@@ -1,0 +1,141 @@
+"""``edgekd build``: the whole pipeline for one target."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekd.cli.app import (
+    AcceptNewHostKey,
+    RemotePython,
+    SshConfig,
+    app,
+    fail,
+    interrupted,
+    os_error,
+    output_file,
+    output_root,
+)
+from edgekd.cli.check import run_check
+from edgekd.cli.display import BuildProgress, print_summary, setup_logging
+from edgekd.common.interrupts import catch_interrupts
+from edgekd.errors import EdgekdError, UsageError
+
+
+def _legacy(seed: int | None, temperature: float | None, alpha: float | None,
+            epochs: int | None, sparsity: float | None, min_agreement: float | None,
+            runs: int | None) -> list[str]:
+    """The named build flags as ``section.key=value`` settings."""
+    pairs = [("seed", seed), ("distill.temperature", temperature), ("distill.alpha", alpha),
+             ("distill.epochs", epochs), ("student.epochs", epochs),
+             ("prune.sparsity", sparsity), ("min_agreement", min_agreement),
+             ("bench.runs", runs)]
+    # JSON, as --set reads it: inf and nan stay numbers (and are refused as such).
+    return [f"{k}={json.dumps(v)}" for k, v in pairs if v is not None]
+
+
+@app.command()
+def build(
+    target: Annotated[str | None, typer.Option("--target", "-t", help="Target name (edgekd "
+                                               "targets); default: the project file's, else "
+                                               "raspberrypi.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Project file "
+                                                "(default: ./edgekd.toml if present, else the "
+                                                "built-in digits demonstration).")] = None,
+    model: Annotated[str | None, typer.Option(help="Build this finished model instead: an "
+                                              ".onnx file, or file.py:factory with --weights "
+                                              "(no distillation).")] = None,
+    weights: Annotated[str | None, typer.Option(help="Weights for --model (.safetensors or "
+                                                "a state dict).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output root; artifacts go "
+                                             "to OUT/<target> (default: the project's, else "
+                                             "build).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for splits, initialisation and "
+                                             "shuffling.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Distillation temperature T.")]
+    = None,
+    alpha: Annotated[float | None, typer.Option(help="Weight of the soft-target loss (0..1).")]
+    = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs for the distilled student and "
+                                               "for the scratch baseline.")] = None,
+    sparsity: Annotated[float | None, typer.Option(help="Fraction of conv/linear weights "
+                                                   "pruned (0..1).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        help="Fail if an artifact's top-1 agreement with PyTorch is below this.")] = None,
+    runs: Annotated[int | None, typer.Option(help="Timed benchmark runs per artifact.")] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any setting, section.key=value (repeatable), e.g. "
+        "prune.method=structured, distill.views=16, data.train=data/train, "
+        "student_model=student_convnet.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore the stage cache of earlier builds "
+                                        "(retrain everything).")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="Allow weights files that are full "
+                                               "pickles (they can run code when loaded).")]
+    = False,
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if a budget is broken "
+                                        "(the build and its reports are still written).")]
+    = False,
+    budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table; "
+                                                "replaces the target's.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="With --check: JUnit XML here.")] = None,
+    remote: Annotated[list[str] | None, typer.Option(help="Also benchmark the artifacts on "
+                                                     "user@host over SSH (repeatable).")]
+    = None,
+    remote_python: RemotePython = "python3",
+    ssh_config: SshConfig = None,
+    accept_new_host_key: AcceptNewHostKey = False,
+    threads: Annotated[int | None, typer.Option(
+        help="Training threads (setting train.threads; default 0 = half the usable cores: "
+        "more threads than free cores make training many times slower).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: no spinner, "
+                                        "epoch bars or step lines; the summary and "
+                                        "warnings only.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
+) -> None:
+    """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
+    (or --config, or --model), else the built-in digits demonstration."""
+    setup_logging(debug)
+    items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
+    if threads is not None:
+        items.append(f"train.threads={threads}")
+    try:
+        from edgekd.measure.remote import Remote
+
+        remotes = [Remote(h, remote_python, ssh_config, accept_new_host_key)
+                   for h in remote or []]
+    except ValueError as exc:
+        raise fail(UsageError(f"bad option: {exc}"), debug) from exc
+    try:
+        output_file(junit, "--junit", creates=output_root(out, config))
+    except UsageError as exc:
+        raise fail(exc, debug) from exc
+
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 shows the progress
+    progress = BuildProgress(target or "the target", quiet=quiet)
+
+    try:
+        with catch_interrupts(), progress if lead else contextlib.nullcontext():
+            from edgekd.pipeline.api import build as run_build  # torch: seconds to import
+
+            result = run_build(target, config=config, out=out, settings=items + (settings or []),
+                               model=model, weights=weights, budget=budget, fresh=fresh,
+                               trust_pickle=trust_pickle, remotes=remotes,
+                               on_step=progress.step if lead else None,
+                               on_epoch=progress.epoch if lead else None)
+    except EdgekdError as exc:
+        raise fail(exc, debug) from exc
+    except KeyboardInterrupt:
+        raise interrupted("nothing was written; the previous build (if any) is "
+                           "untouched") from None
+    except OSError as exc:
+        raise fail(os_error(exc), debug) from exc
+    if not result.report:  # another rank under torchrun; rank 0 reports
+        return
+    print_summary(result.report, result.out_dir)
+    if check:
+        raise typer.Exit(run_check(result.out_dir / "report.json", budget, junit))

@@ -1,0 +1,55 @@
+"""``edgekd check``: the CI gate, a report against its budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgekd.cli.app import app, fail, os_error, output_file
+from edgekd.cli.display import print_checks
+from edgekd.errors import EdgekdError, UsageError
+
+
+@app.command()
+def check(
+    report: Annotated[Path, typer.Argument(help="report.json of a build (or edgekd bench "
+                                           "--json output).", show_default=False)],
+    budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table "
+                                                "(default: the target's budget recorded "
+                                                "in the report).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here.")] = None,
+) -> None:
+    """Compare a report against its budgets: exit 1 if any is broken, 0 if all hold."""
+    raise typer.Exit(run_check(report, budget, junit))
+
+
+def run_check(report_path: Path, budget_path: Path | None, junit: Path | None) -> int:
+    from edgekd.report.gate import budget_checks, junit_xml, load_report
+    from edgekd.settings.budgets import load_budget_file, parse_budget
+
+    try:
+        output_file(junit, "--junit")
+        report = load_report(report_path)
+        if budget_path:
+            budget, source = load_budget_file(budget_path), str(budget_path)
+        else:
+            recorded = report.get("budget") or {}
+            budget = parse_budget(recorded.get("limits", {}), str(report_path),
+                                  "budget.limits")
+            source = recorded.get("source", str(report_path))
+        if budget.empty:
+            raise UsageError(f"no budgets to check in {source}: add a [budget] table to the "
+                             "target file or pass --budget FILE")
+        checks = budget_checks(report, budget)
+    except EdgekdError as exc:
+        raise fail(exc, False) from exc
+    print_checks([c.to_dict() for c in checks], source)
+    if junit:
+        try:
+            junit.parent.mkdir(parents=True, exist_ok=True)  # checked first: see _output_file
+            junit.write_text(junit_xml(checks, source), encoding="utf-8")
+        except OSError as exc:
+            raise fail(os_error(exc), False) from exc
+    return 1 if any(not c.ok for c in checks) else 0
