@@ -27,11 +27,11 @@ from edgekd import (
     default_calibration_file,
     load_digits,
     ort_accuracy,
-    quantize,
     set_seed,
     to_onnx,
-    train,
+    train_model,
 )
+from edgekd.compress.quantize import quantize
 from edgekd.train.models import STUDENTS
 
 METHODS = ("minmax", "percentile", "entropy")
@@ -51,8 +51,8 @@ def main() -> None:
         for name, seed in itertools.product(args.students, args.seeds):
             data = load_digits(default_calibration_file(), seed=seed)
             set_seed(seed)
-            model = train(STUDENTS[name](), data.train, Schedule(st.epochs, st.lr, st.batch_size),
-                          seed=seed)
+            model = train_model(STUDENTS[name](), data.train,
+                                Schedule(st.epochs, st.lr, st.batch_size), seed=seed)
             onnx_fp32 = to_onnx(model, data.test.x[:1], Path(tmp) / f"{name}{seed}.onnx")
             fp32.setdefault(name, []).append(ort_accuracy(onnx_fp32, data.test.x, data.test.y)[0])
             for method, per_channel, n in itertools.product(METHODS, (True, False),

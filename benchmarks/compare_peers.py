@@ -145,10 +145,10 @@ def top1(path: Path, runtime: str, x: np.ndarray, y: np.ndarray, threads: int) -
 
 def trained_mobilenet(data: Any, size: int, epochs: int) -> torch.nn.Module:
     """MobileNetV2 trained on the digits' training split, upsampled to ``size``."""
-    from edgekd import Schedule, Split, train
+    from edgekd import Schedule, Split, train_model
 
     split = Split(upsampled(data.train.x, size), data.train.y, data.train.index)
-    return train(mobilenet_v2(10), split, Schedule(epochs, 3e-3, 64), seed=0).eval()
+    return train_model(mobilenet_v2(10), split, Schedule(epochs, 3e-3, 64), seed=0).eval()
 
 
 def p50(path: Path, runtime: str, threads: int, seconds: float) -> float:

@@ -33,7 +33,7 @@ from edgekd import (
     default_calibration_file,
     load_digits,
     set_seed,
-    train,
+    train_model,
 )
 from edgekd.train.augment import SoftTargets, training_views
 from edgekd.train.distill import Distillation, auto_pairs
@@ -62,15 +62,15 @@ def main() -> None:
         data = load_digits(default_calibration_file(), seed=seed)
         t = cfg.teacher
         set_seed(seed)
-        teacher = train(teacher_cnn(), data.train, Schedule(t.epochs, t.lr, t.batch_size),
-                        seed=seed)
+        teacher = train_model(teacher_cnn(), data.train,
+                              Schedule(t.epochs, t.lr, t.batch_size), seed=seed)
         acc["teacher"].append(accuracy(teacher, data.test))
         schedule = Schedule(d.epochs, d.lr, d.batch_size)
         split, soft = training_views(data.train, d.views, mixup=d.mixup,
                                      num_classes=data.num_classes, seed=seed)
         set_seed(seed)
-        scratch = train(make_student(), split, schedule, seed=seed,
-                        objective=SoftTargets(soft) if d.views else None)
+        scratch = train_model(make_student(), split, schedule, seed=seed,
+                              objective=SoftTargets(soft) if d.views else None)
         acc["scratch"].append(accuracy(scratch, data.test))
         example = torch.from_numpy(data.train.x[:1])
         pairs = auto_pairs(make_student(), teacher, example)
@@ -83,7 +83,7 @@ def main() -> None:
                 objective = Distillation(student, outputs, pairs, example,
                                          temperature=d.temperature, alpha=d.alpha,
                                          feature_weight=fw, attention_weight=aw)
-                train(student, split, schedule, seed=seed, objective=objective)
+                train_model(student, split, schedule, seed=seed, objective=objective)
                 objective.close()
                 acc[name].append(accuracy(student, data.test))
 

@@ -30,11 +30,11 @@ from edgekd import (
     load_digits,
     mobilenet_v2,
     ort_accuracy,
-    quantize,
     run_bench,
     to_onnx,
 )
 from edgekd.backends import openvino as ov_backend
+from edgekd.compress.quantize import quantize
 
 # (name, config): activations x weights, per-channel or per-tensor weights; all QDQ, min-max.
 VARIANTS = [

@@ -27,7 +27,7 @@ from edgekd import (
     set_seed,
     student_cnn,
     teacher_cnn,
-    train,
+    train_model,
 )
 from edgekd.train.distill import Distillation, auto_pairs
 from edgekd.train.teacher_cache import OnlineTeacher, teacher_outputs
@@ -63,7 +63,7 @@ def main() -> None:
                 objective = Distillation(student, source, pairs, example, temperature=4.0,
                                          alpha=0.5, feature_weight=1.0, attention_weight=100.0)
                 start = time.perf_counter()
-                train(student, data.train, schedule, seed=0, objective=objective)
+                train_model(student, data.train, schedule, seed=0, objective=objective)
                 seconds[name].append((time.perf_counter() - start) / args.epochs)
                 objective.close()
 

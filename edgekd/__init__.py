@@ -2,9 +2,14 @@
 
 The public API is what ``__all__`` lists; everything else may move between releases.
 
-- a whole build: :func:`build` (the ``edgekd build`` command, same options);
-- the steps on their own: :func:`to_onnx`, :func:`quantize` / :func:`quantize_int8`,
-  :func:`verify_artifact`, :func:`run_bench` with :class:`BenchSpec`, :func:`budget_checks`;
+- a whole build: :func:`build` (the ``edgekd build`` command, same options; models and
+  data as files or as objects: ``build(teacher=nn.Module, student=nn.Module, data=(x, y))``);
+- one step at a time (the ``edgekd quantize / export / verify / bench`` commands):
+  :func:`quantize`, :func:`export`, :func:`verify`, :func:`bench`, each returning its
+  figures (:class:`CheckedArtifact`);
+- lower-level pieces: :func:`to_onnx`, :func:`quantize_int8` (INT8 of an ONNX file, no
+  check), :func:`verify_artifact`, :func:`run_bench` with :class:`BenchSpec`,
+  :func:`budget_checks`;
 - training pieces: :func:`train` with :class:`Schedule`, :class:`Distillation`,
   :func:`prune_model`, the built-in models and the demonstration data;
 - settings: :class:`BuildConfig` and its sections, :func:`load_target`.
@@ -20,7 +25,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it (the rooms: edgekd/<room>/, see README "Architecture").
+# name -> the module that defines it (the rooms: edgekd/<room>/, see docs/architecture.md).
 _PUBLIC: dict[str, str] = {
     "build": "edgekd.pipeline.api",
     "BuildResult": "edgekd.pipeline.run",
@@ -41,7 +46,11 @@ _PUBLIC: dict[str, str] = {
     "get_backend": "edgekd.backends",
     "ExportSource": "edgekd.backends",
     "predict_batches": "edgekd.backends",
-    "quantize": "edgekd.compress.quantize",
+    "quantize": "edgekd.pipeline.steps",
+    "export": "edgekd.pipeline.steps",
+    "verify": "edgekd.pipeline.steps",
+    "bench": "edgekd.pipeline.steps",
+    "CheckedArtifact": "edgekd.pipeline.steps",
     "quantize_int8": "edgekd.compress.quantize",
     "ort_accuracy": "edgekd.compress.quantize",
     "prune_model": "edgekd.compress.prune",
@@ -50,7 +59,7 @@ _PUBLIC: dict[str, str] = {
     "BenchSpec": "edgekd.measure.bench",
     "budget_checks": "edgekd.report.gate",
     "load_report": "edgekd.report.gate",
-    "train": "edgekd.train.loop",
+    "train_model": "edgekd.train.loop",
     "Schedule": "edgekd.train.loop",
     "EpochReport": "edgekd.train.loop",
     "set_seed": "edgekd.train.loop",
@@ -68,9 +77,15 @@ _PUBLIC: dict[str, str] = {
 __all__ = ["__version__", *_PUBLIC]
 
 
+# A public name may not be the name of a room: importing edgekd.train (the folder) sets the
+# attribute ``edgekd.train`` to the package, and the function of that name would be hidden.
+# So the training loop is ``train_model``.
+_ALIASES = {"train_model": "train"}
+
+
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        value = getattr(importlib.import_module(_PUBLIC[name]), _ALIASES.get(name, name))
         globals()[name] = value  # later look-ups skip this function
         return value
     raise AttributeError(f"module 'edgekd' has no attribute {name!r}")

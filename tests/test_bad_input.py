@@ -1,4 +1,4 @@
-"""The bad-input table (README, "When something is wrong"): every case is a real broken file,
+"""The bad-input table (docs/errors.md): every case is a real broken file,
 folder or setting, built with the real CLI. Each must end with one `error:` line naming the
 problem and the fix, exit 1 or 2, no traceback, no half-written artifact, and the previous
 good build in the same output folder byte-for-byte untouched."""
@@ -67,7 +67,7 @@ class Evil:
 
 @dataclass(frozen=True)
 class Case:
-    name: str  # the row in the README table
+    name: str  # the row in the table of docs/errors.md
     setup: Callable[[Path], list[str]]  # writes the project into the folder; returns CLI args
     code: int  # expected exit code
     says: str  # a fragment of the one-line message
@@ -464,7 +464,7 @@ def test_a_second_build_into_the_same_folder_fails_at_once(good: Path, tmp_path:
 
 
 def test_every_case_is_in_the_readme_table() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "errors.md").read_text()
     others = ["runtime not installed", "disk full", "Ctrl-C during a build",
               "another build writing the same folder"]
     missing = [n for n in [c.name for c in CASES] + others if f"| {n} |" not in readme]

@@ -136,3 +136,75 @@ def test_payoff_flags_a_slower_int8_and_ops_off_target() -> None:
     out = flags(rows, arts)
     assert out[0].startswith("SLOWER: INT8 vs FP32 on tflite: 2.00× slower")
     assert "TRANSPOSE" in out[1]
+
+
+def _on_a_pi_target(report: dict) -> dict:
+    """REPORT as a build for the Raspberry Pi on an x86_64 host records it."""
+    return {**report, "target": "raspberrypi",
+            "host": {"machine": "x86_64", "cpus": 2, "processor": "x86_64"}}
+
+
+def test_every_check_says_where_it_was_measured() -> None:
+    budget = Budget(max_size_kb=1500, max_p95_ms=5, max_accuracy_drop=2, min_int8_speedup=1.5)
+    checks = {(c.budget, c.subject): c for c in budget_checks(REPORT, budget)}
+    assert checks[("max_size_kb", "m_int8.onnx")].measured_on == "any machine"
+    assert checks[("max_accuracy_drop", "m_int8.onnx")].measured_on == "any machine"
+    # No target in the report (a trimmed one): its figures count where they were measured.
+    assert checks[("max_p95_ms", "m_int8.onnx")].measured_on == "bench host"
+    assert checks[("max_p95_ms", "m_int8.onnx @ pi@pi5")].measured_on == "pi@pi5"
+    assert all(c.on_target for c in checks.values())
+    assert {"measured_on", "on_target"} <= set(checks[("max_size_kb", "m_int8.onnx")].to_dict())
+
+
+def test_a_pi_target_keeps_only_the_devices_latency() -> None:
+    """The device's figures (its architecture unknown: it was named with --remote) replace
+    the x86 host's for a Pi target; size and accuracy stay."""
+    budget = Budget(max_size_kb=1500, max_p95_ms=50, max_peak_rss_mb=100, min_int8_speedup=0.1)
+    checks = {(c.budget, c.subject): c for c in budget_checks(_on_a_pi_target(REPORT), budget)}
+    assert set(checks) == {("max_size_kb", "m_int8.onnx"), ("max_p95_ms", "m_int8.onnx @ pi@pi5"),
+                           ("max_peak_rss_mb", "m_int8.onnx @ pi@pi5")}
+    # min_int8_speedup: the FP32 reference was not measured on the device, so there is no
+    # pair on the device; the host's pair is left out with the host's figures.
+    assert all(c.on_target for c in checks.values())
+
+
+def test_junit_skips_what_was_not_measured_on_the_target() -> None:
+    report = _on_a_pi_target({**REPORT, "artifacts": [
+        {k: v for k, v in a.items() if k != "remote"} for a in REPORT["artifacts"]]})
+    checks = budget_checks(report, Budget(max_size_kb=1, max_p95_ms=100, min_int8_speedup=1))
+    assert [c.state for c in checks] == ["broken", "not measured on the target",
+                                         "not measured on the target"]
+    root = ET.fromstring(junit_xml(checks, "b.toml"))
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert (suite.get("failures"), suite.get("skipped")) == ("1", "2")
+    assert len(root.findall(".//testcase/skipped")) == 2
+    root = ET.fromstring(junit_xml(checks, "b.toml", require_device=True))
+    assert (root.get("failures"), root.get("skipped")) == ("3", "0")
+    assert len(root.findall(".//failure[@type='NotMeasuredOnTarget']")) == 2
+
+
+def test_check_require_device_exit_codes(tmp_path: Path) -> None:
+    report = _on_a_pi_target({**REPORT, "artifacts": [
+        {k: v for k, v in a.items() if k != "remote"} for a in REPORT["artifacts"]]})
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({**report, "budget": {"source": "target raspberrypi",
+                                                     "limits": {"max_p95_ms": 50.0}}}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["check", str(path)], terminal_width=200)
+    assert res.exit_code == 0 and "not on target" in res.output, res.output
+    res = runner.invoke(app, ["check", str(path), "--require-device"], terminal_width=200)
+    assert res.exit_code == 1 and "NOT ON TARGET" in res.output, res.output
+    res = runner.invoke(app, ["check", str(tmp_path)], terminal_width=200)  # the folder
+    assert res.exit_code == 0, res.output
+
+
+def test_help_shows_brackets_literally() -> None:
+    """`[budget]` in a help string was eaten as rich markup ("a  table")."""
+    runner = CliRunner()
+    for command in ("build", "check", "bench", "init", "targets"):
+        res = runner.invoke(app, [command, "--help"], terminal_width=200)
+        assert res.exit_code == 0, res.output
+        if command in ("build", "check"):
+            assert "TOML file with a [budget] table" in res.output, res.output
+        assert "a  table" not in res.output

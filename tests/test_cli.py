@@ -18,9 +18,9 @@ def test_targets_lists_every_target_with_a_description() -> None:
 
 
 def test_unknown_target_exits_2_with_the_list(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    result = runner.invoke(app, ["build", "--target", "raspberry", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["build", "--target", "coral", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "unknown target 'raspberry'" in result.output
+    assert "unknown target 'coral'" in result.output
     assert "raspberrypi" in result.output and "intel-cpu" in result.output
     assert list(tmp_path.iterdir()) == []
 

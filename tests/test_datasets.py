@@ -302,3 +302,24 @@ def test_bad_limits_and_options(tmp_path: Path) -> None:
         ImageOptions(color="grey")
     with pytest.raises(ValueError, match=r"data.image_size must be \[height, width\]"):
         ImageOptions(size=(0, 4))
+
+
+def test_an_npz_of_nchw_images_is_read_as_images(tmp_path: Path) -> None:
+    """A float ``[N, C, H, W]`` array with 1 or 3 channels is an image batch (robustness uses
+    the image corruptions, training the shifts), as the same pictures in class folders are;
+    a 4-D array with many channels, or a 1-D signal, is not."""
+    from edgekd.inputs.dataset import default_inputs
+    from edgekd.inputs.splits import user_data
+    from edgekd.settings.project import DataSpec
+
+    rng = np.random.default_rng(0)
+    kinds = {}
+    for name, shape in (("gray", (40, 1, 8, 8)), ("rgb", (40, 3, 16, 16)),
+                        ("features", (40, 32, 4, 4)), ("signal", (40, 1, 64))):
+        np.savez(tmp_path / f"{name}.npz", x=rng.random(shape, dtype=np.float32),
+                 y=rng.integers(0, 2, 40))
+        data = user_data(DataSpec(train=f"{name}.npz"), tmp_path, trains=True,
+                         calibration_samples=8, seed=0)
+        kinds[name] = default_inputs(data)[0].kind
+    assert kinds == {"gray": "image", "rgb": "image", "features": "values",
+                     "signal": "signal"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -12,7 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgekd.report import format as fmt
 from edgekd.report.html import render_html
+from edgekd.report.latency_plot import latency_figure
+from edgekd.report.plots import MARKER_PT, accuracy_size_figure, accuracy_size_svg, colour_range
 
 _XML_NAMESPACES = ("http://www.w3.org/", "http://purl.org/dc/", "http://creativecommons.org/ns")
 
@@ -45,6 +49,7 @@ def report() -> dict[str, Any]:
                  "latency_samples_ms": remote_samples.tolist(),
                  "device": {"machine": "aarch64", "model": "Raspberry Pi 4 Model B"},
                  "memory": {"peak_rss_mb": 40.2, "model_rss_mb": 9.5}}])
+    int8_tflite["accuracy"] = 0.98125
     int8_tflite["placement"]["not_as_intended"] = [
         {"node": "x", "op": "TRANSPOSE", "ran": "builtin kernel (not XNNPACK)"}]
     no_samples = _artifact("student_int8.onnx", "onnxruntime", "int8", 42000, 0.05, rng)
@@ -61,7 +66,19 @@ def report() -> dict[str, Any]:
             {"name": "student_distilled", "params": 31574, "nonzero_params": 31574,
              "accuracy": 0.99063},
             {"name": "student_pruned", "params": 31574, "nonzero_params": 15876,
-             "accuracy": 0.990625, "weight_sparsity": 0.5}],
+             "accuracy": 0.990625, "weight_sparsity": 0.5, "method": "unstructured",
+             "schedule": "gradual", "target_sparsity": 0.5, "mask_updates": 14,
+             "layers": [{"layer": "0", "type": "Conv2d", "before": [4, 1, 3, 3],
+                         "after": [4, 1, 3, 3], "params": 36, "zeros": 11,
+                         "zero_fraction": 0.3056}]}],
+        "dataset": {"splits": {"train": 1277, "test": 320, "calibration": 200}},
+        "quantization": {
+            "path": "student_int8.onnx", "method": "minmax", "float_layers": ["conv1"],
+            "fp32_accuracy": 0.975, "int8_accuracy": 0.97,
+            "steps": [{"float_layers": [], "accuracy": 0.955},
+                      {"float_layers": ["conv1"], "accuracy": 0.97}],
+            "by_runtime": {"tflite": {"tool": "LiteRT", "when": "during conversion",
+                                      "applies": [], "ignored": ["method"]}}},
         "artifacts": [_artifact("student_fp32.tflite", "tflite", "fp32", 130000, 0.012, rng),
                       int8_tflite, no_samples, no_latency],
         "payoff": [{"runtime": "tflite", "step": "int8", "baseline": "student_fp32.tflite",
@@ -143,7 +160,100 @@ def test_headless_browser_draws_both_plots(report: dict[str, Any], tmp_path: Pat
     dom = subprocess.run(base + ["--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=60)
     assert 'data-plots-rendered="2"' in dom.stdout, dom.stderr[-2000:]
+    for section in ("Pruning: layers", "Quantization: static INT8",
+                    "Quantization: accuracy check and mixed-precision search"):
+        assert f"<h2>{section}</h2>" in dom.stdout, section
     png = tmp_path / "report.png"
     subprocess.run(base + [f"--screenshot={png}", "--window-size=1200,2400", page.as_uri()],
                    capture_output=True, timeout=60)
     assert png.exists() and png.stat().st_size > 10_000
+
+
+# -- plots: readable on a real build's clustered artifacts ------------------------------------
+
+def _near_identical() -> dict[str, Any]:
+    """FP32 and INT8 files of three runtimes a few hundred bytes apart at one accuracy (as a
+    default build makes them), one timed on a remote device too, and a stage at the same
+    place: every marker's true position within a pixel or two of another's."""
+    rng = np.random.default_rng(3)
+    arts = []
+    for k, (runtime, ext) in enumerate([("onnxruntime", "onnx"), ("tflite", "tflite"),
+                                        ("openvino", "xml")]):
+        arts.append(_artifact(f"student_fp32.{ext}", runtime, "fp32", 129872 + 300 * k,
+                              0.009 + 0.001 * k, rng))
+        arts.append(_artifact(f"student_int8.{ext}", runtime, "int8", 40310 + 300 * k,
+                              0.012 + 0.001 * k, rng))
+    pi = rng.lognormal(np.log(0.15), 0.1, 200)
+    arts[3]["remote"] = [{"remote": "pi@pi", "latency_ms": _latency(pi),
+                          "latency_samples_ms": pi.tolist(), "memory": {}}]
+    return {"stages": [{"name": "student_distilled", "params": 31574, "nonzero_params": 31574,
+                        "accuracy": 0.990625}], "artifacts": arts}
+
+
+def _marker_centres(fig: Any) -> list[tuple[float, float]]:
+    ax = fig.axes[0]
+    return [tuple(ax.transData.transform(c.get_offsets()[0])) for c in ax.collections
+            if c.get_label() == "_marker"]
+
+
+def test_no_two_markers_coincide_and_runtimes_differ_in_shape() -> None:
+    r = _near_identical()
+    fig = accuracy_size_figure(r)
+    centres = _marker_centres(fig)
+    assert len(centres) == 1 + 6 + 1  # the stage, six files, the remote timing
+    width = MARKER_PT * fig.dpi / 72
+    gaps = [math.dist(a, b) for i, a in enumerate(centres) for b in centres[:i]]
+    assert min(gaps) >= width  # before: 0.9 px between the two INT8 ONNX/TFLite markers
+    ax = fig.axes[0]
+    arts = [c for c in ax.collections if c.get_label() == "_marker"][1:]
+    shapes = {tuple(map(tuple, c.get_paths()[0].vertices.round(3))) for c in arts}
+    assert len(shapes) == 3  # one per runtime
+    edges = {tuple(c.get_edgecolor()[0].round(3)) for c in arts}
+    assert len(edges) == 2  # one per precision
+    labels = [t.get_text() for t in ax.texts]
+    assert "student_int8.tflite @ pi@pi" in labels and len(labels) == len(centres)
+
+
+def test_colour_bar_covers_every_plotted_latency_and_names_both_ends() -> None:
+    r = _near_identical()
+    p50s = [a["latency_ms"]["p50"] for a in r["artifacts"]] + [
+        r["artifacts"][3]["remote"][0]["latency_ms"]["p50"]]  # the device: the slowest
+    fig = accuracy_size_figure(r)
+    norm = next(c.norm for c in fig.axes[0].collections if c.get_array() is not None)
+    assert norm.vmin <= min(p50s) and norm.vmax >= max(p50s)
+    lo, hi = colour_range([0.004, 0.2])
+    assert lo < 0.004 and hi > 0.2 and colour_range([0.01]) == pytest.approx((0.01 / 1.1, 0.011))
+    svg = accuracy_size_svg(r)
+    assert f"{fmt.ms(max(p50s))} slowest" in svg and f"{fmt.ms(min(p50s))} fastest" in svg
+
+
+def test_one_slow_run_does_not_squash_the_latency_boxes() -> None:
+    rng = np.random.default_rng(4)
+    arts = [_artifact(f"m{i}.onnx", "onnxruntime", "int8", 40000, 0.01 * (i + 1), rng)
+            for i in range(3)]
+    samples = arts[0]["latency_samples_ms"]
+    samples[7] = 50.0  # one descheduled run: 5,000 times the median
+    fig = latency_figure({"artifacts": arts})
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert hi < 1.0 and lo > 0.001  # the axis follows the whiskers, not the one slow run
+    frame = ax.bbox.width
+    for a in arts:
+        q1, q3 = np.percentile(a["latency_samples_ms"], [25, 75])
+        left, right = (ax.transData.transform((x, 0))[0] for x in (q1, q3))
+        assert right - left > 0.02 * frame  # a box, not a hairline
+    notes = [t.get_text() for t in ax.texts]
+    assert any("slowest 50 ms" in n for n in notes), notes  # counted at the edge instead
+
+
+def test_page_has_quantization_and_pruning_sections(report: dict[str, Any]) -> None:
+    page = render_html(report)
+    assert "<h2>Quantization: static INT8</h2>" in page
+    assert "calibrated with minmax on the calibration split (200 samples)" in page
+    assert "<td>1</td><td>conv1</td>" in page.replace(' class="num"', "")  # search step 1
+    assert "Excluded from INT8 (kept in float): conv1." in page
+    assert "99.06 % → 98.12 %" in page and "127.0 → 39.8" in page  # tflite FP32 → INT8
+    assert "0.42× slower (host)" in page
+    assert "<h2>Pruning: layers</h2>" in page
+    assert "99.06 % before pruning (student_distilled) → 99.06 % after" in page
+    assert "non-zero parameters 31,574 → 15,876" in page

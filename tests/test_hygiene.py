@@ -82,7 +82,7 @@ CASES = [
     ("NaN in the report", lambda d: (_write(d / "nan.json", json.dumps(REPORT).replace(
         "1024000", "NaN")), None), "NaN is not a JSON number"),
     ("a folder", lambda d: ((d / "dir.json").mkdir() or d / "dir.json", None),
-     "is a folder, not a file"),
+     "is a folder without a report.json"),
     ("not UTF-8", lambda d: (_write(d / "l1.json", '{"x": "\xe9"}', "latin-1"), None),
      "is not UTF-8 text (byte 0xe9"),
     ("a FIFO", lambda d: (_fifo(d), None), "is not a regular file"),
@@ -252,3 +252,25 @@ def _table_widths(md: str) -> list[list[int]]:
             tables[-1].append(cells)
         previous = line
     return tables
+
+
+def test_every_public_name_is_what_it_names_even_after_every_room_is_imported() -> None:
+    """``edgekd.<name>`` is the object ``_PUBLIC`` points at, also once every folder of edgekd
+    was imported: importing a sub-package sets an attribute of the same name on ``edgekd``,
+    which would hide a public function so named (``edgekd.train`` was the folder, not the
+    training loop)."""
+    import importlib
+    import pkgutil
+
+    import edgekd
+
+    for info in pkgutil.walk_packages(edgekd.__path__, "edgekd."):
+        if "._examples" not in info.name and not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    for name in edgekd.__all__:
+        if name == "__version__":
+            continue
+        value = getattr(edgekd, name)
+        assert not isinstance(value, type(edgekd)), f"edgekd.{name} is a module"
+        module = importlib.import_module(edgekd._PUBLIC[name])
+        assert value is getattr(module, edgekd._ALIASES.get(name, name)), name

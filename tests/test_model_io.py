@@ -121,7 +121,7 @@ def test_three_inputs_two_outputs_verified_per_output_and_streamed(stream_projec
     done = _edgekd(stream_project, "--target", target)
     assert done.returncode == 0, done.stderr
     report = json.loads((stream_project / "build" / target / "report.json").read_text())
-    assert report["schema_version"] == "1.1"
+    assert report["schema_version"] == "1.2"
     assert [(i["name"], i["dtype"], i["role"]) for i in report["inputs"]] == [
         ("chunk", "float32", "data"), ("state", "float32", "state"), ("sr", "int64", "fixed")]
     assert report["inputs"][1]["from_output"] == "next_state"

@@ -30,9 +30,9 @@ def test_init_writes_a_starter_that_parses(tmp_path: Path, monkeypatch) -> None:
     assert (tmp_path / "edgekd.toml").read_text() == STARTER
     project = load_project(None, cwd=tmp_path)
     assert project.model is not None and project.model.teacher == "models.py:teacher"
-    assert project.target == "raspberrypi" and project.data.train == "data/train"
+    assert project.target == "x86-cpu" and project.data.train == "data/train"
     again = runner.invoke(app, ["init"])
-    assert again.exit_code == 2 and "already exists" in again.output
+    assert again.exit_code == 2 and "already has" in again.output
 
 
 def test_cli_settings_override_the_file(tmp_path: Path) -> None:

@@ -123,7 +123,7 @@ def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_assemble_computes_summary_payoff_flags_and_budget(report: Report) -> None:
-    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.2"
     assert report["summary"] == {"compression": 28.51, "scratch_accuracy": 0.7125,
                                  "distilled_accuracy": 0.875, "distillation_gain_points": 16.25}
     int8 = next(p for p in report["payoff"] if p["step"] == "int8")
@@ -312,7 +312,7 @@ def test_renderers_print_the_same_number_the_same_way(
         report: Report, monkeypatch: pytest.MonkeyPatch) -> None:
     r: dict[str, Any] = dict(report)
     md, page, cli = render_markdown(r), render_html(r), _summary_text(r, monkeypatch)
-    same = ["89.38 %", "99.38 %", "0.01391", "0.0264", "126.8", "39.4", "28.5×", "+16.25",
+    same = ["89.38 %", "99.38 %", "13.9 µs", "26.4 µs", "126.8", "39.4", "28.5×", "+16.25",
             "69.6 s"]
     for text in same:
         assert text in md and text in page and text in cli, text
@@ -331,3 +331,102 @@ def test_formatters_never_raise(value: Any, text: str) -> None:
     assert fmt.percent(value) == text
     assert fmt.version("2026.4.1-22982-e213a147257-releases/2026/4") == "2026.4.1"
     assert fmt.version("ai-edge-litert 2.3.0") == "ai-edge-litert 2.3.0"
+
+
+def _compression(report: Report) -> dict[str, Any]:
+    """The report with a two-step mixed-precision search, the settings recorded, and a
+    payoff row from a device."""
+    r: dict[str, Any] = copy.deepcopy(dict(report))
+    r["quantization"] |= {"float_layers": ["/0/Conv"], "fp32_accuracy": 0.895,
+                          "int8_accuracy": 0.89, "steps": [
+                              {"float_layers": [], "accuracy": 0.86},
+                              {"float_layers": ["/0/Conv"], "accuracy": 0.89}],
+                          "settings": {"per_channel": True, "activation_type": "uint8",
+                                       "weight_type": "int8", "reduce_range": True,
+                                       "equalize": False, "calibration_samples": 200,
+                                       "max_accuracy_drop": 1.0}}
+    r["payoff"].append({**next(p for p in r["payoff"] if p["step"] == "int8"),
+                        "where": "pi@pi", "speedup": 2.1, "verdict": "faster"})
+    return r
+
+
+def test_markdown_says_how_int8_was_made_and_what_it_gave(report: Report) -> None:
+    md = render_markdown(_compression(report))
+    section = md[md.index("## Quantization"):md.index("## Latency")]
+    assert "calibrated with <code>minmax</code> on the calibration split (" in section
+    assert ("Settings: per-channel weights, uint8 activations, int8 weights (7-bit: "
+            "reduce_range), no equalisation, 200 calibration samples, accuracy budget 1.0 "
+            "points.") in section
+    assert "| 0 | none | 86.00 % | -3.50 |" in section  # every layer INT8: over budget
+    assert "| 1 | <code>/0/Conv</code> | 89.00 % | -0.50 |" in section
+    assert "Excluded from INT8 (kept in float): <code>/0/Conv</code>; INT8 89.00 %." in section
+    row = next(line for line in section.splitlines() if line.startswith("| onnxruntime |"))
+    assert "89.38 % → 89.38 %" in row and "126.8 → 39.4" in row and "9.26 µs → 13.9 µs" in row
+    assert "0.67× slower (host); 2.10× faster (pi@pi)" in row
+    # without the settings (reports so far): where to find them, not a guess
+    plain = render_markdown(dict(report))
+    assert "in manifest.json (config.quant)" in plain and "Settings:" not in plain
+    assert "no mixed-precision search was needed and no layer is kept in float" in plain
+
+
+def test_markdown_says_what_pruning_cost_and_removed(report: Report) -> None:
+    md = render_markdown(dict(report))
+    assert md.index("## Pruning") < md.index("## Quantization")  # the order they ran in
+    assert ("Test accuracy 87.50 % before pruning (student_distilled) → 89.38 % after "
+            "pruning and fine-tuning (student_pruned), +1.88 points; non-zero parameters "
+            "31,574 → 15,876") in md
+    r: dict[str, Any] = copy.deepcopy(dict(report))
+    pruned = r["stages"][-1]
+    pruned |= {"method": "structured", "schedule": "oneshot", "params": 15200,
+               "params_before": 31574, "macs_before": 60000, "macs_after": 30000,
+               "layers": [{"layer": "0", "type": "Conv2d", "before": [8, 1, 3, 3],
+                           "after": [4, 1, 3, 3], "params": 36, "zeros": 0,
+                           "zero_fraction": 0.0}]}
+    md, page = render_markdown(r), render_html(r)
+    assert "| <code>0</code> | Conv2d | 4 → 4 |" not in md
+    assert "| <code>0</code> | Conv2d | 8 → 4 | 8×1×3×3 → 4×1×3×3 |" in md
+    assert "parameters 31,574 → 15,200; pruned once, then fine-tuned" in md
+    assert '<td class="num">8 → 4</td>' in page and "<th>channels before → after</th>" in page
+
+
+def test_finished_model_says_pruning_was_not_applied(report: Report) -> None:
+    r: dict[str, Any] = dict(report) | {"stages": []}
+    assert "## Pruning\n\nNot applied: a finished model" in render_markdown(r)
+    assert "<h2>Pruning</h2><p>Not applied: a finished model" in render_html(r)
+
+
+def test_schema_takes_the_resolved_quant_settings(report: Report) -> None:
+    r = _compression(report)
+    assert schema.validate_report(r) == []
+    r["quantization"]["settings"]["activation_type"] = "auto"  # unresolved: not a report value
+    assert any("activation_type" in e for e in schema.validate_report(r))
+
+
+@pytest.mark.slow
+def test_a_build_records_its_quant_settings_resolved(tmp_path: Path) -> None:
+    """A real build on a finished student: report.json holds ``quant.*`` as used (``auto``
+    activations and ``reduce_range`` resolved for an x86 target, the samples calibrated on),
+    where manifest.json holds them as written; report.md and report.html say them."""
+    from edgekd.pipeline.api import load
+    from edgekd.pipeline.run import build
+    from edgekd.settings.targets import Target
+    from tests.test_bad_input import finished
+
+    project = load(finished(tmp_path / "p"), cwd=tmp_path / "p")
+    target = Target("ort", "ONNX Runtime on this host", ("onnxruntime",), threads=1)
+    out = build(target, out=tmp_path / "build", project=project).out_dir
+    report = json.loads((out / "report.json").read_text())
+    written = json.loads((out / "manifest.json").read_text())["config"]["quant"]
+    assert written["activation_type"] == "auto" and written["reduce_range"] is None
+    calibrated = min(written["calibration_samples"], report["dataset"]["splits"]["calibration"])
+    assert report["schema_version"] == "1.2"
+    assert report["quantization"]["settings"] == {
+        "calibration_samples": calibrated, "per_channel": True, "activation_type": "uint8",
+        "weight_type": "int8", "reduce_range": True, "percentile": written["percentile"],
+        "equalize": False, "max_accuracy_drop": written["max_accuracy_drop"]}
+    said = (f"Settings: per-channel weights, uint8 activations, int8 weights (7-bit: "
+            f"reduce_range), no equalisation, {calibrated} calibration samples, accuracy budget "
+            f"{written['max_accuracy_drop']} points.")
+    assert said in (out / "report.md").read_text()
+    assert said in (out / "report.html").read_text()
+    assert "manifest.json (config.quant)" not in (out / "report.md").read_text()

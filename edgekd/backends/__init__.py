@@ -17,6 +17,7 @@ Adding a backend is one module, its name in ``edgekd.settings.targets.RUNTIMES``
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -101,7 +102,9 @@ class Backend(Protocol):
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        raise UsageError(f"unknown runtime {name!r}; choose from {', '.join(BACKENDS)}")
+        close = difflib.get_close_matches(name, tuple(BACKENDS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"unknown runtime {name!r}; {hint}choose from {', '.join(BACKENDS)}")
     return cast(Backend, importlib.import_module(BACKENDS[name]))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekd.common.progress import tracking
 from edgekd.common.quiet import quiet
 from edgekd.errors import BuildError
 from edgekd.inputs.dataset import Feeds
@@ -48,7 +49,7 @@ def to_onnx(model: Any, example: np.ndarray | Feeds, path: Path,
 
     args, names, dynamic = _args(example)
     outputs = output_names or [OUTPUT_NAME]
-    with quiet("torch.onnx.export"):
+    with quiet("torch.onnx.export"), tracking(f"convert {path.name}", 1, "model"):
         program = torch.onnx.export(model, args, dynamo=True, opset_version=OPSET,
                                     input_names=names, output_names=outputs,
                                     dynamic_shapes=dynamic, verbose=False)
@@ -84,7 +85,7 @@ def to_tflite(model: nn.Module, example_input: np.ndarray | Feeds, fp32: Path,
 
     first = Feeds.of(example_input).head(1)
     example = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in first.batch().values())
-    with quiet("litert_torch.convert fp32"):
+    with quiet("litert_torch.convert fp32"), tracking(f"convert {fp32.name}", 1, "model"):
         litert_torch.convert(model.eval(), example).export(str(fp32))
     if int8 is None:  # FP32 only (the dense reference for pruning's payoff)
         return
@@ -95,15 +96,18 @@ def to_tflite(model: nn.Module, example_input: np.ndarray | Feeds, fp32: Path,
                                                is_dynamic=False)
     quantizer = _with_adds(PT2EQuantizer, config)().set_global(config)
     with quiet("litert_torch.convert int8"), torch.no_grad():
-        graph = torch.export.export(model.eval(), example).module()
-        prepared = prepare_pt2e(graph, quantizer)
         samples = Feeds.of(calibration)
-        for i in range(len(samples)):  # the exported graph has a static batch of 1
-            prepared(*(torch.from_numpy(np.ascontiguousarray(v))
-                       for v in samples.batch(i, i + 1).values()))
-        converted = convert_pt2e(prepared, fold_quantize=False)
-        litert_torch.convert(converted, example,
-                             quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(int8))
+        with tracking("calibrate tflite", len(samples), "sample") as t:
+            graph = torch.export.export(model.eval(), example).module()
+            prepared = prepare_pt2e(graph, quantizer)
+            for i in range(len(samples)):  # the exported graph has a static batch of 1
+                prepared(*(torch.from_numpy(np.ascontiguousarray(v))
+                           for v in samples.batch(i, i + 1).values()))
+                t.advance()
+        with tracking(f"convert {int8.name}", 1, "model"):
+            converted = convert_pt2e(prepared, fold_quantize=False)
+            litert_torch.convert(converted, example, quant_config=QuantConfig(
+                pt2e_quantizer=quantizer)).export(str(int8))
 
 
 def _with_adds(base: Any, config: Any) -> Any:

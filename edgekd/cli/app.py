@@ -5,6 +5,7 @@ of this folder (build, check, bench, init, steps), registered on :data:`app` whe
 
 from __future__ import annotations
 
+import enum
 import os
 from pathlib import Path
 from typing import Annotated
@@ -17,7 +18,9 @@ from edgekd.cli.display import console, err_console
 from edgekd.common.interrupts import interrupt_exit_code
 from edgekd.errors import EdgekdError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# Help text is plain text: with rich markup, "[budget]" in a help string vanished ("a  table")
+# and every bracket in a help string would have to be escaped by hand.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Distill, prune, INT8-quantize, export and verify PyTorch models for "
                        "edge runtimes.")
 
@@ -104,3 +107,23 @@ RemotePython = Annotated[str, typer.Option(help="Python on the remote device.")]
 SshConfig = Annotated[Path | None, typer.Option(help="ssh -F FILE.")]
 AcceptNewHostKey = Annotated[bool, typer.Option(
     help="Trust a host key seen for the first time (ssh accept-new).")]
+
+
+class LogLevel(enum.StrEnum):
+    """``--log-level`` (build, bench): edgekd's log records from this level on, on stderr."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+LogLevelOption = Annotated[LogLevel, typer.Option(
+    "--log-level", case_sensitive=False,
+    help="edgekd's log records from this level on (stderr). debug also shows other "
+    "libraries' warnings and the converters' output; --debug implies it.")]
+
+
+def log_level(level: LogLevel, debug: bool) -> str:
+    """The level to log at: ``debug`` with --debug, else ``level``."""
+    return "debug" if debug else level.value

@@ -10,15 +10,18 @@ from rich.markup import escape
 
 from edgekd.cli.app import (
     AcceptNewHostKey,
+    LogLevel,
+    LogLevelOption,
     RemotePython,
     SshConfig,
     app,
     fail,
     interrupted,
+    log_level,
     os_error,
     output_file,
 )
-from edgekd.cli.display import console, err_console, print_bench
+from edgekd.cli.display import console, err_console, print_bench, setup_logging
 from edgekd.common.interrupts import catch_interrupts
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.measure.bench import bench_specs
@@ -50,10 +53,14 @@ def bench(
     remote_python: RemotePython = "python3",
     ssh_config: SshConfig = None,
     accept_new_host_key: AcceptNewHostKey = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+    log_level_: LogLevelOption = LogLevel.warning,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks (implies --log-level debug).")]
+    = False,
 ) -> None:
     """Measure latency and memory of artifacts, here or on devices over SSH (no torch needed)."""
     from edgekd.measure.bench import run_bench
+
+    setup_logging(log_level(log_level_, debug))
 
     try:
         output_file(json_out, "--json")
@@ -83,8 +90,13 @@ def bench(
                     else:
                         results += got
         else:
-            with catch_interrupts(), console.status("benchmarking …"):
-                results = [run_bench(s) for s in specs]
+            with catch_interrupts(), console.status("benchmarking …") as status:
+                for i, s in enumerate(specs, 1):  # one worker process per artifact, in turn
+                    what = f"benchmarking {s.artifact.name} ({i} of {len(specs)}) …"
+                    status.update(escape(what))
+                    if not console.is_terminal:  # a log: a line per artifact
+                        console.print(escape(what), soft_wrap=True)
+                    results.append(run_bench(s))
     except EdgekdError as exc:
         raise fail(exc, debug) from exc
     except KeyboardInterrupt:

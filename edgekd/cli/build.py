@@ -12,17 +12,25 @@ import typer
 
 from edgekd.cli.app import (
     AcceptNewHostKey,
+    LogLevel,
+    LogLevelOption,
     RemotePython,
     SshConfig,
     app,
     fail,
     interrupted,
+    log_level,
     os_error,
     output_file,
     output_root,
 )
 from edgekd.cli.check import run_check
-from edgekd.cli.display import BuildProgress, print_summary, setup_logging
+from edgekd.cli.display import (
+    BuildProgress,
+    mute_third_party,
+    print_summary,
+    setup_logging,
+)
 from edgekd.common.interrupts import catch_interrupts
 from edgekd.errors import EdgekdError, UsageError
 
@@ -83,6 +91,10 @@ def build(
     budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table; "
                                                 "replaces the target's.")] = None,
     junit: Annotated[Path | None, typer.Option(help="With --check: JUnit XML here.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", "--require-device", help="--check, and "
+                                         "also exit 1 if a latency or memory budget of a "
+                                         "device target was not measured on the device "
+                                         "(--remote).")] = False,
     remote: Annotated[list[str] | None, typer.Option(help="Also benchmark the artifacts on "
                                                      "user@host over SSH (repeatable).")]
     = None,
@@ -92,14 +104,17 @@ def build(
     threads: Annotated[int | None, typer.Option(
         help="Training threads (setting train.threads; default 0 = half the usable cores: "
         "more threads than free cores make training many times slower).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: no spinner, "
-                                        "epoch bars or step lines; the summary and "
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: no live line, "
+                                        "progress lines or step lines; the summary and "
                                         "warnings only.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs.")] = False,
+    log_level_: LogLevelOption = LogLevel.warning,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks and converter logs (implies "
+                                        "--log-level debug).")] = False,
 ) -> None:
     """Distill, prune, quantize, export, verify and benchmark: the project in ./edgekd.toml
     (or --config, or --model), else the built-in digits demonstration."""
-    setup_logging(debug)
+    level = log_level(log_level_, debug)
+    setup_logging(level)
     items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
     if threads is not None:
         items.append(f"train.threads={threads}")
@@ -116,17 +131,18 @@ def build(
         raise fail(exc, debug) from exc
 
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 shows the progress
-    progress = BuildProgress(target or "the target", quiet=quiet)
+    progress = BuildProgress(target or "the target", quiet=quiet, debug=level == "debug")
 
     try:
         with catch_interrupts(), progress if lead else contextlib.nullcontext():
             from edgekd.pipeline.api import build as run_build  # torch: seconds to import
 
+            mute_third_party(level == "debug")  # torch has just set up its own loggers
             result = run_build(target, config=config, out=out, settings=items + (settings or []),
                                model=model, weights=weights, budget=budget, fresh=fresh,
                                trust_pickle=trust_pickle, remotes=remotes,
                                on_step=progress.step if lead else None,
-                               on_epoch=progress.epoch if lead else None)
+                               on_progress=progress.progress if lead else None)
     except EdgekdError as exc:
         raise fail(exc, debug) from exc
     except KeyboardInterrupt:
@@ -137,5 +153,5 @@ def build(
     if not result.report:  # another rank under torchrun; rank 0 reports
         return
     print_summary(result.report, result.out_dir)
-    if check:
-        raise typer.Exit(run_check(result.out_dir / "report.json", budget, junit))
+    if check or strict:
+        raise typer.Exit(run_check(result.out_dir / "report.json", budget, junit, strict))

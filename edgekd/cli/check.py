@@ -14,19 +14,28 @@ from edgekd.errors import EdgekdError, UsageError
 
 @app.command()
 def check(
-    report: Annotated[Path, typer.Argument(help="report.json of a build (or edgekd bench "
-                                           "--json output).", show_default=False)],
+    report: Annotated[Path, typer.Argument(help="A build folder (OUT/<target>), its "
+                                           "report.json, or edgekd bench --json output.",
+                                           show_default=False)],
     budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table "
                                                 "(default: the target's budget recorded "
                                                 "in the report).")] = None,
     junit: Annotated[Path | None, typer.Option(help="Also write JUnit XML here.")] = None,
+    require_device: Annotated[bool, typer.Option(
+        "--require-device", help="Exit 1 if a latency or memory budget of a device target "
+        "was not measured on the device (run the build with --remote user@device).")]
+    = False,
 ) -> None:
-    """Compare a report against its budgets: exit 1 if any is broken, 0 if all hold."""
-    raise typer.Exit(run_check(report, budget, junit))
+    """Compare a report against its budgets: exit 1 if any is broken, 0 if all hold.
+    Latency and memory of a device target (raspberrypi, jetson-orin) measured only on the
+    build host are "not measured on the target": a warning, an error with --require-device."""
+    raise typer.Exit(run_check(report, budget, junit, require_device))
 
 
-def run_check(report_path: Path, budget_path: Path | None, junit: Path | None) -> int:
-    from edgekd.report.gate import budget_checks, junit_xml, load_report
+def run_check(report_path: Path, budget_path: Path | None, junit: Path | None,
+              require_device: bool = False) -> int:
+    """The gate's exit status (0 or 1) after printing its table; bad input exits 2."""
+    from edgekd.report.gate import budget_checks, gate_fails, junit_xml, load_report
     from edgekd.settings.budgets import load_budget_file, parse_budget
 
     try:
@@ -45,11 +54,12 @@ def run_check(report_path: Path, budget_path: Path | None, junit: Path | None) -
         checks = budget_checks(report, budget)
     except EdgekdError as exc:
         raise fail(exc, False) from exc
-    print_checks([c.to_dict() for c in checks], source)
+    rows = [c.to_dict() for c in checks]
+    print_checks(rows, source, require_device)
     if junit:
         try:
             junit.parent.mkdir(parents=True, exist_ok=True)  # checked first: see _output_file
-            junit.write_text(junit_xml(checks, source), encoding="utf-8")
+            junit.write_text(junit_xml(checks, source, require_device), encoding="utf-8")
         except OSError as exc:
             raise fail(os_error(exc), False) from exc
-    return 1 if any(not c.ok for c in checks) else 0
+    return 1 if gate_fails(rows, require_device) else 0

@@ -12,6 +12,7 @@ model is within budget. OpenVINO converts the same QDQ file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -24,6 +25,7 @@ import numpy as np
 
 import edgekd
 from edgekd.common.cache import CacheDir, digest_of
+from edgekd.common.progress import Tracker, tracking
 from edgekd.errors import BuildError
 from edgekd.inputs.dataset import Feeds
 from edgekd.settings.config import QuantConfig
@@ -45,9 +47,11 @@ class CalibrationReader:
     with the ``__len__`` / ``set_range`` that ORT's strided calibration (``CalibStridedMinMax``)
     uses to collect a chunk at a time."""
 
-    def __init__(self, samples: np.ndarray | Feeds, input_name: str = INPUT_NAME) -> None:
+    def __init__(self, samples: np.ndarray | Feeds, input_name: str = INPUT_NAME,
+                 tracker: Tracker | None = None) -> None:
         # Every input of the model, by name (fixed and state inputs with each sample).
         self.samples = Feeds.of(samples, input_name)
+        self.tracker = tracker  # counts the samples read (progress events)
         self.set_range(0, len(self.samples))
 
     def __len__(self) -> int:
@@ -60,6 +64,8 @@ class CalibrationReader:
         if self._next >= self._end:
             return None
         self._next += 1
+        if self.tracker is not None:
+            self.tracker.advance()
         return self.samples.batch(self._next - 1, self._next)
 
     def rewind(self) -> None:
@@ -146,9 +152,12 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: Qu
     graph = onnx.load(str(pre), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     name = next(i.name for i in graph.input if i.name not in inits)  # a user's model: any name
+    # Progress: calibration reads the samples once; later calls reuse the ranges in ``cache``.
+    counting = (tracking("calibrate onnxruntime", n, "sample") if not cache.exists()
+                else contextlib.nullcontext())
     try:
-        with quiet("onnxruntime.quantization"):
-            quantize_static(str(pre), str(out), CalibrationReader(calibration, name),
+        with quiet("onnxruntime.quantization"), counting as tracker:
+            quantize_static(str(pre), str(out), CalibrationReader(calibration, name, tracker),
                             quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                             reduce_range=reduce_range(config, act[0]),
                             activation_type=types[act[0]],

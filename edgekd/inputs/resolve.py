@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekd.common.cache import sha256_file
 from edgekd.errors import UsageError
-from edgekd.inputs.dataset import Dataset, InputSpec, OutputSpec, join_batches
+from edgekd.inputs.dataset import Dataset, InputSpec, OutputSpec, Preprocessing, join_batches
 from edgekd.inputs.io import (
     Declared,
     check_declarations,
@@ -29,6 +29,7 @@ from edgekd.inputs.io import (
     session_feed,
     torch_io,
 )
+from edgekd.inputs.objects import InMemory, data_objects, describe_module, module_factory
 from edgekd.inputs.paths import first_line
 from edgekd.inputs.probe import classes_of, fit_call, probe
 from edgekd.inputs.splits import (
@@ -40,7 +41,7 @@ from edgekd.inputs.splits import (
     user_data,
 )
 from edgekd.settings.declarations import InputDecl
-from edgekd.settings.project import ModelSpec, Project
+from edgekd.settings.project import DataSpec, ModelSpec, Project
 
 Factory = Callable[[], Any]  # () -> torch.nn.Module
 
@@ -53,6 +54,7 @@ class Inputs:
     teacher: Factory | None = None  # None: no distillation, the student is finished
     teacher_trains: bool = False  # the teacher has no weights: train it first
     teacher_key: str = ""  # what identifies the teacher (factory code, arguments, weights)
+    student_key: str = ""  # what identifies the student (factory code and weights, or object)
     onnx: Path | None = None
     model: dict[str, Any] = field(default_factory=dict)  # for the report and the manifest
 
@@ -140,79 +142,162 @@ def _wanted(declared: list[Declared], decls: dict[str, InputDecl]) -> Wanted:
             if decls.get(d.name) is None or decls[d.name].role == "data"]
 
 
-def _torch_declared(spec: ModelSpec, project: Project, found: dict[str, Any]
-                    ) -> list[Declared]:
-    """The student's inputs, from forward's parameters (instantiated once, no weights)."""
+@dataclass(frozen=True)
+class ModelSource:
+    """One model to resolve, named in a project file or given as an object: ``instance()``
+    a fresh module without weights (forward's parameters), ``bind(fit)`` its factory once
+    the data is known, with what identifies it (report, cache keys)."""
+
+    what: str  # how errors name it: model.student, student=
+    label: str  # what it is: the factory spec, the class
+    instance: Callable[[], Any]
+    bind: Callable[[Callable[[Any, str], None]], tuple[Factory, dict[str, Any]]]
+    finished: bool  # trained weights: its outputs must be finite from the start
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the samples come from: the project's files or objects (``found`` read),
+    how to split and preprocess them, and the preprocessing in-memory samples already had."""
+
+    spec: DataSpec
+    root: Path
+    found: dict[str, Any]
+    preprocessing: Preprocessing | None = None  # None: ``spec``'s (applied here)
+    name: str | None = None
+
+
+def _file_models(spec: ModelSpec, project: Project, trust_pickle: bool
+                 ) -> tuple[ModelSource, ModelSource | None]:
     from edgekd.inputs.model_files import make_model
 
-    model = make_model(spec.student, project.root, "model.student",  # type: ignore[arg-type]
-                       spec.student_args)
-    declared = torch_io(model, data_names(found), project.inputs)
+    def source(what: str, factory: str, args: dict[str, Any], weights: str | None,
+               finished: bool) -> ModelSource:
+        return ModelSource(
+            what, factory, lambda: make_model(factory, project.root, what, args),
+            lambda fit: _factory(factory, args, weights, project.root, what, trust_pickle,
+                                 fit), finished)
+
+    student = source("model.student", spec.student, spec.student_args,  # type: ignore[arg-type]
+                     spec.student_weights, bool(spec.student_weights) or not spec.trains)
+    teacher = (source("model.teacher", spec.teacher, spec.teacher_args, spec.teacher_weights,
+                      not spec.teacher_trains) if spec.teacher else None)
+    return student, teacher
+
+
+def _object_models(objects: InMemory) -> tuple[ModelSource, ModelSource | None]:
+    def source(what: str, module: Any, finished: bool) -> ModelSource:
+        def bind(fit: Callable[[Any, str], None]) -> tuple[Factory, dict[str, Any]]:
+            return (module_factory(module, what, fit, finished=finished),
+                    describe_module(module, trains=not finished))
+        return ModelSource(what, type(module).__qualname__, lambda: module, bind, finished)
+
+    student = source("student=", objects.student, not objects.trains)
+    teacher = (source("teacher=", objects.teacher, not objects.train_teacher)
+               if objects.teacher is not None else None)
+    return student, teacher
+
+
+def _data_source(project: Project, objects: InMemory | None, trains: bool) -> DataSource:
+    if objects is not None and objects.data is not None:
+        given = data_objects(objects.data, trains=trains)
+        named = {n: s.source for n, s in given.found.items()}  # no file: what was given
+        spec = DataSpec(train=named.get("train"), test=named.get("test"),
+                        calibration=named.get("calibration"),
+                        validation=named.get("validation"), scale=1.0)
+        return DataSource(spec, project.root, given.found, given.preprocessing, given.name)
+    if project.data is None:
+        raise UsageError("no data to build on: pass data= (arrays (x, y), an edgekd Dataset, "
+                         "a torch Dataset or DataLoader) or a project file with [data]")
+    return DataSource(project.data, project.root,
+                      load_splits(project.data, project.root, trains=trains))
+
+
+def _read(source: DataSource, *, trains: bool, calibration_samples: int, seed: int,
+          wanted: Wanted | None) -> Dataset:
+    """The splits (:func:`~edgekd.inputs.splits.user_data`), with in-memory samples'
+    own preprocessing and name."""
+    data = user_data(source.spec, source.root, trains=trains,
+                     calibration_samples=calibration_samples, seed=seed, wanted=wanted,
+                     found=source.found)
+    if source.preprocessing is not None:
+        data = dataclasses.replace(data, preprocessing=source.preprocessing,
+                                   name=source.name or data.name)
+    return data
+
+
+def resolve(project: Project, *, trust_pickle: bool = False,
+            objects: InMemory | None = None) -> Inputs:
+    """Data and models of ``project`` (or the ``objects`` given in memory instead of its
+    ``[model]`` / ``[data]``), checked against each other."""
+    if objects is not None and objects.student is not None:
+        task = objects.task or (project.model.task if project.model else "classification")
+        student, teacher = _object_models(objects)
+        trains, teacher_trains = objects.trains, objects.train_teacher
+        source = _data_source(project, objects, trains)
+    elif project.builtin:
+        raise ValueError("the built-in demonstration is resolved by edgekd.pipeline")
+    else:
+        spec: ModelSpec = project.model  # type: ignore[assignment]
+        task, trains, teacher_trains = spec.task, spec.trains, spec.teacher_trains
+        source = _data_source(project, objects, trains)
+        if spec.onnx:
+            return _onnx_inputs(spec, project, source)
+        student, teacher = _file_models(spec, project, trust_pickle)
+    return _torch_inputs(project, source, student, teacher, task=task, trains=trains,
+                         teacher_trains=teacher_trains)
+
+
+def _torch_inputs(project: Project, source: DataSource, student: ModelSource,
+                  teacher: ModelSource | None, *, task: str, trains: bool,
+                  teacher_trains: bool) -> Inputs:
+    config, found = project.build, source.found
+    declared = torch_io(student.instance(), data_names(found), project.inputs)
     if not declared:
         declared = [Declared("input", None, None)]
-    return declared
-
-
-def resolve(project: Project, *, trust_pickle: bool = False) -> Inputs:
-    """Data and models of ``project``, checked against each other."""
-    if project.builtin:
-        raise ValueError("the built-in demonstration is resolved by edgekd.pipeline")
-    spec: ModelSpec = project.model  # type: ignore[assignment]
-    assert project.data is not None
-    config = project.build
-    found = load_splits(project.data, project.root, trains=spec.trains)
-    if spec.onnx:
-        return _onnx_inputs(spec, project, found)
-    declared = _torch_declared(spec, project, found)
-    check_declarations(declared, project.inputs, [], project.outputs, "model.student")
+    check_declarations(declared, project.inputs, [], project.outputs, student.what)
     wanted = _wanted(declared, project.inputs)
     single = (len(declared) == 1 and not project.inputs
               and not integer_data(found, declared[0].name))
-    data = user_data(project.data, project.root, trains=spec.trains,
-                     calibration_samples=config.quant.calibration_samples, seed=config.seed,
-                     wanted=None if single else wanted, found=found)
-    data = _with_io(data, declared, project, "model.student", single)
+    data = _read(source, trains=trains, calibration_samples=config.quant.calibration_samples,
+                 seed=config.seed, wanted=None if single else wanted)
+    data = _with_io(data, declared, project, student.what, single)
     fit = fit_call(data)
-    student, s_info = _factory(spec.student, spec.student_args,  # type: ignore[arg-type]
-                               spec.student_weights, project.root, "model.student",
-                               trust_pickle, fit)
-    model = student()
-    fit(model, f"model.student ({spec.student})")
-    out_names, shapes = probe(model, data, spec.task, "model.student",
-                               finite=bool(spec.student_weights) or not spec.trains)
-    check_declarations(declared, project.inputs, out_names, project.outputs, "model.student")
+    make_student, s_info = student.bind(fit)
+    model = make_student()
+    fit(model, f"{student.what} ({student.label})")
+    out_names, shapes = probe(model, data, task, student.what, finite=student.finished)
+    check_declarations(declared, project.inputs, out_names, project.outputs, student.what)
     outputs = output_specs(out_names, project.outputs, data.input_specs,
-                           spec.task == "classification")
-    classes = classes_of(spec.task, outputs, shapes, "model.student")
-    info = {"student": s_info, "task": spec.task}
-    teacher, t_info = None, None
-    if spec.teacher:
-        teacher, t_info = _factory(spec.teacher, spec.teacher_args, spec.teacher_weights,
-                                   project.root, "model.teacher", trust_pickle, fit)
-        t_model = teacher()
-        fit(t_model, f"model.teacher ({spec.teacher})")
-        t_names, t_shapes = probe(t_model, data, spec.task, "model.teacher",
-                                   finite=not spec.teacher_trains)
-        t_classes = classes_of(spec.task, output_specs(
-            t_names, {}, data.input_specs, True), t_shapes, "model.teacher")
+                           task == "classification")
+    classes = classes_of(task, outputs, shapes, student.what)
+    info = {"student": s_info, "task": task}
+    make_teacher, t_info = None, None
+    if teacher is not None:
+        make_teacher, t_info = teacher.bind(fit)
+        t_model = make_teacher()
+        fit(t_model, f"{teacher.what} ({teacher.label})")
+        t_names, t_shapes = probe(t_model, data, task, teacher.what, finite=teacher.finished)
+        t_classes = classes_of(task, output_specs(
+            t_names, {}, data.input_specs, True), t_shapes, teacher.what)
         if t_classes != classes:
-            raise UsageError(f"model.teacher has {t_classes} outputs and model.student "
+            raise UsageError(f"{teacher.what} has {t_classes} outputs and {student.what} "
                              f"{classes}: give both the same number of classes")
         info["teacher"] = t_info
-    if data.several_inputs and spec.trains:
+    if data.several_inputs and trains:
         raise UsageError("distillation trains on one float input today, and this model takes "
                          f"{', '.join(f'{s.name} ({s.dtype})' for s in data.input_specs)}: "
-                         "give a trained student (model.student_weights) without a teacher "
-                         "to deploy it")
+                         "give a trained student without a teacher to deploy it")
     data = dataclasses.replace(data, outputs=outputs)
     if classes is not None:
         if data.num_classes is not None and data.num_classes != classes:
             raise UsageError(f"the data has {data.num_classes} classes (sub-folders) but the "
                              f"model outputs {classes}: make them match (student_args)")
         data = check_labels(data, classes)
-    return Inputs(data=data, task=spec.task, student=student, teacher=teacher,
-                  teacher_trains=spec.teacher_trains,
-                  teacher_key=str(sorted((t_info or {}).items())), model=info)
+    return Inputs(data=data, task=task, student=make_student, teacher=make_teacher,
+                  teacher_trains=teacher_trains,
+                  teacher_key=str(sorted((t_info or {}).items())),
+                  student_key=str(sorted(s_info.items())), model=info)
 
 
 def _run_onnx(path: Path, data: Dataset, outputs: tuple[OutputSpec, ...]
@@ -250,7 +335,7 @@ def _run_onnx(path: Path, data: Dataset, outputs: tuple[OutputSpec, ...]
     return result["test"]
 
 
-def _onnx_inputs(spec: ModelSpec, project: Project, found: dict[str, Any]) -> Inputs:
+def _onnx_inputs(spec: ModelSpec, project: Project, source: DataSource) -> Inputs:
     from edgekd.inputs.model_files import inspect_onnx, resolve_path
 
     root, config = project.root, project.build
@@ -263,9 +348,8 @@ def _onnx_inputs(spec: ModelSpec, project: Project, found: dict[str, Any]) -> In
     if not wanted:
         raise UsageError("model.onnx has no input that comes from the data (every input is "
                          "declared fixed or state): leave at least one to [data]")
-    data = user_data(project.data, root, trains=False,  # type: ignore[arg-type]
-                     calibration_samples=config.quant.calibration_samples, seed=config.seed,
-                     wanted=wanted, found=found)
+    data = _read(source, trains=False, calibration_samples=config.quant.calibration_samples,
+                 seed=config.seed, wanted=wanted)
     single = len(declared) == 1 and declared[0].dtype == "float32" and not project.inputs
     data = _with_io(data, declared, project, "model.onnx", single)
     for d in declared:

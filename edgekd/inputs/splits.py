@@ -29,7 +29,17 @@ def _load_splits(spec: DataSpec, root: Path, *, need_train_labels: bool) -> dict
     return found
 
 
-def _preprocessing(spec: DataSpec, found: dict[str, Any], channels: int) -> Preprocessing:
+def _image_array(lead: np.ndarray) -> bool:
+    """A float array ``[N, C, H, W]`` with 1, 3 or 4 channels and a picture-sized plane is an
+    image batch in PyTorch's layout, read from files or not: its robustness conditions are
+    the image corruptions and training shifts it (a ``.npz`` of digits is as much an image
+    as a folder of PNGs of them)."""
+    return (lead.ndim == 4 and lead.dtype.kind == "f" and lead.shape[1] in (1, 3, 4)
+            and min(lead.shape[2:]) >= 8)
+
+
+def _preprocessing(spec: DataSpec, found: dict[str, Any], channels: int,
+                   image_array: bool = False) -> Preprocessing:
     kinds = {s.kind for s in found.values()}
     scale = spec.scale if spec.scale is not None else (1 / 255 if "images" in kinds else 1.0)
     for key in ("mean", "std"):
@@ -39,8 +49,10 @@ def _preprocessing(spec: DataSpec, found: dict[str, Any], channels: int) -> Prep
                              f"{channels} channels (axis 1): give one number or {channels}")
     raw = ("images, pixels 0..255, [C, H, W]" if "images" in kinds
            else "arrays as stored in the data files")
+    if image_array and "images" not in kinds:
+        raw += ", [C, H, W] images"
     return Preprocessing(scale=scale, mean=spec.mean, std=spec.std, raw=raw,
-                         layout="NCHW" if "images" in kinds else "as given")
+                         layout="NCHW" if "images" in kinds or image_array else "as given")
 
 
 Wanted = list[tuple[str, str | None]]  # the model's data inputs: (name, dtype or None)
@@ -134,7 +146,8 @@ def user_data(spec: DataSpec, root: Path, *, trains: bool, calibration_samples: 
     first = next(iter(raw.values()))
     floats = [a for a in first.values() if a.dtype.kind == "f" or a.dtype.itemsize < 4]
     lead = floats[0] if floats else next(iter(first.values()))
-    prep = _preprocessing(spec, found, lead.shape[1] if lead.ndim > 1 else 1)
+    prep = _preprocessing(spec, found, lead.shape[1] if lead.ndim > 1 else 1,
+                          image_array=not named and _image_array(lead))
     classes = _classes(found)
     arrays = {n: (_typed(raw[n], wanted, prep, named, f"data.{n}"), s.y)
               for n, s in found.items()}

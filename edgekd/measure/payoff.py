@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekd.common.units import latency_text
+
 MIN_CHANGE = 0.05  # 5 %: below this a latency difference is not worth a verdict
 
 
@@ -64,8 +66,9 @@ def payoff(artifacts: list[dict[str, Any]], references: list[dict[str, Any]]
                     text = f"{what} on {on}: no measurable latency change"
                 else:
                     text = f"{what} on {on}: {_times(speedup)}"
-                text += (f" (p50 {mb['latency_ms']['p50']:.4g} → {mc['latency_ms']['p50']:.4g}"
-                         f" ms); file {size:.2f}× smaller, gzipped {gz:.2f}× smaller")
+                text += (f" (p50 {latency_text(mb['latency_ms']['p50'])} → "
+                         f"{latency_text(mc['latency_ms']['p50'])}); file {size:.2f}× "
+                         f"smaller, gzipped {gz:.2f}× smaller")
                 if step == "pruning" and verdict == "no measurable change":
                     text += "; pruning compressed size only"
                 rows.append({"runtime": runtime, "where": where or "host", "step": step,

@@ -5,6 +5,11 @@
                           settings={"prune.sparsity": 0.7}, fresh=False)
     result.report["artifacts"]       # what report.json holds
 
+or from objects in memory, no project file needed:
+
+    result = edgekd.build("x86-cpu", teacher=MyTeacher(), student=MyStudent(),
+                          data={"train": (x, y), "test": (x_test, y_test)})
+
 Errors are :class:`edgekd.errors.EdgekdError` with the same one-line messages the CLI prints.
 """
 
@@ -18,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from edgekd.errors import UsageError
 from edgekd.settings.config import BuildConfig
-from edgekd.settings.project import Project, load_project
+from edgekd.settings.project import TASKS, Project, load_project
 
 if TYPE_CHECKING:
+    from edgekd.common.progress import ProgressCallback
+    from edgekd.inputs.objects import InMemory
     from edgekd.pipeline.run import BuildResult, StepCallback
     from edgekd.pipeline.training import EpochCallback
 
@@ -64,10 +71,19 @@ def model_settings(model: str | None, weights: str | None, cwd: Path | None = No
 
 def load(config: str | Path | BuildConfig | None = None, *,
          settings: Mapping[str, Any] | Sequence[str] | None = None, model: str | None = None,
-         weights: str | None = None, seed: int | None = None, cwd: Path | None = None
-         ) -> Project:
+         weights: str | None = None, seed: int | None = None, cwd: Path | None = None,
+         target: str | None = None, budget: str | Path | None = None,
+         check_inputs: bool = True) -> Project:
     """The project a build would use: the file (or ``edgekd.toml`` in ``cwd``, or the
-    built-in demonstration) with ``model`` / ``weights`` / ``seed`` / ``settings`` on top."""
+    built-in demonstration) with ``model`` / ``weights`` / ``seed`` / ``settings`` on top.
+
+    Before it returns, the preflight (:func:`edgekd.inputs.preflight.preflight`) checks the
+    target (``target``, else the project's), the ``budget`` file and, with
+    ``check_inputs``, every file the project names, without importing torch or a runtime:
+    every problem found is in the one :class:`UsageError` it raises. Pass
+    ``check_inputs=False`` when objects in memory replace the project's model and data."""
+    from edgekd.inputs.preflight import preflight
+
     items = _items(settings)
     if seed is not None:
         items.insert(0, f"seed={seed}")
@@ -81,6 +97,8 @@ def load(config: str | Path | BuildConfig | None = None, *,
         project = load_project(path, items, cwd=cwd, replace_model=True)
     else:
         project = load_project(path, items, cwd=cwd)
+    preflight(project, target=target, budget=Path(budget) if budget else None,
+              inputs=check_inputs)
     return replace(project, build=built) if built is not None else project
 
 
@@ -95,13 +113,35 @@ def _project_out(project: Project, cwd: Path) -> Path:
     return resolve_path(project.out, project.root, "out", must_exist=False)
 
 
+def _objects(teacher: Any, student: Any, data: Any, train_teacher: bool, task: str | None,
+             model: str | None) -> InMemory | None:
+    """The objects given to :func:`build`, checked before any work (None: none given)."""
+    if teacher is None and student is None and data is None:
+        if train_teacher or task is not None:
+            raise UsageError("train_teacher= and task= are for models given as objects: pass "
+                             "student= (and teacher=)")
+        return None
+    if student is not None and model is not None:
+        raise UsageError("give the model once: student= (a torch.nn.Module) or model= (an "
+                         ".onnx file or module:factory), not both")
+    if task is not None and task not in TASKS:
+        raise UsageError(f"task={task!r}: choose one of {', '.join(TASKS)}")
+    from edgekd.inputs.objects import InMemory
+
+    return InMemory(student=student, teacher=teacher, data=data, train_teacher=train_teacher,
+                    task=task)
+
+
 def build(target: str | None = None, *, config: str | Path | BuildConfig | None = None,
           out: str | Path | None = None, settings: Mapping[str, Any] | Sequence[str] | None
           = None, model: str | None = None, weights: str | None = None,
           seed: int | None = None, budget: str | Path | None = None, fresh: bool = False,
           trust_pickle: bool = False, remotes: Sequence[Any] = (),
           on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
-          cwd: str | Path | None = None) -> BuildResult:
+          on_progress: ProgressCallback | None = None,
+          cwd: str | Path | None = None, teacher: Any | None = None,
+          student: Any | None = None, data: Any | None = None, train_teacher: bool = False,
+          task: str | None = None) -> BuildResult:
     """Build ``target`` (default: the project file's ``target``, else ``raspberrypi``).
 
     ``config``: a project file (default ``edgekd.toml`` in ``cwd`` if there is one, else the
@@ -109,20 +149,35 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
     ``{"section.key": value}`` or ``["section.key=value"]``. ``model``: an ``.onnx`` file or a
     ``module:factory`` (with ``weights``) to build instead of the project's. ``out``: the
     output root (default: the project's ``out``, else ``build``). ``on_step(name, detail)``
-    and ``on_epoch(stage, report)`` hear the progress (steps as they end, training epochs).
+    and ``on_epoch(stage, report)`` hear the progress (steps as they end, training epochs);
+    ``on_progress(event)`` hears every :class:`edgekd.common.progress.Progress` event (steps
+    starting and ending, training epochs and batches, calibration, conversions).
     Training threads are the setting ``train.threads``. The rest as on the CLI.
+
+    Objects instead of files: ``student`` a ``torch.nn.Module`` (with ``teacher``, another
+    one, it is distilled; without, it is a finished model, deployed as it is); ``data`` numpy
+    arrays ``(x, y)``, an edgekd ``Dataset``, a torch ``Dataset`` / ``DataLoader`` yielding
+    ``(x, y)`` or ``(dict of inputs, y)``, or ``{"train": ..., "test": ...,
+    "calibration": ..., "validation": ...}`` of those (samples taken as given, already
+    preprocessed). They replace the project's ``[model]`` / ``[data]``; the modules are copied,
+    never changed. ``train_teacher``: the teacher is untrained, train it first. ``task``:
+    ``classification`` (default) or ``regression``.
     """
-    from edgekd.pipeline.run import build as run_build
     from edgekd.settings.budgets import load_budget_file
 
     here = Path(cwd) if cwd is not None else Path.cwd()
+    objects = _objects(teacher, student, data, train_teacher, task, model)
+    # The whole project is checked (preflight) before torch and the converters load: a
+    # missing folder is reported in a second, not after the imports.
     project = load(config, settings=settings, model=model, weights=weights, seed=seed,
-                   cwd=here)
+                   cwd=here, target=target, budget=budget, check_inputs=objects is None)
+    from edgekd.pipeline.run import build as run_build  # torch: after the preflight
+
     name = target or project.target or DEFAULT_TARGET
     if out is None:
         out = _project_out(project, here)
     limits = load_budget_file(Path(budget)) if budget else None
     return run_build(name, out=Path(out), project=project, on_step=on_step,
-                     on_epoch=on_epoch, budget=limits,
+                     on_epoch=on_epoch, on_progress=on_progress, budget=limits,
                      budget_source=str(budget) if budget else None, remotes=remotes,
-                     fresh=fresh, trust_pickle=trust_pickle)
+                     fresh=fresh, trust_pickle=trust_pickle, objects=objects)

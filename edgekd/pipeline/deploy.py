@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from edgekd.backends import ExportSource, get_backend, predict_all, quantizers
-from edgekd.backends.from_torch import to_onnx
+from edgekd.backends.from_torch import OPSET, to_onnx
 from edgekd.backends.onnxruntime import provider_options, to_fp16
 from edgekd.common.cache import sha256_file
 from edgekd.compress.equalize import equalize
-from edgekd.compress.quantize import Quantized, quantize_cached
+from edgekd.compress.quantize import Quantized, activation_type, quantize_cached, reduce_range
 from edgekd.errors import BuildError, UsageError
 from edgekd.inputs.calls import model_outputs, torch_call
 from edgekd.inputs.dataset import Dataset, Feeds, OutputSpec, Split
@@ -184,7 +184,9 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
     q, data = ctx.config.quant, ctx.inputs.data
     calibration = samples(data, data.calibration, q.calibration_samples)
     fp32 = ctx.work / "student_fp32.onnx"
-    with ctx.step("quantize") as s:
+    # Its own step: the ONNX file every runtime starts from takes seconds to export (and
+    # was timed as part of "quantize" before).
+    with ctx.step("export onnx") as s:
         # Cross-layer equalisation changes the weights, not the function: the artifacts come
         # from the equalised copy, student.safetensors stays the trained model.
         deployed = (equalize(model.student) if q.equalize and model.student is not None
@@ -192,8 +194,11 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
         if deployed is not None:
             with converting("ONNX export (torch.onnx)", "onnx"):
                 to_onnx(deployed, samples(data, data.test, 2), fp32, _output_names(data))
+            s["detail"] = f"FP32 {fp32.name} (torch.onnx, opset {OPSET})"
         else:
             shutil.copyfile(model.onnx, fp32)  # type: ignore[arg-type]
+            s["detail"] = f"FP32 {fp32.name} (the finished model, as given)"
+    with ctx.step("quantize") as s:
         if isinstance(calibration, Feeds) and any(s.role == "state" for s in calibration.specs):
             calibration = calibration.streamed(_fp32_call(deployed, fp32, data),
                                                [o.name for o in _output_specs(ctx)])
@@ -226,8 +231,10 @@ def export(ctx: Deploy, q: QuantizedModel) -> Exported:
                           onnx=q.onnx, per_channel=ctx.config.quant.per_channel)
     dense = None
     if q.model.dense is not None:
-        onnx = to_onnx(q.model.dense, samples(data, data.test, 2), ctx.work / "dense.onnx",
-                       _output_names(data))
+        with ctx.step("export onnx reference") as s:
+            onnx = to_onnx(q.model.dense, samples(data, data.test, 2),
+                           ctx.work / "dense.onnx", _output_names(data))
+            s["detail"] = "FP32 of the distilled student before pruning (torch.onnx)"
         dense = ExportSource(model=q.model.dense, example=example, calibration=calibration,
                              onnx={"fp32": onnx}, stem="dense")
         (ctx.stage / "reference").mkdir()
@@ -240,7 +247,8 @@ def export(ctx: Deploy, q: QuantizedModel) -> Exported:
             if dense is not None:
                 refs = _export(runtime, dense, ctx.stage / "reference")
                 references += [Artifact(runtime, prec, path) for prec, path in refs.items()]
-            s["detail"] = ", ".join(p.name for p in paths.values())
+            s["detail"] = ", ".join(p.name for p in paths.values()) + (
+                " (copies of the ONNX files made above)" if runtime == "onnxruntime" else "")
     return Exported(q, tuple(artifacts), tuple(references))
 
 
@@ -361,17 +369,36 @@ def _one_sample(expected: np.ndarray, spec: OutputSpec) -> list[int]:
 # -- assemble ------------------------------------------------------------------------------
 
 
+def quant_settings(ctx: Deploy, q: QuantizedModel) -> dict[str, Any]:
+    """The ``quant.*`` settings the INT8 model was made with, as resolved for this build
+    (manifest.json keeps them as written): ``auto`` activations and ``reduce_range`` as
+    :mod:`edgekd.compress.quantize` chose them for the target, the samples calibrated on,
+    equalisation only where a PyTorch model was equalised, the accuracy budget only where
+    the accuracy check ran (a labelled split)."""
+    config = ctx.config.quant
+    activations = activation_type(config,
+                                  tensorrt="TensorrtExecutionProvider" in ctx.target.providers)
+    checked = q.quantized.fp32_accuracy is not None
+    return {"calibration_samples": len(q.calibration), "per_channel": config.per_channel,
+            "activation_type": activations, "weight_type": config.weight_type,
+            "reduce_range": reduce_range(config, activations), "percentile": config.percentile,
+            "equalize": config.equalize and q.model.student is not None,
+            "max_accuracy_drop": config.max_accuracy_drop if checked else None}
+
+
 def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,
              budget: dict[str, Any] | None) -> Report:
     """The report, built in one place (:func:`edgekd.report.model.assemble`) from every
     measured value; ``budget`` (source and limits) is checked there."""
     verified = measured.verified
+    quantized = verified.exported.quantized
     return assemble_report(
         target=ctx.target, data=ctx.inputs.data, config=ctx.config, task=ctx.inputs.task,
         model=ctx.inputs.model, stages=measured.stages, artifacts=verified.entries,
         references=verified.references,
-        quantization={**verified.exported.quantized.quantized.to_dict(),
-                      "by_runtime": quantizers(ctx.target.runtimes, ctx.config.quant)},
+        quantization={**quantized.quantized.to_dict(),
+                      "by_runtime": quantizers(ctx.target.runtimes, ctx.config.quant),
+                      "settings": quant_settings(ctx, quantized)},
         robustness=measured.robustness, threads=ctx.threads,
         output_shapes=[_one_sample(e, o) for e, o in zip(verified.expected,
                                                           _output_specs(ctx), strict=False)],

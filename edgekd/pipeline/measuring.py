@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from edgekd.inputs.calls import first_output
+from edgekd.inputs.calls import first_output, model_outputs
 from edgekd.inputs.dataset import Dataset
 from edgekd.measure.bench import BenchSpec, run_bench
 from edgekd.measure.remote import bench_hosts
 from edgekd.measure.robustness import artifact_predictor, measure_robustness
 from edgekd.pipeline.deploy import Deploy, Measured, Verified
+from edgekd.report import format as fmt
 from edgekd.train.loop import accuracy
 from edgekd.train.stage_cache import stage_entry
 
@@ -113,13 +114,23 @@ def measure(ctx: Deploy, verified: Verified) -> Measured:
     for entry in entries:
         with ctx.step(f"bench {entry['path']}") as s:
             entry.update(_bench_entry(run_bench(_bench_spec(ctx, entry, ctx.threads))))
-            s["detail"] = f"p50 {entry['latency_ms']['p50']:.4f} ms"
+            s["detail"] = f"p50 {fmt.latency(entry['latency_ms']['p50'])}"
     if ctx.remotes:
         _bench_remote(ctx, entries)
     model = verified.exported.quantized.model
     stages = model.stages
     if model.student is not None and not stages:  # a finished PyTorch model's own accuracy
         data = ctx.inputs.data
-        stages = [stage_entry("student", model.student, accuracy(model.student, data.test)
+        stages = [stage_entry("student", model.student, _accuracy(model.student, data)
                               if ctx.classifier and data.test.y is not None else None)]
     return Measured(verified, robust, stages)
+
+
+def _accuracy(student: Any, data: Dataset) -> float:
+    """A finished classifier's test accuracy in PyTorch, fed every input the model takes
+    (a model of several inputs is scored on its classifier output)."""
+    if not data.several_inputs:
+        return accuracy(student, data.test)
+    outputs = model_outputs(student, data.feeds(data.test), outputs=data.outputs)
+    i = next((k for k, o in enumerate(data.outputs) if o.classifier), 0)
+    return float((outputs[i].argmax(1) == data.test.y).mean())

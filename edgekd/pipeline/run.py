@@ -19,14 +19,16 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgekd.backends import get_backend
 from edgekd.common.interrupts import raise_if_interrupted
+from edgekd.common.progress import ProgressCallback, emit, reporting
 from edgekd.errors import UsageError
 from edgekd.inputs.digits import load_digits
+from edgekd.inputs.objects import InMemory
 from edgekd.inputs.resolve import Inputs, resolve
 from edgekd.measure.remote import Remote
 from edgekd.pipeline.deploy import (
@@ -43,6 +45,7 @@ from edgekd.pipeline.training import EpochCallback, run_training
 from edgekd.report.html import render_html
 from edgekd.report.markdown import render_markdown
 from edgekd.report.model import build_manifest, write_json
+from edgekd.report.package import write_package
 from edgekd.report.staging import build_lock, check_replaceable, staged_dir
 from edgekd.settings.budgets import Budget
 from edgekd.settings.config import BuildConfig
@@ -65,24 +68,41 @@ class BuildResult:
 
 @dataclass
 class _Steps:
-    """Times each step and tells the caller (the CLI's progress display) when one ends.
+    """Times each step and tells the caller (the CLI's progress display) when one starts
+    and ends; what runs inside a step reports its progress as that step's
+    (:func:`edgekd.common.progress.reporting`).
+
+    A step's time is its own work: a step that runs inside another (the teacher's outputs,
+    computed when the distilled student first needs them) is taken out of the outer one's.
 
     Between steps, a Ctrl-C or SIGTERM that a library swallowed (a KeyboardInterrupt raised
     inside a ``__del__`` or a callback is only printed) is raised again, and edgekd's signal
     handler is put back if a library replaced it (see :func:`raise_if_interrupted`)."""
 
     on_step: StepCallback | None
+    on_progress: ProgressCallback | None = None
+    _inner: list[float] = field(default_factory=list)  # time of the steps inside, per level
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[dict[str, str]]:
         raise_if_interrupted()
         result = {"detail": ""}
         start = time.perf_counter()
-        yield result
+        self._inner.append(0.0)
+        try:
+            with reporting(self.on_progress, name):
+                emit("step", 0, 1, "step")
+                yield result
+                own = time.perf_counter() - start - self._inner[-1]
+                emit("step", 1, 1, "step", seconds=own)
+        finally:
+            self._inner.pop()
+            if self._inner:
+                self._inner[-1] += time.perf_counter() - start
         raise_if_interrupted()
-        log.info("%s: %s (%.1f s)", name, result["detail"], time.perf_counter() - start)
+        log.info("%s: %s (%.1f s)", name, result["detail"], own)
         if self.on_step:
-            self.on_step(name, f"{result['detail']} ({time.perf_counter() - start:.1f} s)")
+            self.on_step(name, f"{result['detail']} ({own:.1f} s)")
 
 
 def _threads(target: Target) -> int:
@@ -101,6 +121,7 @@ def _builtin(project: Project) -> Inputs:
                   student=lambda: student_model(config.student_model, data.num_classes or 10),
                   teacher=lambda: teacher_cnn(data.num_classes or 10), teacher_trains=True,
                   teacher_key="edgekd.train.models:teacher_cnn",
+                  student_key=f"edgekd.train.models:{config.student_model}",
                   model={"teacher": "edgekd.train.models:teacher_cnn",
                          "student": f"edgekd.train.models:{config.student_model}"})
 
@@ -120,9 +141,10 @@ def _target(target: str | Target, project: Project) -> Target:
 def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
           config: BuildConfig | None = None, project: Project | None = None,
           on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None,
+          on_progress: ProgressCallback | None = None,
           budget: Budget | None = None, budget_source: str | None = None,
-          remotes: Sequence[Remote] = (), fresh: bool = False, trust_pickle: bool = False
-          ) -> BuildResult:
+          remotes: Sequence[Remote] = (), fresh: bool = False, trust_pickle: bool = False,
+          objects: InMemory | None = None) -> BuildResult:
     """Run the whole pipeline for ``target``; artifacts and reports go to ``out/<target>``.
 
     ``project`` says what to build from (default: the built-in digits demonstration);
@@ -131,8 +153,12 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
     an exit code). ``remotes`` are devices the artifacts are also benchmarked on, over SSH.
     Training stages are cached under ``out/.cache``; ``fresh`` ignores that cache.
     ``trust_pickle`` lets weights files that are full pickles run their code when loaded.
+    ``objects``: modules and data given in memory (``edgekd.build(student=..., data=...)``),
+    in place of the project's ``[model]`` / ``[data]``.
     ``on_step(name, detail)`` hears each step as it ends, ``on_epoch(stage, report)`` each
-    epoch of a training stage (:class:`edgekd.train.loop.EpochReport`).
+    epoch of a training stage (:class:`edgekd.train.loop.EpochReport`), ``on_progress``
+    every :class:`edgekd.common.progress.Progress` event (each step's start and end,
+    training epochs and batches, calibration, conversions).
     """
     started = time.perf_counter()
     project = project or Project(root=Path.cwd(), source="built-in")
@@ -144,12 +170,12 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
     for remote in remotes:
         remote.preflight()
     out = Path(out)
-    step = _Steps(on_step)
+    step = _Steps(on_step, on_progress)
     # Under torchrun only rank 0 writes the build, so only rank 0 holds the folder's lock.
     lead = int(os.environ.get("RANK", "0")) == 0
     check_replaceable(out / target.name)  # every rank: all fail at once, none waits for rank 0
     with build_lock(out / target.name) if lead else contextlib.nullcontext():
-        inputs = _inputs(project, target, step, trust_pickle)
+        inputs = _inputs(project, target, step, trust_pickle, objects)
         trained = None
         if inputs.trains:
             with distributed() as (rank, _size):  # under torchrun, every rank trains
@@ -158,7 +184,8 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                     teacher_trains=inputs.teacher_trains, teacher_key=inputs.teacher_key,
                     data=inputs.data, config=project.build,
                     cache=StageCache(out / ".cache" / "stages", fresh=fresh),
-                    cache_dir=out / ".cache", step=step, on_epoch=on_epoch)
+                    cache_dir=out / ".cache", step=step, on_epoch=on_epoch,
+                    student_key=inputs.student_key)
             if rank != 0:  # the other ranks only helped train; rank 0 does the rest
                 return BuildResult(out / target.name, {})
         with staged_dir(out / target.name) as stage:
@@ -180,18 +207,22 @@ def _deploy(ctx: Deploy, model: Model, started: float, budget: dict[str, Any] | 
     shutil.rmtree(ctx.work)
     if model.student is not None:
         save_weights(model.student, ctx.stage / "student.safetensors")
+    report = dict(assemble(ctx, measured, build_seconds=time.perf_counter() - started,
+                           budget=budget))
+    # run_<runtime>.py + README.md beside the artifacts, from what the report recorded
+    package = write_package(ctx.stage, report, ctx.target.providers)
     write_json(ctx.stage / "manifest.json",
                build_manifest(ctx.target, ctx.inputs.data, ctx.project, ctx.stage,
-                              measured.verified.entries))
-    return dict(assemble(ctx, measured, build_seconds=time.perf_counter() - started,
-                         budget=budget))
+                              measured.verified.entries, package=package))
+    return report
 
 
-def _inputs(project: Project, target: Target, step: _Steps, trust_pickle: bool) -> Inputs:
+def _inputs(project: Project, target: Target, step: _Steps, trust_pickle: bool,
+            objects: InMemory | None = None) -> Inputs:
     """The project's data and models, checked against each other and against the target."""
     with step("data") as s:
-        inputs = (_builtin(project) if project.builtin
-                  else resolve(project, trust_pickle=trust_pickle))
+        inputs = (_builtin(project) if project.builtin and objects is None
+                  else resolve(project, trust_pickle=trust_pickle, objects=objects))
         data = inputs.data
         s["detail"] = (f"{data.name}: train {len(data.train)}, test {len(data.test)}, "
                        f"calibration {len(data.calibration)}")

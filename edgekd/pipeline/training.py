@@ -136,6 +136,7 @@ class _Run:
     split: Split  # what the students train on: the training split plus augmented views
     soft_labels: Any  # labels of the augmented views (mixed), or None
     threads: int = 1  # intra-op threads the stages train with
+    student_key: str = ""  # what identifies the student: part of its stages' keys
     stages: list[dict[str, Any]] = field(default_factory=list)
 
     def entry(self, name: str, model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -206,10 +207,12 @@ class _Objectives:
 def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                  teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
                  cache_dir: Path, step: Callable[[str], Any],
-                 on_epoch: EpochCallback | None = None) -> Trained:
+                 on_epoch: EpochCallback | None = None, student_key: str = "") -> Trained:
     """Teacher -> student from scratch (the baseline) -> distilled -> pruned + fine-tuned.
 
-    ``teacher_key`` identifies the teacher (its factory and weights, or what trains it);
+    ``teacher_key`` identifies the teacher (its factory and weights, or what trains it),
+    ``student_key`` the student (its factory's code and arguments, or the object's class and
+    weights): a changed ``models.py`` must not reuse the stages trained from the old one;
     ``step(name)`` is the caller's progress context (a dict whose ``detail`` it fills);
     ``on_epoch(stage, report)`` hears every epoch of every stage that trains. Training runs
     with ``config.train.threads`` threads (0 = automatic); the previous count is restored.
@@ -218,12 +221,13 @@ def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
         return _run_training(teacher=teacher, student=student, teacher_trains=teacher_trains,
                              teacher_key=teacher_key, data=data, config=config, cache=cache,
                              cache_dir=cache_dir, step=_reporting(step, on_epoch),
-                             threads=threads)
+                             threads=threads, student_key=student_key)
 
 
 def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                   teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
-                  cache_dir: Path, step: Callable[[str], Any], threads: int) -> Trained:
+                  cache_dir: Path, step: Callable[[str], Any], threads: int,
+                  student_key: str) -> Trained:
     if data.num_classes is None or data.train.y is None or len(data.train) == 0:
         raise UsageError("distillation needs labeled training samples of a classifier: set "
                          "data.train to a labeled source")
@@ -233,7 +237,7 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
     split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
                                         num_classes=data.num_classes, seed=config.seed)
     run = _Run(data, config, cache, step, digest("data", data.fingerprint(), config.seed),
-               split, soft_labels, threads)
+               split, soft_labels, threads, student_key)
     teacher_model, t_key = _teacher_stage(run, teacher, teacher_trains, teacher_key)
     scratch = _scratch_stage(run, student) if config.baseline else None
     pairs = _pairs(d, student(), teacher_model, torch.from_numpy(data.train.x[:1]))
@@ -256,7 +260,7 @@ def _scratch_stage(run: _Run, student: Factory) -> nn.Module:
     """The student trained on labels alone: the baseline distillation is measured against."""
     st, d, seed = run.config.student, run.config.distill, run.config.seed
     with run.step("student_scratch") as s:
-        key = digest("scratch", run.base, asdict(st), d.views, d.mixup)
+        key = digest("scratch", run.base, run.student_key, asdict(st), d.views, d.mixup)
         set_seed(seed)
         scratch = student()
         hit = run.cache.load("student_scratch", key, scratch) is not None
@@ -271,7 +275,8 @@ def _scratch_stage(run: _Run, student: Factory) -> nn.Module:
 def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objectives
                      ) -> tuple[nn.Module, str]:
     d, pairs = run.config.distill, objectives.pairs
-    key = digest("distilled", t_key, run.base, asdict(d), [(p.student, p.teacher) for p in pairs])
+    key = digest("distilled", t_key, run.base, run.student_key, asdict(d),
+                 [(p.student, p.teacher) for p in pairs])
     with run.step("student_distilled") as s:
         set_seed(run.config.seed)
         distilled = student()

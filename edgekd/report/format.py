@@ -17,6 +17,8 @@ import math
 import re
 from typing import Any
 
+from edgekd.common.units import latency_text, three_digits
+
 MISSING = "–"  # an en dash: one character for "not measured", "not a classifier", null
 
 
@@ -51,16 +53,34 @@ def points(v: Any) -> str:
     return _fmt(v, "+.2f")
 
 
+# One rule for latencies wherever they print (edgekd.common.units: ms with three significant
+# digits, µs below 0.1 ms, the unit always in the text, so a header carries no unit).
+def latency(v: Any) -> str:
+    """A latency given in milliseconds, with its unit: ``0.00652`` -> ``6.52 µs``,
+    ``0.142`` -> ``0.142 ms``, ``12.34`` -> ``12.3 ms``, ``1234.5`` -> ``1234 ms``."""
+    x = real(v)
+    if x is None:
+        return MISSING
+    return latency_text(x)
+
+
+def latency_range(pair: Any) -> str:
+    """A confidence interval ``[lo, hi]`` in milliseconds, in the unit of its upper end:
+    ``6.21–6.84 µs``."""
+    if not isinstance(pair, list | tuple) or len(pair) != 2 or None in (
+            real(pair[0]), real(pair[1])):
+        return MISSING
+    hi = latency(pair[1])
+    unit = hi.rsplit(" ", 1)[1]
+    lo = float(pair[0]) * (1000 if unit == "µs" else 1)
+    return f"{three_digits(lo)}–{hi}"
+
+
 def ms(v: Any) -> str:
-    """A latency in milliseconds, four significant digits (sub-µs to seconds): ``0.00926``."""
+    """A latency in milliseconds as a bare number (the unit named elsewhere), four
+    significant digits: ``0.00926``. Prefer :func:`latency`, which carries its unit."""
     return _fmt(v, ".4g")
 
-
-def ms_range(pair: Any) -> str:
-    """A confidence interval ``[lo, hi]`` in milliseconds: ``0.009–0.0095``."""
-    if not isinstance(pair, list | tuple) or len(pair) != 2 or real(pair[0]) is None:
-        return MISSING
-    return f"{ms(pair[0])}–{ms(pair[1])}"
 
 
 def kib(size_bytes: Any) -> str:

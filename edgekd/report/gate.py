@@ -1,6 +1,13 @@
 """The CI gate: a report (or an ``edgekd bench --json`` file) checked against a budget, as
 checks with margins and as JUnit XML. Torch-free: ``edgekd check`` runs in any CI job.
 
+Each check says which machine its figure was measured on. Latency, memory and speed-up of a
+target that is a device of its own architecture (``machine`` in the target file: a Raspberry
+Pi, a Jetson) count only when a machine of that architecture measured them (a ``--remote``
+device, or the build host when it is one); measured elsewhere they are "not measured on the
+target": neither held nor broken, a failure only with ``--require-device``. Size and
+accuracy hold on any machine.
+
 A file that is not a well-formed report is refused on load (:func:`load_report`) with one
 line naming the file and the first bad field, before any check reads it."""
 
@@ -9,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +25,24 @@ from edgekd.errors import UsageError
 from edgekd.report.schema import validate, validate_report
 from edgekd.settings.budgets import UNITS, Budget
 from edgekd.settings.resources import read_text_file
+from edgekd.settings.targets import canonical_machine, load_target
+
+ANY_MACHINE = "any machine"
 
 
 @dataclass(frozen=True)
 class Check:
+    """One budget against one figure. ``measured_on`` names the machine the figure comes
+    from; ``on_target`` is False when that machine is not the target's (latency measured on
+    an x86 build host for a Raspberry Pi): such a check neither holds nor breaks, it is
+    "not measured on the target" (:attr:`state`)."""
+
     budget: str
     subject: str
     measured: float
     limit: float
+    measured_on: str = ANY_MACHINE
+    on_target: bool = True
 
     @property
     def at_limit(self) -> bool:
@@ -35,11 +52,16 @@ class Check:
 
     @property
     def ok(self) -> bool:
+        """The figure is within the limit (wherever it was measured)."""
         if self.at_limit:
             return True
         if self.budget.startswith("min_"):
             return self.measured >= self.limit
         return self.measured <= self.limit
+
+    @property
+    def state(self) -> str:
+        return check_state(self.to_dict())
 
     @property
     def margin(self) -> float:
@@ -52,22 +74,92 @@ class Check:
     def to_dict(self) -> dict[str, Any]:
         return {"budget": self.budget, "subject": self.subject,
                 "measured": round(self.measured, 4), "limit": self.limit,
-                "margin": round(self.margin, 4), "ok": self.ok, "unit": UNITS[self.budget]}
+                "margin": round(self.margin, 4), "ok": self.ok, "unit": UNITS[self.budget],
+                "measured_on": self.measured_on, "on_target": self.on_target}
 
 
-def _measurements(artifact: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, bench result) for the host measurement and every remote device."""
-    found = [("", artifact)] if "latency_ms" in artifact else []
-    found += [(f" @ {r['remote']}", r) for r in artifact.get("remote", [])]
+# -- where a figure was measured ---------------------------------------------------------------
+
+HELD, BROKEN, OFF_TARGET = "holds", "broken", "not measured on the target"
+
+
+def check_state(check: Mapping[str, Any]) -> str:
+    """:data:`HELD`, :data:`BROKEN` or :data:`OFF_TARGET` for a check as report.json holds
+    it (a check written before 1.1 has no ``on_target``: it was on target)."""
+    if check.get("on_target", True) is False:
+        return OFF_TARGET
+    return HELD if check.get("ok") else BROKEN
+
+
+def target_machine(report: Mapping[str, Any]) -> str:
+    """The architecture of the report's target ("" when it runs where it is built, or is
+    unknown): recorded in the budget section, else the shipped target file's."""
+    recorded = report.get("budget")
+    if isinstance(recorded, Mapping) and isinstance(recorded.get("target_machine"), str):
+        return canonical_machine(recorded["target_machine"])
+    name = report.get("target")
+    if not isinstance(name, str):
+        return ""  # an edgekd bench --json file: measured where the user chose to
+    try:
+        return load_target(name).machine
+    except UsageError:  # a target this edgekd does not ship
+        return ""
+
+
+@dataclass(frozen=True)
+class _Where:
+    """One measurement of an artifact: the subject suffix, the machine, on target or not."""
+
+    suffix: str
+    measured_on: str
+    on_target: bool
+    result: Mapping[str, Any]
+
+
+def _machine_of(device: Any, fallback: str) -> tuple[str, str]:
+    """(architecture, "architecture, board or CPU") of a bench result's ``device``."""
+    device = device if isinstance(device, Mapping) else {}
+    machine = str(device.get("machine") or fallback or "")
+    board = str(device.get("model") or device.get("cpu") or "")
+    text = ", ".join(p for p in (machine, board if board != machine else "") if p)
+    return canonical_machine(machine), text
+
+
+def _measurements(report: Mapping[str, Any], artifact: Mapping[str, Any], machine: str
+                  ) -> list[_Where]:
+    """Every measurement of ``artifact`` that speaks for the target: each ``--remote``
+    device's and the build host's. When the target is a device of another architecture
+    than the host and a device of its own measured the artifact, the host's figures are
+    left out (the device's decide); with no such device they stay, not on the target."""
+    host = report.get("host")
+    who, fallback = (("build host", str(host.get("machine") or ""))
+                     if isinstance(host, Mapping) else ("bench host", ""))
+    found = []
+    if "latency_ms" in artifact:
+        arch, text = _machine_of(artifact.get("device"), fallback)
+        found.append(_Where("", f"{who} ({text})" if text else who,
+                            not machine or not arch or arch == machine, artifact))
+    for r in artifact.get("remote", []):
+        arch, text = _machine_of(r.get("device"), "")
+        found.append(_Where(f" @ {r['remote']}",
+                            f"{r['remote']} ({text})" if text else str(r["remote"]),
+                            not machine or not arch or arch == machine, r))
+    if any(w.on_target and w.suffix for w in found):
+        found = [w for w in found if w.on_target or w.suffix]
     return found
 
 
-def budget_checks(report: Mapping[str, Any], budget: Budget) -> list[Check]:
-    """Every budget against every shipped artifact (see the module docstring)."""
+def budget_checks(report: Mapping[str, Any], budget: Budget, *, machine: str | None = None
+                  ) -> list[Check]:
+    """Every budget against every shipped artifact (see the module docstring). Latency,
+    memory and speed-up are checked per measurement and say which machine measured them
+    (:class:`Check` ``measured_on`` / ``on_target``); size and accuracy hold on any.
+    ``machine``: the target's architecture (default: :func:`target_machine`)."""
     artifacts = report.get("artifacts", [])
     shipped = [a for a in artifacts if a.get("precision", "int8") != "fp32"]
     if not shipped:
         raise UsageError("the report lists no quantized artifact to check")
+    machine = target_machine(report) if machine is None else canonical_machine(machine)
     # Accuracy is lost against the teacher; a finished model (no teacher) against itself:
     # its PyTorch accuracy, else its FP32 artifact's. Models that are not classifiers have no
     # accuracy: the build held their artifacts to min_cosine instead.
@@ -80,13 +172,14 @@ def budget_checks(report: Mapping[str, Any], budget: Budget) -> list[Check]:
         if budget.max_size_kb is not None:
             checks.append(Check("max_size_kb", name, a["size_bytes"] / 1024,
                                 budget.max_size_kb))
-        for where, m in _measurements(a):
+        for w in _measurements(report, a, machine):
             if budget.max_p95_ms is not None:
-                checks.append(Check("max_p95_ms", name + where, m["latency_ms"]["p95"],
-                                    budget.max_p95_ms))
+                checks.append(Check("max_p95_ms", name + w.suffix, w.result["latency_ms"]["p95"],
+                                    budget.max_p95_ms, w.measured_on, w.on_target))
             if budget.max_peak_rss_mb is not None:
-                checks.append(Check("max_peak_rss_mb", name + where,
-                                    m["memory"]["peak_rss_mb"], budget.max_peak_rss_mb))
+                checks.append(Check("max_peak_rss_mb", name + w.suffix,
+                                    w.result["memory"]["peak_rss_mb"], budget.max_peak_rss_mb,
+                                    w.measured_on, w.on_target))
         if budget.max_accuracy_drop is not None and accuracy_budget:
             reference = teacher if teacher is not None else next(
                 (f.get("accuracy") for f in artifacts if f.get("runtime") == a.get("runtime")
@@ -97,24 +190,59 @@ def budget_checks(report: Mapping[str, Any], budget: Budget) -> list[Check]:
             checks.append(Check("max_accuracy_drop", name, 100 * (reference - a["accuracy"]),
                                 budget.max_accuracy_drop))
     if budget.min_int8_speedup is not None:
-        for a in [a for a in shipped if a.get("precision") == "int8"]:
-            ref = next((f for f in artifacts if f.get("runtime") == a.get("runtime")
-                        and f.get("precision") == "fp32"), None)
-            if ref is None:
-                raise UsageError(f"min_int8_speedup needs an FP32 artifact in {a['runtime']} "
-                                 f"beside {a['path']}")
-            pairs = [("", ref, a)] + [
-                (f" @ {r['remote']}", rr, r) for r in a.get("remote", [])
-                for rr in ref.get("remote", []) if rr["remote"] == r["remote"]]
-            for where, fp32, int8 in pairs:
-                if int8["latency_ms"]["p50"] <= 0:
-                    raise UsageError(f"min_int8_speedup: {a['path']}{where} has a p50 latency "
-                                     "of 0 ms, so no speed-up can be computed; measure it "
-                                     "again (edgekd bench)")
-                checks.append(Check("min_int8_speedup", f"{a['path']}{where}",
-                                    fp32["latency_ms"]["p50"] / int8["latency_ms"]["p50"],
-                                    budget.min_int8_speedup))
+        checks += _speedups(report, artifacts, shipped, budget.min_int8_speedup, machine)
     return checks
+
+
+def _speedups(report: Mapping[str, Any], artifacts: list[dict[str, Any]],
+              shipped: list[dict[str, Any]], limit: float, machine: str) -> list[Check]:
+    """FP32 p50 / INT8 p50 on the same runtime and the same machine."""
+    checks = []
+    for a in [a for a in shipped if a.get("precision") == "int8"]:
+        ref = next((f for f in artifacts if f.get("runtime") == a.get("runtime")
+                    and f.get("precision") == "fp32"), None)
+        if ref is None:
+            raise UsageError(f"min_int8_speedup needs an FP32 artifact in {a['runtime']} "
+                             f"beside {a['path']}")
+        refs = {w.suffix: w.result for w in _measurements(report, ref, machine)}
+        for w in _measurements(report, a, machine):
+            fp32 = refs.get(w.suffix)
+            if fp32 is None:
+                continue
+            if w.result["latency_ms"]["p50"] <= 0:
+                raise UsageError(f"min_int8_speedup: {a['path']}{w.suffix} has a p50 latency "
+                                 "of 0 ms, so no speed-up can be computed; measure it "
+                                 "again (edgekd bench)")
+            checks.append(Check("min_int8_speedup", f"{a['path']}{w.suffix}",
+                                fp32["latency_ms"]["p50"] / w.result["latency_ms"]["p50"],
+                                limit, w.measured_on, w.on_target))
+    return checks
+
+
+def verdict(checks: Sequence[Mapping[str, Any]], require_device: bool = False) -> str:
+    """The one-line verdict: how many hold, are broken, were not measured on the target
+    (and where they were measured, and what to do about it)."""
+    states = [check_state(c) for c in checks]
+    held, broken, off = (states.count(s) for s in (HELD, BROKEN, OFF_TARGET))
+    if not off:
+        return (f"{broken} of {len(checks)} budgets broken" if broken
+                else f"all {len(checks)} budgets hold")
+    where = sorted({str(c.get("measured_on")) for c, s in zip(checks, states, strict=True)
+                    if s == OFF_TARGET})
+    parts = [f"{broken} broken" if broken else "", f"{held} hold" if held else ""]
+    head = ", ".join(p for p in parts if p)
+    head = f"{head}, " if head else ""
+    then = ("--require-device makes them fail" if not require_device
+            else "--require-device: they fail")
+    return (f"{head}{off} not measured on the target, only on {'; '.join(where)}: run with "
+            f"--remote user@device to measure them there; {then}")
+
+
+def gate_fails(checks: Sequence[Mapping[str, Any]], require_device: bool = False) -> bool:
+    """The exit status of the gate: a broken budget fails it; a check not measured on the
+    target fails it only with ``require_device``."""
+    states = {check_state(c) for c in checks}
+    return BROKEN in states or (require_device and OFF_TARGET in states)
 
 
 # What budget_checks reads, as JSON Schema: reports that carry no schema_version (written
@@ -203,9 +331,33 @@ def _require(problems: list[str], path: Path, data: dict[str, Any], what: str) -
                          f"{_why_null(problems[0], data)}{more}")
 
 
+def _bench_as_report(benchmarks: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ``edgekd bench --json`` file as a report: one artifact per file, measured here
+    and/or on each ``--remote`` device (its ``remote`` list, as a build records it)."""
+    artifacts: dict[str, dict[str, Any]] = {}
+    for b in benchmarks:
+        a = artifacts.setdefault(b["artifact"], {
+            "path": b["artifact"], "size_bytes": b["file_size_bytes"],
+            "precision": "int8" if (b.get("placement") or {}).get("quantized") else "fp32"})
+        if b.get("remote"):
+            a.setdefault("remote", []).append(b)
+        else:
+            a.update(b)
+    return {"artifacts": list(artifacts.values())}
+
+
 def load_report(path: Path) -> dict[str, Any]:
     """A build's report.json, or an ``edgekd bench --json`` file seen as one; anything
-    malformed is one :class:`UsageError` naming the file and the first bad field."""
+    malformed is one :class:`UsageError` naming the file and the first bad field. A build
+    folder (``OUT/<target>``) stands for the report.json in it."""
+    if path.is_dir():
+        if not (path / "report.json").is_file():
+            builds = sorted(str(p.parent) for p in path.glob("*/report.json"))[:4]
+            hint = f" (builds in it: {', '.join(builds)})" if builds else ""
+            raise UsageError(f"{path} is a folder without a report.json: give a build folder "
+                             "(OUT/<target>), its report.json or an edgekd bench --json file"
+                             f"{hint}")
+        path = path / "report.json"
     data = _read(path)
     if isinstance(data, dict) and "artifacts" in data:
         problems = (validate_report(data) if "schema_version" in data
@@ -214,28 +366,37 @@ def load_report(path: Path) -> dict[str, Any]:
         return data
     if isinstance(data, dict) and "benchmarks" in data:
         _require(validate(data, _BENCH_FILE), path, data, "edgekd bench --json file")
-        return {"artifacts": [
-            {**b, "path": b["artifact"], "size_bytes": b["file_size_bytes"],
-             "precision": "int8" if (b.get("placement") or {}).get("quantized") else "fp32"}
-            for b in data["benchmarks"] if not b.get("remote")]}
+        return _bench_as_report(data["benchmarks"])
     raise UsageError(f"{path}: not an edgekd report (no 'artifacts' or 'benchmarks')")
 
 
-def junit_xml(checks: list[Check], source: str) -> str:
-    """JUnit XML: one test case per budget and subject, for CI test-report views."""
-    failures = sum(not c.ok for c in checks)
+def junit_xml(checks: list[Check], source: str, require_device: bool = False) -> str:
+    """JUnit XML: one test case per budget and subject, for CI test-report views. A check
+    not measured on the target is skipped, or a failure with ``require_device``."""
+    states = [c.state for c in checks]
+    failures = states.count(BROKEN) + (states.count(OFF_TARGET) if require_device else 0)
+    skipped = 0 if require_device else states.count(OFF_TARGET)
     suite = ET.Element("testsuite", name="edgekd budgets", tests=str(len(checks)),
-                       failures=str(failures), errors="0", skipped="0")
-    for c in checks:
+                       failures=str(failures), errors="0", skipped=str(skipped))
+    for c, state in zip(checks, states, strict=True):
         case = ET.SubElement(suite, "testcase", classname=f"edgekd.settings.budgets.{c.budget}",
                              name=c.subject, time="0")
-        text = (f"{c.budget}: measured {c.measured:.4g} {UNITS[c.budget]}, limit {c.limit:g} "
-                f"{UNITS[c.budget]}, margin {c.margin:+.4g} ({source})")
-        if c.ok:
+        text = (f"{c.budget}: measured {c.measured:.4g} {UNITS[c.budget]} on {c.measured_on}, "
+                f"limit {c.limit:g} {UNITS[c.budget]}, margin {c.margin:+.4g} ({source})")
+        if state == HELD:
             ET.SubElement(case, "system-out").text = text
-        else:
+        elif state == BROKEN:
             ET.SubElement(case, "failure", message=text, type="BudgetExceeded").text = text
-    suites = ET.Element("testsuites", tests=str(len(checks)), failures=str(failures))
+        else:
+            why = (f"not measured on the target: {text}; run with --remote user@device to "
+                   "measure it there")
+            if require_device:
+                ET.SubElement(case, "failure", message=why,
+                              type="NotMeasuredOnTarget").text = why
+            else:
+                ET.SubElement(case, "skipped", message=why)
+    suites = ET.Element("testsuites", tests=str(len(checks)), failures=str(failures),
+                        skipped=str(skipped))
     suites.append(suite)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode")

@@ -1,9 +1,11 @@
 """``report.html``: one self-contained page for a build report, with tables and two SVG plots.
 
-Everything the page needs is inside it (inline CSS, inline SVG from :mod:`.plots`, a few lines
-of script), so it can be attached to a CI run or copied off a device and opened offline. Every
-key of the report may be missing: a missing value shows as "–", never as an error. Numbers go
-through :mod:`.format`, so they read as they do in ``report.md`` and the CLI's summary.
+Everything the page needs is inside it (inline CSS, inline SVG from :mod:`.plots` and
+:mod:`.latency_plot`, a few lines of script), so it can be attached to a CI run or copied off a
+device and opened offline. Every key of the report may be missing: a missing value shows as
+"–", never as an error. Numbers go through :mod:`.format`, so they read as they do in
+``report.md`` and the CLI's summary; the compression sections share their wording with
+``report.md`` through :mod:`.compression`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edgekd.report import compression
 from edgekd.report import format as fmt
-from edgekd.report.plots import accuracy_size_svg, as_dict, dicts, latency_svg, measured
+from edgekd.report import markdown as md
+from edgekd.report.gate import verdict
+from edgekd.report.latency_plot import latency_svg
+from edgekd.report.plots import accuracy_size_svg, as_dict, dicts, measured
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em}
@@ -36,7 +42,8 @@ _SCRIPT = """<script>window.addEventListener("load", function () {
     var r = s.getBoundingClientRect(); return r.width > 50 && r.height > 50; }).length);
 });</script>"""
 
-_NUMBER = re.compile(r"^(–|[-+]?[0-9][0-9.,]*(e[-+]?[0-9]+)?( %|%|×)?(–[0-9.e-]+)?)$")
+_ONE = r"(–|[-+]?[0-9][0-9.,]*(e[-+]?[0-9]+)?( %|%|×)?(–[0-9.e-]+)?)"
+_NUMBER = re.compile(rf"^{_ONE}( → {_ONE})?$")  # a number, or a before → after pair
 _BAD = ("slower", "fail", "exceed", "over budget", "did not run as intended")
 
 
@@ -45,7 +52,7 @@ def _e(v: Any) -> str:
 
 
 def _table(title: str, head: Sequence[str], rows: list[tuple[str, list[str]]],
-           caption: str = "") -> str:
+           caption: str = "", lead: str = "") -> str:
     """A titled table; cells are already escaped HTML. Nothing at all when there are no rows."""
     if not rows:
         return ""
@@ -54,7 +61,9 @@ def _table(title: str, head: Sequence[str], rows: list[tuple[str, list[str]]],
     trs = "".join(f'<tr class="{cls}">' + "".join(
         f'<td class="num">{c}</td>' if _NUMBER.match(c) else f"<td>{c}</td>" for c in cells)
         + "</tr>" for cls, cells in rows)
-    return f'<h2>{title}</h2><div class="wide"><table>{cap}<tr>{ths}</tr>{trs}</table></div>'
+    lead = f"<p>{lead}</p>" if lead else ""  # prose too long for a caption
+    return (f'<h2>{title}</h2>{lead}<div class="wide"><table>{cap}<tr>{ths}</tr>{trs}'
+            "</table></div>")
 
 
 def _header(r: dict[str, Any]) -> str:
@@ -91,15 +100,23 @@ def _flags(r: dict[str, Any]) -> str:
     return f'<section id="flags"><h2>Flags</h2>{items}</section>' if flags else ""
 
 
+def _budget_row(c: dict[str, Any]) -> tuple[str, list[str]]:
+    """A check measured on a machine that is not the target's is neither pass nor fail."""
+    off = c.get("on_target") is False
+    css = "" if off else "pass" if c.get("ok") is True else "fail" if c.get("ok") is False else ""
+    result = ("not on target" if off else "pass" if c.get("ok") is True
+              else "FAIL" if c.get("ok") is False else "–")
+    return (css, [_e(c.get("budget")), _e(c.get("subject")), fmt.number(c.get("measured")),
+                  fmt.limit(c.get("limit")), fmt.signed(c.get("margin")), _e(c.get("unit")),
+                  _e(c.get("measured_on", "")), result])
+
+
 def _budget(r: dict[str, Any]) -> str:
     b = as_dict(r.get("budget"))
-    rows = [("pass" if c.get("ok") else "fail" if c.get("ok") is False else "",
-             [_e(c.get("budget")), _e(c.get("subject")), fmt.number(c.get("measured")),
-              fmt.limit(c.get("limit")), fmt.signed(c.get("margin")), _e(c.get("unit")),
-              "pass" if c.get("ok") is True else "FAIL" if c.get("ok") is False else "–"])
-            for c in dicts(b.get("checks"))]
+    checks = dicts(b.get("checks"))
     return _table("Budget", ["budget", "subject", "measured", "limit", "margin", "unit",
-                             "result"], rows, f"from {_e(b.get('source'))}")
+                             "measured on", "result"], [_budget_row(c) for c in checks],
+                  f"from {_e(b.get('source'))}; {_e(verdict(checks))}")
 
 
 def _stages(r: dict[str, Any]) -> str:
@@ -112,8 +129,8 @@ def _stages(r: dict[str, Any]) -> str:
 
 def _latency_cells(m: dict[str, Any]) -> list[str]:
     lat, mem = as_dict(m.get("latency_ms")), as_dict(m.get("memory"))
-    return ([fmt.ms(lat.get(k)) for k in ("p50", "p95", "p99", "mean", "std")]
-            + [fmt.ms_range(lat.get("p50_ci95"))]
+    return ([fmt.latency(lat.get(k)) for k in ("p50", "p95", "p99", "mean", "std")]
+            + [fmt.latency_range(lat.get("p50_ci95"))]
             + [fmt.mib(mem.get(k)) for k in ("peak_rss_mb", "model_rss_mb")])
 
 
@@ -133,7 +150,7 @@ def _artifacts(r: dict[str, Any]) -> str:
         rows += [("", [f"{name} @ {_e(m.get('remote') or '?')}"] + ["–"] * 7 + _latency_cells(m))
                  for m in dicts(a.get("remote"))]
     head = ["file", "runtime", "precision", "KiB", "gzip KiB", "accuracy", "top-1 agreement",
-            "min cosine", "p50 ms", "p95", "p99", "mean", "std", "p50 95% CI", "peak RSS MiB",
+            "min cosine", "p50", "p95", "p99", "mean", "std", "p50 95% CI", "peak RSS MiB",
             "model RSS MiB"]
     return _table("Artifacts", head, rows)
 
@@ -158,35 +175,53 @@ def _outputs(r: dict[str, Any]) -> str:
 
 
 def _quantization(r: dict[str, Any]) -> str:
-    by_runtime = as_dict(as_dict(r.get("quantization")).get("by_runtime"))
-    rows = [("", [_e(rt), _e(w.get("tool")), _e(w.get("when")),
-                  _e(", ".join(map(str, w.get("ignored") or [])) or "none")])
-            for rt, w in by_runtime.items() if isinstance(w, dict)]
-    return _table("Who made each runtime's INT8 model", ["runtime", "tool", "when",
-                  "quant.* settings it ignores"], rows)
+    """How the INT8 model was made, the mixed-precision search, and what INT8 gave in each
+    runtime: the same rows as ``report.md``'s quantization section."""
+    q = as_dict(r.get("quantization"))
+    if not q:
+        return ""
+    splits = as_dict(as_dict(r.get("dataset")).get("splits"))
+    intro = f"<h2>Quantization: static INT8</h2><p>{compression.how_int8_was_made(r, _e, _e)}</p>"
+    fp32 = q.get("fp32_accuracy")
+    steps = [("", compression.search_cells(i, s, fp32, _e))
+             for i, s in enumerate(dicts(q.get("steps")))]
+    on = "validation" if "validation" in splits else "calibration"
+    kept = ", ".join(map(str, q.get("float_layers") or [])) or "none"
+    search = _table("Quantization: accuracy check and mixed-precision search",
+                    compression.SEARCH_HEAD, steps, f"on the {on} split, FP32 {fmt.percent(fp32)}",
+                    lead="Step 0 has every quantizable layer in INT8; while INT8 loses more than "
+                         "the accuracy budget, layers are kept in float, the most helpful first. "
+                         f"Excluded from INT8 (kept in float): {_e(kept)}.")
+    head = [h + " (this host)" if h.startswith("p50") else h for h in compression.INT8_HEAD]
+    made = _table("Quantization: who made each runtime's INT8 model, and what it gave", head,
+                  [("", compression.int8_cells(o, _e)) for o in compression.int8_outcomes(r)],
+                  "accuracy on the test split; speed-up per machine from the payoff rows")
+    return intro + search + made
 
 
 def _pruning(r: dict[str, Any]) -> str:
-    """The pruned student's layers, counted in its final weights, and what stayed dense."""
-    stage = next((s for s in dicts(r.get("stages")) if s.get("name") == "student_pruned"), {})
-    rows = [("", [_e(x.get("layer")), _e(x.get("type")) + ("" if x.get("pruned", True)
-                                                           else " (not pruned)"),
-                  f"{fmt.shape(x.get('before'))} → {fmt.shape(x.get('after'))}",
-                  fmt.count(x.get("params")), fmt.count(x.get("zeros")),
-                  fmt.fine_share(x.get("zero_fraction"))])
+    """The pruned student: accuracy before and after, its layers counted in its final
+    weights (output channels too when channels were removed), and what stayed dense."""
+    stages = {s.get("name"): s for s in dicts(r.get("stages"))}
+    stage = stages.get("student_pruned", {})
+    if not stage:
+        return ("<h2>Pruning</h2><p>Not applied: a finished model is quantized and exported "
+                "as given.</p>" if dicts(r.get("artifacts")) and not stages else "")
+    structured = stage.get("method") == "structured"
+    rows = [("", compression.layer_cells(x, structured, _e, _e))
             for x in dicts(stage.get("layers"))]
-    caption = (f"{_e(stage.get('method'))} {_e(stage.get('schedule'))}, target "
-               f"{fmt.share(stage.get('target_sparsity'))}; measured in the final weights: "
+    lead = (f"{_e(stage.get('method'))} {_e(stage.get('schedule'))}, target "
+            f"{fmt.share(stage.get('target_sparsity'))}. "
+            f"{_e(compression.pruning_effect(stage, as_dict(stages.get('student_distilled'))))}")
+    caption = (f"measured in the final weights: "
                f"{fmt.fine_share(stage.get('weight_sparsity'))} of the pruned layers' weights "
                f"zero, {fmt.fine_share(stage.get('param_sparsity'))} of all parameters")
     if stage.get("sparsity_warning"):
         caption += f"<br>⚠ {_e(stage['sparsity_warning'])}"
-    dense = (stage.get("kept_whole") if stage.get("method") == "structured"
-             else stage.get("skipped"))
+    dense = (stage.get("kept_whole") if structured else stage.get("skipped"))
     left = [("", [_e(x.get("layer")), _e(x.get("type")), fmt.count(x.get("params")),
                   _e(x.get("reason"))]) for x in dicts(dense)]
-    return (_table("Pruning: layers", ["layer", "type", "weight shape before → after",
-                                       "weights", "zero", "zero %"], rows, caption)
+    return (_table("Pruning: layers", compression.layer_head(structured), rows, caption, lead)
             + _table("Pruning: layers left whole", ["layer", "type", "params", "why"], left))
 
 
@@ -216,14 +251,12 @@ def _placement(r: dict[str, Any]) -> str:
 
 
 def _robustness(r: dict[str, Any]) -> str:
-    from edgekd.report.markdown import ROBUSTNESS_METRICS
-
     rob = as_dict(r.get("robustness"))
     if "skipped" in rob:
         return f"<h2>Robustness under input corruptions</h2><p>Not measured: " \
                f"{_e(rob.get('skipped'))}.</p>"
     metric = str(rob.get("metric") or "accuracy")
-    title, cell = ROBUSTNESS_METRICS.get(metric, (metric, fmt.number))
+    title, cell = md.ROBUSTNESS_METRICS.get(metric, (metric, fmt.number))
     models = [str(m) for m in rob.get("models") or []] if isinstance(rob.get("models"), list) \
         else []
     conds = dicts(rob.get("conditions"))
@@ -258,7 +291,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         plots = (f'<figure class="plot" id="plot-accuracy-size">{accuracy_size_svg(r)}'
                  f'</figure><figure class="plot" id="plot-latency">{latency_svg(r)}</figure>')
     body = (_header(r) + _flags(r) + _budget(r) + plots + _stages(r) + _artifacts(r)
-            + _outputs(r) + _quantization(r) + _robustness(r) + _payoff(r) + _pruning(r)
+            + _outputs(r) + _pruning(r) + _quantization(r) + _robustness(r) + _payoff(r)
             + _placement(r) + _nulls(r))
     title = f"edgekd build: {_e(r.get('target', 'unknown target'))}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

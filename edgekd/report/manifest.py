@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +31,15 @@ def gzip_size(files: list[Path]) -> int:
 
 
 def build_manifest(target: Target, data: Dataset, project: Project, stage: Path,
-                   artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+                   artifacts: list[dict[str, Any]], package: Sequence[str] = ()
+                   ) -> dict[str, Any]:
     """Everything needed to reproduce the build: versions, seeds, the full settings, where
-    the data came from with a fingerprint of each split, and the sha256 of every file."""
+    the data came from with a fingerprint of each split, and the sha256 of every file.
+    ``package``: the deploy files beside the artifacts (``run_<runtime>.py``, README.md)."""
     files = {f: sha256_file(stage / f) for a in artifacts for f in a["files"]}
     if (stage / "student.safetensors").is_file():
         files["student.safetensors"] = sha256_file(stage / "student.safetensors")
+    files |= {f: sha256_file(stage / f) for f in package}
     config = project.build
     return {
         "edgekd_version": edgekd.__version__,
@@ -46,5 +50,6 @@ def build_manifest(target: Target, data: Dataset, project: Project, stage: Path,
         "target": asdict(target),
         "dataset": data.summary(),
         "sha256": files,
+        "package": list(package),
         "input_example_sha256": hashlib.sha256(data.test.x[:1].tobytes()).hexdigest(),
     }

@@ -1,14 +1,17 @@
 """``report.md``: the build report as Markdown that reads well as a GitHub Actions step
 summary. One function per section, in page order; numbers go through :mod:`.format`, so
-they read as they do in ``report.html`` and the command line's summary."""
+they read as they do in ``report.html`` and the command line's summary, and the compression
+sections take their wording and cells from :mod:`.compression`, as ``report.html`` does."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from edgekd.report import compression
 from edgekd.report import format as fmt
 from edgekd.report.format import md, md_code
+from edgekd.report.gate import BROKEN, HELD, OFF_TARGET, check_state, verdict
 
 Lines = list[str]
 
@@ -19,9 +22,7 @@ def _title(report: dict[str, Any]) -> Lines:
              md(report['target_description']), ""]
     budget = report.get("budget")
     if budget:
-        broken = [c for c in budget["checks"] if not c["ok"]]
-        lines += [f"**Budgets: {'❌ ' + str(len(broken)) + ' broken' if broken else '✅ all hold'}"
-                  f"** ({len(budget['checks'])} checks, {md(budget['source'])})", ""]
+        lines += [_budget_verdict(budget), ""]
     lines += [f"> ⚠️ {md(flag)}" for flag in report.get("flags", [])]
     return [*lines, ""] if report.get("flags") else lines
 
@@ -77,6 +78,8 @@ def _artifacts(report: dict[str, Any]) -> Lines:
               f"{fmt.percent(a['top1_agreement'])} | {fmt.cosine(a.get('cosine_min'))} | "
               f"{fmt.error(a.get('max_rel_error'))} | {fmt.error(a.get('max_abs_diff'))} |"
               for a in report["artifacts"]]
+    lines += ["", "To run one on the device: `README.md` beside this report says which files to "
+              "copy and what to install; `run_<runtime>.py` prints its prediction for one input."]
     return [*lines, "", *_outputs(report)]
 
 
@@ -107,28 +110,45 @@ def _outputs(report: dict[str, Any]) -> Lines:
 
 
 def _quantization(report: dict[str, Any]) -> Lines:
-    """How the INT8 model was made, and who quantized for each runtime."""
+    """How the INT8 model was made (calibration, settings, the mixed-precision search), who
+    quantized for each runtime, and what INT8 gave in each."""
     q = report.get("quantization")
     if not q:
         return []
-    lines = ["## Quantization", "",
-             f"Static INT8 (ONNX Runtime's tools, QDQ), calibration {md_code(q['method'])}."]
-    if q.get("fp32_accuracy") is not None:
-        lines.append(f"On the calibration split: FP32 {fmt.percent(q['fp32_accuracy'])}, INT8 "
-                     f"{fmt.percent(q['int8_accuracy'])}.")
-    for i, step in enumerate(q.get("steps", [])[1:], 1):
-        lines.append(f"- step {i}: kept in float {', '.join(map(md, step['float_layers']))} -> "
-                     f"{fmt.percent(step['accuracy'])}")
-    if q.get("float_layers"):
-        lines.append(f"Kept in float to stay within the accuracy budget: "
-                     f"{', '.join(map(md, q['float_layers']))}.")
-    by_runtime = q.get("by_runtime") or {}
-    if by_runtime:
-        lines += ["", "| runtime | INT8 made by | when | `quant.*` settings it ignores |",
-                  "|---|---|---|---|"]
-        lines += [f"| {md(rt)} | {md(w['tool'])} | {md(w['when'])} | "
-                  f"{', '.join(map(md, w['ignored'])) or 'none'} |"
-                  for rt, w in by_runtime.items()]
+    splits = report["dataset"].get("splits", {})
+    on = "validation" if "validation" in splits else "calibration"
+    lines = ["## Quantization: static INT8", "",
+             compression.how_int8_was_made(report, md, md_code), ""]
+    steps = q.get("steps") or []
+    if q.get("fp32_accuracy") is None or not steps:
+        lines += ["Not checked against an accuracy budget (no labelled split, or "
+                  "`quant.max_accuracy_drop` unset): every quantizable layer is INT8.", ""]
+    elif len(steps) == 1 and not q.get("float_layers"):
+        first = steps[0].get("accuracy")
+        lines += [f"Accuracy check on the {on} split: FP32 {fmt.percent(q['fp32_accuracy'])}, "
+                  f"every quantizable layer in INT8 {fmt.percent(first)} "
+                  f"({fmt.points(compression.drop_points(first, q['fp32_accuracy']))} points):"
+                  " within the accuracy budget, so no mixed-precision search was needed and no "
+                  "layer is kept in float.", ""]
+    else:
+        lines += [f"Mixed-precision search on the {on} split (FP32 "
+                  f"{fmt.percent(q['fp32_accuracy'])}): layers are kept in float, the most "
+                  "helpful first, until INT8 is within the accuracy budget.", "",
+                  "| " + " | ".join(compression.SEARCH_HEAD) + " |", "|---:|---|---:|---:|"]
+        lines += ["| " + " | ".join(compression.search_cells(i, st, q["fp32_accuracy"],
+                                                              md_code)) + " |"
+                  for i, st in enumerate(steps)]
+        kept = q.get("float_layers") or []
+        lines += ["", f"Excluded from INT8 (kept in float): "
+                      f"{', '.join(map(md_code, kept)) if kept else 'none'}; INT8 "
+                      f"{fmt.percent(q.get('int8_accuracy'))}.", ""]
+    rows = compression.int8_outcomes(report)
+    if rows:
+        lines += ["What INT8 gave in each runtime (accuracy on the test split, p50 on this host; "
+                  "speed-up per machine from the payoff rows):", "",
+                  "| " + " | ".join(compression.INT8_HEAD).replace("quant.*", "`quant.*`") + " |",
+                  "|---|---|---|---:|---:|---:|---|---|"]
+        lines += ["| " + " | ".join(compression.int8_cells(r, md)) + " |" for r in rows]
     return [*lines, ""]
 
 
@@ -181,15 +201,17 @@ def _robustness(report: dict[str, Any]) -> Lines:
 
 def _latency_row(name: str, where: str, m: dict[str, Any], size: Any) -> str:
     lat, mem = m["latency_ms"], m["memory"]
-    return (f"| {md_code(name)} | {md(where)} | {md(m.get('threads', ''))} | {fmt.ms(lat['p50'])} "
-            f"({fmt.ms_range(lat['p50_ci95'])}) | {fmt.ms(lat['p95'])} | {fmt.ms(lat['p99'])} | "
-            f"{fmt.ms(lat['mean'])} ± {fmt.ms(lat['std'])} | {fmt.mib(mem['peak_rss_mb'])} | "
+    return (f"| {md_code(name)} | {md(where)} | {md(m.get('threads', ''))} | "
+            f"{fmt.latency(lat['p50'])} ({fmt.latency_range(lat['p50_ci95'])}) | "
+            f"{fmt.latency(lat['p95'])} | {fmt.latency(lat['p99'])} | "
+            f"{fmt.latency(lat['mean'])} ± {fmt.latency(lat['std'])} | "
+            f"{fmt.mib(mem['peak_rss_mb'])} | "
             f"{fmt.mib(mem.get('model_rss_mb'))} | {fmt.kib(size)} |")
 
 
 def _latency(report: dict[str, Any]) -> Lines:
     """Every measurement (this host and each device), and how it was measured."""
-    lines = ["", "## Latency (ms) and memory (MiB)", "",
+    lines = ["", "## Latency and memory (MiB)", "",
              "| file | where | threads | p50 (95 % CI) | p95 | p99 | mean ± std | peak RSS | "
              "model RSS | file KiB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -222,22 +244,22 @@ def _payoff(report: dict[str, Any]) -> Lines:
 
 
 def _pruning(report: dict[str, Any]) -> Lines:
-    """Per-layer shapes and sparsity of the pruned student, and dense vs pruned FP32 files."""
-    stage: dict[str, Any] = next(
-        (s for s in report["stages"] if s["name"] == "student_pruned"), {})
+    """How the student was pruned and fine-tuned, what it cost in accuracy and removed,
+    per-layer sparsity (or channel counts), and the dense vs pruned FP32 files."""
+    stages = {s["name"]: s for s in report["stages"]}
+    stage: dict[str, Any] = stages.get("student_pruned", {})
     if "layers" not in stage:
-        return []
-    unit = "channels" if stage["method"] == "structured" else "weights"
+        return [] if report["stages"] else [
+            "## Pruning", "", "Not applied: a finished model is quantized and exported as given "
+            "(`prune.*` applies to a student edgekd trains).", ""]
+    structured = stage["method"] == "structured"
     lines = [f"## Pruning: {md(stage['method'])}, {md(stage['schedule'])}, target "
-             f"{fmt.share(stage['target_sparsity'])} of {unit}", "",
+             f"{fmt.share(stage['target_sparsity'])} of {'channels' if structured else 'weights'}",
+             "", md(compression.pruning_effect(stage, stages.get("student_distilled", {}))), "",
              *_measured_sparsity(stage),
-             "| layer | type | weight shape before → after | weights | zero | zero % |",
-             "|---|---|---|---:|---:|---:|"]
-    lines += [f"| {md_code(r['layer'])} | {md(r['type'])}"
-              f"{'' if r.get('pruned', True) else ' (not pruned)'} | "
-              f"{fmt.shape(r['before'])} → {fmt.shape(r['after'])} | "
-              f"{fmt.count(r.get('params'))} | {fmt.count(r.get('zeros'))} | "
-              f"{fmt.fine_share(r['zero_fraction'])} |"
+             "| " + " | ".join(compression.layer_head(structured)) + " |",
+             "|---|---|" + ("---:|" if structured else "") + "---|---:|---:|---:|"]
+    lines += ["| " + " | ".join(compression.layer_cells(r, structured, md, md_code)) + " |"
               for r in stage["layers"]]
     lines += ["", *_left_dense(stage), *_dense_vs_pruned(report)]
     if stage["method"] == "unstructured":
@@ -305,7 +327,8 @@ def _dense_vs_pruned(report: dict[str, Any]) -> Lines:
             f"{md_code(a['path'])}: file "
             f"{fmt.kib(dense['size_bytes'])} → {fmt.kib(a['size_bytes'])} KiB, gzip "
             f"{fmt.kib(dense['size_gzip_bytes'])} → {fmt.kib(a['size_gzip_bytes'])} KiB, "
-            f"p50 {fmt.ms(dense['latency_ms']['p50'])} → {fmt.ms(a['latency_ms']['p50'])} ms "
+            f"p50 {fmt.latency(dense['latency_ms']['p50'])} → "
+            f"{fmt.latency(a['latency_ms']['p50'])} "
             f"({md(verdict)})")
     return lines
 
@@ -329,16 +352,30 @@ def _placement(report: dict[str, Any]) -> Lines:
     return [*lines, ""]
 
 
+_BUDGET_MARKS = {HELD: "✅", BROKEN: "❌", OFF_TARGET: "⚠️ not on target"}
+
+
+def _budget_verdict(budget: dict[str, Any]) -> str:
+    """The bold verdict under the title: a figure measured on a machine that is not the
+    target's is counted apart, never as holding."""
+    checks = budget["checks"]
+    states = {check_state(c) for c in checks}
+    mark = "❌" if BROKEN in states else "⚠️" if OFF_TARGET in states else "✅"
+    return (f"**Budgets: {mark} {md(verdict(checks))}** ({len(checks)} checks, "
+            f"{md(budget['source'])})")
+
+
 def _budgets(report: dict[str, Any]) -> Lines:
     budget = report.get("budget")
     if not budget:
         return []
-    return ["## Budgets", "", "| budget | artifact | measured | limit | margin | |",
-            "|---|---|---:|---:|---:|---|",
+    return ["## Budgets", "", "| budget | artifact | measured | limit | margin | measured on | |",
+            "|---|---|---:|---:|---:|---|---|",
             *[f"| {md(c['budget'])} | {md_code(c['subject'])} | {fmt.number(c['measured'])} "
               f"{md(c['unit'])} | "
               f"{fmt.limit(c['limit'])} | {fmt.signed(c['margin'])} | "
-              f"{'✅' if c['ok'] else '❌'} |" for c in budget["checks"]], ""]
+              f"{md(c.get('measured_on', ''))} | {_BUDGET_MARKS[check_state(c)]} |"
+              for c in budget["checks"]], ""]
 
 
 def _nulls(report: dict[str, Any]) -> Lines:
@@ -353,8 +390,8 @@ def _nulls(report: dict[str, Any]) -> Lines:
 def render_markdown(build_report: Mapping[str, Any]) -> str:
     """The build report as Markdown that reads well as a GitHub Actions step summary."""
     report = dict(build_report)
-    sections = (_title, _models, _artifacts, _quantization, _robustness, _latency, _payoff,
-                _pruning, _placement, _budgets, _nulls)
+    sections = (_title, _models, _artifacts, _pruning, _quantization, _robustness, _latency,
+                _payoff, _placement, _budgets, _nulls)
     lines: Lines = []
     for line in (line for section in sections for line in section(report)):
         if line or (lines and lines[-1]):  # sections pad themselves: one blank line between

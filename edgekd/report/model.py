@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 
 # Major: a reader of 1.x can read every 1.y report. A new optional field is a minor bump; a
 # removed, renamed or retyped field is a major one (and edgekd check refuses the other major).
-SCHEMA_VERSION = "1.1"  # 1.1: inputs, outputs; per-output verification; stream
+SCHEMA_VERSION = "1.2"  # 1.1: inputs, outputs; per-output verification; stream
+# 1.2: quantization.settings (the quant.* settings as resolved); budget checks' measured_on
+# and on_target, budget.target_machine
 
 __all__ = ["SCHEMA_VERSION", "Artifact", "BudgetCheck", "Input", "Latency", "Memory", "NullNote",
            "PayoffRow", "Quantization", "Reference", "RemoteMeasurement", "Report",
@@ -190,6 +192,7 @@ class _Quantization(TypedDict):
 
 class Quantization(_Quantization, total=False):
     by_runtime: dict[str, RuntimeQuantizer]
+    settings: dict[str, Any]  # quant.* as resolved for the build (1.2)
 
 
 class Bench(TypedDict):
@@ -207,20 +210,31 @@ class Host(TypedDict):
     processor: str
 
 
-class BudgetCheck(TypedDict):
+class _BudgetCheck(TypedDict):
     budget: str
     subject: str
     measured: float
     limit: float
     margin: float
-    ok: bool
+    ok: bool  # the figure is within the limit, wherever it was measured
     unit: str
 
 
-class BudgetSection(TypedDict):
+class BudgetCheck(_BudgetCheck, total=False):
+    """One budget against one figure (:class:`edgekd.report.gate.Check`)."""
+
+    measured_on: str  # "build host (x86_64, ...)", "pi@pi5 (aarch64, ...)", "any machine"
+    on_target: bool  # False: measured on a machine that is not the target's (1.2)
+
+
+class _BudgetSection(TypedDict):
     source: str
     limits: dict[str, float]
     checks: list[BudgetCheck]
+
+
+class BudgetSection(_BudgetSection, total=False):
+    target_machine: str  # the target's architecture; "": it runs where it is built (1.2)
 
 
 class _Report(TypedDict):
@@ -343,14 +357,16 @@ def _how(target: Target, config: BuildConfig, threads: int, seconds: float) -> d
     }
 
 
-def _budget(report: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
-    """The budget section: ``checks`` as given, or evaluated here from ``limits``."""
+def _budget(report: dict[str, Any], budget: dict[str, Any], target: Target
+            ) -> dict[str, Any]:
+    """The budget section: ``checks`` as given, or evaluated here from ``limits``, with the
+    target's architecture (which measurements count as the target's)."""
+    section = {"source": budget["source"], "limits": budget["limits"],
+               "target_machine": target.machine}
     if "checks" in budget:
-        return {"source": budget["source"], "limits": budget["limits"],
-                "checks": budget["checks"]}
-    checks = budget_checks(report, Budget(**budget["limits"]))
-    return {"source": budget["source"], "limits": budget["limits"],
-            "checks": [c.to_dict() for c in checks]}
+        return section | {"checks": budget["checks"]}
+    checks = budget_checks(report, Budget(**budget["limits"]), machine=target.machine)
+    return section | {"checks": [c.to_dict() for c in checks]}
 
 
 def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
@@ -381,5 +397,5 @@ def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
         report["robustness"] = robustness
     report["flags"] = flags(report.get("payoff", []), artifacts)
     if budget is not None:
-        report["budget"] = _budget(report, budget)
+        report["budget"] = _budget(report, budget, target)
     return cast(Report, with_nulls(report))

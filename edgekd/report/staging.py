@@ -105,27 +105,71 @@ def _recover(final: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _lock_fd(lock: Path, final: Path) -> int:
+    """An open descriptor holding the exclusive lock on the file that is at ``lock`` now.
+
+    A build removes its lock file when it ends, while it still holds the lock. A second build
+    may have opened the old file before that: its lock would then be on a file that no longer
+    has the name, so after locking it checks that the name still refers to the file it
+    locked, and starts again if not. Only the holder ever unlinks the name, so once the check
+    passes the lock is the folder's until released."""
+    while True:
+        # A build that ends removes .cache when it is empty: that may happen between the
+        # mkdir and the open here, and then both are simply done again.
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(lock.parent)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"another edgekd build is writing {final} right now: wait for "
+                                 "it, or choose another --out") from exc
+            raise
+        try:
+            named = os.stat(lock, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        held = os.fstat(fd)
+        if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # the previous holder removed it after we opened it
+
+
+def _release(lock: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then let go; ``.cache`` goes too if the
+    build left nothing else in it."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        with contextlib.suppress(OSError):  # not empty: the stage caches stay
+            lock.parent.rmdir()
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def build_lock(final: Path) -> Iterator[None]:
     """Hold ``.cache/<name>.lock`` beside ``final`` for the whole build: a second build into
     the same folder fails at once instead of racing it. Holding the lock also proves that staging
     folders left beside ``final`` (a build killed with SIGKILL) are stale: they go. Something
-    at ``final`` that the build must not replace is refused here, before any work starts."""
+    at ``final`` that the build must not replace is refused here, before any work starts.
+    The lock file is removed when the build ends, whether it succeeded, failed or was
+    interrupted (only SIGKILL leaves it, and the next build takes it over)."""
     check_replaceable(final)
     _writable_dir(final.parent)
     lock = final.parent / ".cache" / f"{final.name}.lock"
-    lock.parent.mkdir(exist_ok=True)
-    with lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise UsageError(f"another edgekd build is writing {final} right now: wait for "
-                                 "it, or choose another --out") from exc
-            raise
+    fd = _lock_fd(lock, final)
+    try:
         _recover(final)
         check_replaceable(final)  # the recovered folder, if one came back
         yield
+    finally:
+        _release(lock, fd)
 
 
 @contextlib.contextmanager

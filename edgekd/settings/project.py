@@ -5,10 +5,12 @@ One flat TOML file in the project folder (or ``--config FILE``). Top-level keys 
 :class:`~edgekd.settings.config.BuildConfig` (``seed``, ``[distill]``, ``[prune]``,
 ``[quant]``, ...); ``[model]`` and ``[data]`` say what to build from (:class:`ModelSpec`,
 :class:`DataSpec`); ``[budget]`` holds budgets for every target and ``[budget.<target>]``
-tables override them per target. ``edgekd init`` writes a commented starter
-(:data:`STARTER`). Relative paths are relative to the file's folder. Every key and value is
-checked against the annotations of :class:`Project` and the classes above
-(:mod:`edgekd.settings.typed`) when the file loads, before any work starts.
+tables override them per target. ``edgekd init`` writes a commented one that builds as it
+is, with its models and data (:func:`starter`). Relative paths are relative to the file's
+folder. Every key and value is checked against the annotations of :class:`Project` and the
+classes above (:mod:`edgekd.settings.typed`) when the file loads, before any work starts;
+what the values point to (files, factories, data headers) is checked by
+:mod:`edgekd.inputs.preflight` before anything heavy is imported.
 
 With no project file, the build uses the built-in demonstration: scikit-learn's digits,
 ``edgekd.train.models.teacher_cnn`` trained here and the ``student_model`` named in the settings.
@@ -20,6 +22,7 @@ import json
 import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -307,64 +310,13 @@ def load_project(path: Path | None, overrides: Sequence[str] = (), *,
     return parse_project(raw, root, source)
 
 
-STARTER = '''\
-# edgekd project file. `edgekd build` reads it from the current folder (or --config FILE);
-# command-line flags override it (--target, --out, --seed, --set section.key=value).
-# Relative paths are relative to this file's folder and may not leave it.
+def starter() -> str:
+    """The commented project file ``edgekd init`` writes, beside the models and data it
+    names (the ``starter`` example, package data: ``edgekd/_examples/starter``)."""
+    return (files("edgekd._examples") / "starter" / PROJECT_FILE).read_text(encoding="utf-8")
 
-target = "raspberrypi"   # `edgekd targets` lists them
-out = "build"            # artifacts and reports go to <out>/<target>/
-seed = 0
-# runtimes = ["onnxruntime", "openvino"]   # build only some of the target's runtimes
 
-[model]
-# The model to deploy: a factory returning a torch.nn.Module, as "file.py:function" or
-# "package.module:function", called with student_args.
-student = "models.py:student"
-student_args = { num_classes = 10 }
-# student_weights = "weights/student.safetensors"   # trained already: no distillation
-# The teacher to distill from (its weights: .safetensors or a state dict; without weights
-# edgekd trains it first on data.train).
-teacher = "models.py:teacher"
-teacher_args = { num_classes = 10 }
-teacher_weights = "weights/teacher.safetensors"
-# onnx = "model.onnx"      # instead of the above: a finished ONNX model, no training
-task = "classification"    # or "regression": any model that is not a classifier
-
-[data]
-# Each split: a folder of images in class sub-folders, a .npz with x (and y), a .npy of
-# inputs, or "file.py:function" returning a torch Dataset of (x, y).
-train = "data/train"
-# test = "data/test"              # default: test_fraction of train
-# validation = "data/val"         # accuracy-aware INT8; default: calibration if labeled
-# calibration = "calibration/"    # unlabeled samples are fine; default: taken from train
-test_fraction = 0.2
-# Preprocessing, x = (raw * scale - mean) / std, per channel or one number; scale defaults
-# to 1/255 for image folders and 1 otherwise.
-# scale = 0.00392156862745098
-# mean = [0.485, 0.456, 0.406]
-# std = [0.229, 0.224, 0.225]
-# image_size = [96, 96]           # resize images to height, width
-# color = "rgb"                   # gray | rgb | auto
-
-[distill]
-temperature = 4.0
-alpha = 0.5
-epochs = 30
-# pairs = [["features.3", "features.10"]]   # feature/attention layer pairs (student, teacher)
-
-[prune]
-method = "unstructured"   # or "structured": removes channels, faster on every runtime
-sparsity = 0.5
-finetune_epochs = 10
-
-[quant]
-calibration_samples = 200
-method = "minmax"         # minmax | percentile | entropy
-max_accuracy_drop = 1.0   # points; layers stay in float until INT8 is within it
-
-[budget]                  # every target; [budget.raspberrypi] overrides per target
-# max_size_kb = 500
-# max_p95_ms = 20
-# max_accuracy_drop = 2.0
-'''
+def __getattr__(name: str) -> Any:
+    if name == "STARTER":  # the name before `edgekd init` wrote a whole project
+        return starter()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

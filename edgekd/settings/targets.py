@@ -6,7 +6,9 @@ providers). It holds data only; anything that needs logic belongs in a backend m
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +22,24 @@ from edgekd.settings.typed import OneOf, from_table
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
 Runtime = Annotated[str, OneOf(RUNTIMES, "runtime")]
 
+# A target's CPU architecture, as Python's platform.machine() names it on Linux. A figure
+# measured on a machine of another architecture is not the target's (edgekd.report.gate).
+MACHINES = ("aarch64", "x86_64", "armv7l", "riscv64")
+# What other systems call the same architectures (macOS "arm64", Windows "AMD64").
+_MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
+
+
+def canonical_machine(name: str) -> str:
+    """``platform.machine()`` of any system, as :data:`MACHINES` spells it ("" stays "")."""
+    lower = name.strip().lower()
+    return _MACHINE_ALIASES.get(lower, lower)
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str | None:
+    """The one known name ``name`` is most likely a typo of, if any is close enough."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
 
 @dataclass(frozen=True)
 class Target:
@@ -28,6 +48,10 @@ class Target:
     runtimes: tuple[Runtime, ...]
     threads: int
     cpu: str = ""
+    # The device's architecture when the target is a device other than the build host (a
+    # Raspberry Pi, a Jetson): latency and memory measured on a host of another architecture
+    # are reported as "not measured on the target". "": the target runs where it is built.
+    machine: str = ""
     # ONNX Runtime execution providers, in order of preference. A GPU target lists only GPU
     # providers: the build fails when none of them is available instead of using the CPU.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -39,8 +63,18 @@ class Target:
                              f"{', '.join(RUNTIMES)}")
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown:
-            raise ValueError(f"target {self.name!r}: unknown runtime {unknown[0]!r}; choose "
-                             f"from {', '.join(RUNTIMES)}")
+            guess = did_you_mean(unknown[0], RUNTIMES)
+            hint = f"did you mean {guess!r}? " if guess else ""
+            raise ValueError(f"target {self.name!r}: unknown runtime {unknown[0]!r}; {hint}"
+                             f"choose from {', '.join(RUNTIMES)}")
+        machine = canonical_machine(self.machine)
+        if machine and machine not in MACHINES:
+            guess = did_you_mean(machine, MACHINES)
+            hint = f"did you mean {guess!r}? " if guess else ""
+            raise ValueError(f"target {self.name!r}: unknown machine {self.machine!r}; {hint}"
+                             f"choose from {', '.join(MACHINES)} (as platform.machine() "
+                             "names it), or leave machine out for the build host")
+        object.__setattr__(self, "machine", machine)  # "arm64" is "aarch64"
         if self.threads < 1:
             raise ValueError(f"target {self.name!r}: threads must be >= 1, got {self.threads}")
         if not self.providers:
@@ -74,6 +108,10 @@ def load_target(name: str, directory: Path | None = None) -> Target:
     directory = directory or targets_dir()
     known = target_names(directory)
     if name not in known:
+        guess = did_you_mean(name, known)
+        if guess:
+            raise UsageError(f"unknown target {name!r}: did you mean {guess!r}? (edgekd "
+                             "targets lists them)")
         raise UsageError(f"unknown target {name!r}; known targets: {', '.join(known)}")
     path = directory / f"{name}.toml"
     try:

@@ -20,6 +20,7 @@ which runs on the converted values.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -147,7 +148,9 @@ def convert(value: Any, hint: Any, key: str) -> Any:
         value = convert(value, args[0], key)
         for choice in (m for m in args[1:] if isinstance(m, OneOf)):
             if value not in choice.values:
-                raise ValueError(f"{key}: unknown {choice.noun} {value!r}; allowed: "
+                close = difflib.get_close_matches(str(value), choice.values, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{key}: unknown {choice.noun} {value!r}; {hint}allowed: "
                                  f"{', '.join(choice.values)}")
         return value
     if _is_union(hint):

@@ -36,11 +36,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.common.progress import EVERY_S, active, emit
 from edgekd.inputs.dataset import Split
 from edgekd.train.augment import augment_batch
 
 StepHook = Callable[[int, int], None]  # (optimizer steps done, total steps) after each step
 OPTIMIZERS = ("adamw", "sgd")
+# Batch progress events (edgekd.common.progress) only in epochs that take longer than this:
+# a short epoch's own event comes soon enough.
+LONG_EPOCH_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,40 @@ class _Tally:
                            self.correct / max(self.seen, 1) if classes else None,
                            time.perf_counter() - start)
 
+    def metrics(self, classes: bool) -> dict[str, float]:
+        out = {"loss": self.loss / max(self.seen, 1)}
+        if classes:
+            out["accuracy"] = self.correct / max(self.seen, 1)
+        return out
+
+
+class _BatchEvents:
+    """Progress events inside an epoch: at most one per :data:`EVERY_S`, and only when the
+    epoch, at the pace of its batches so far, takes longer than :data:`LONG_EPOCH_S`. The
+    batch's loss is read by the tally anyway, so an event costs no extra synchronisation."""
+
+    def __init__(self, epochs: int, batches: int, classes: bool, start: float) -> None:
+        self.epochs, self.batches, self.classes, self.start = epochs, batches, classes, start
+        self.on = active()
+        self.epoch_start = self.last = start
+        self.current = 1
+
+    def epoch(self, epoch: int) -> None:
+        self.epoch_start = self.last = time.perf_counter()
+        self.current = epoch
+
+    def batch(self, done: int, tally: _Tally) -> None:
+        if not self.on or done >= self.batches:  # the epoch's own event follows
+            return
+        now = time.perf_counter()
+        if (now - self.last < EVERY_S
+                or (now - self.epoch_start) / done * self.batches <= LONG_EPOCH_S):
+            return
+        self.last = now
+        emit("train", done, self.batches, "batch",
+             {"epoch": self.current, "epochs": self.epochs, **tally.metrics(self.classes)},
+             now - self.start)
+
 
 def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
           objective: Objective | None = None, on_step: StepHook | None = None,
@@ -282,11 +320,13 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     """Train ``model`` in place as ``schedule`` says (see :class:`Schedule`).
 
     ``on_epoch`` (default: the hook of :func:`reporting_epochs`) is called after each epoch
-    with an :class:`EpochReport`. Every rank draws the same permutation (same seed) and
-    takes its own slice of each global batch (the sharding a ``DistributedSampler`` does per
-    epoch, done per batch so that the number of steps and the learning-rate schedule are the
-    same for any number of ranks). Augmentation draws from its own generator, so the batches
-    are the same with and without it.
+    with an :class:`EpochReport`. Progress events (:mod:`edgekd.common.progress`, task
+    ``train``) go out at the start, after each epoch and, in long epochs, every few batches.
+    Every rank draws the same permutation (same seed) and takes its own slice of each global
+    batch (the sharding a ``DistributedSampler`` does per epoch, done per batch so that the
+    number of steps and the learning-rate schedule are the same for any number of ranks).
+    Augmentation draws from its own generator, so the batches are the same with and without
+    it.
     """
     objective = objective or CrossEntropy(schedule.label_smoothing)
     on_epoch = on_epoch or _EPOCH_HOOK.get()
@@ -307,9 +347,13 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     model.train()
     done, start = 0, time.perf_counter()
     classes = y.dtype == torch.int64
+    per_epoch = -(-len(y) // schedule.batch_size)
+    events = _BatchEvents(schedule.epochs, per_epoch, classes, start)
+    emit("train", 0, schedule.epochs, "epoch")
     for epoch in range(schedule.epochs):
         tally = _Tally()
-        for batch in _batches(len(y), schedule.batch_size, gen):
+        events.epoch(epoch + 1)
+        for b, batch in enumerate(_batches(len(y), schedule.batch_size, gen), 1):
             idx = batch[rank::size] if size > 1 else batch
             if len(idx) == 0:  # a last batch smaller than the world: nothing for this rank
                 idx = batch[:1]
@@ -323,10 +367,14 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
             sched.step()
             done += 1
             tally.add(loss, logits, labels)
+            events.batch(b, tally)
             if on_step:
                 on_step(done, steps)
+        report = tally.report(epoch + 1, schedule.epochs, classes, start)
+        emit("train", epoch + 1, schedule.epochs, "epoch", tally.metrics(classes),
+             report.seconds)
         if on_epoch:
-            on_epoch(tally.report(epoch + 1, schedule.epochs, classes, start))
+            on_epoch(report)
     if size > 1:  # BatchNorm statistics saw each rank's last batch: make rank 0's everyone's
         for buffer in trainable.buffers():
             dist.broadcast(buffer, src=0)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from edgekd.common.cache import CacheDir, Digest
+from edgekd.common.progress import tracking
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,10 @@ def _compute(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], folder: P
              batch_size: int) -> None:
     teacher.eval()
     arrays: dict[str, np.ndarray] = {}
-    with tap(teacher, layers) as seen:
+    with tap(teacher, layers) as seen, tracking("forward", len(x), "sample") as t:
         for start in range(0, len(x), batch_size):
             logits = teacher(torch.from_numpy(x[start:start + batch_size]))
+            t.advance(len(logits))
             for name, value in [("logits", logits), *((n, seen[n]) for n in layers)]:
                 value = value.float().numpy()
                 if name not in arrays:

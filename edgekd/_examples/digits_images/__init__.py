@@ -1,0 +1,1 @@
+"""The digits-images example project (package data, not imported by edgekd)."""

@@ -1,0 +1,1 @@
+"""The project ``edgekd init`` writes (package data, not imported by edgekd)."""
