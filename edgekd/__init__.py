@@ -70,6 +70,7 @@ _PUBLIC: dict[str, str] = {
     "student_cnn": "edgekd.train.models",
     "mobilenet_v2": "edgekd.train.models",
     "count_params": "edgekd.train.models",
+    "Progress": "edgekd.common.progress",
     "EdgekdError": "edgekd.errors",
     "UsageError": "edgekd.errors",
     "BuildError": "edgekd.errors",

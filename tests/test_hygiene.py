@@ -274,3 +274,18 @@ def test_every_public_name_is_what_it_names_even_after_every_room_is_imported() 
         assert not isinstance(value, type(edgekd)), f"edgekd.{name} is a module"
         module = importlib.import_module(edgekd._PUBLIC[name])
         assert value is getattr(module, edgekd._ALIASES.get(name, name)), name
+
+
+def test_the_documented_public_api_is_edgekd_all() -> None:
+    """docs/python-api.md's "Public API" list names exactly ``edgekd.__all__``."""
+    import re
+
+    import edgekd
+
+    text = (Path(__file__).parent.parent / "docs" / "python-api.md").read_text()
+    section = text.split("## Public API", 1)[1]
+    listed = {n for n in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section)}
+    public = set(edgekd.__all__) - {"__version__"}
+    assert public - listed == set(), "public but not documented"
+    fields = {"path", "runtime", "precision", "verification", "passed", "problem", "on_progress"}
+    assert listed - public - fields == set(), "documented but not public"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.cli.display import PlainLines, describe
+from edgekd.cli.progress import PlainLines, describe
 from edgekd.common.progress import Progress, reporting, tracking
 from edgekd.report import format as fmt
 from tests.projects import QUICK, digits

@@ -45,6 +45,9 @@ COMMENT = re.compile(r"<!--.*?-->", re.S)
 # and pip's. Anything else that looks like an option must be edgekd's.
 FOREIGN = {"--nnodes", "--node-rank", "--rdzv-endpoint", "--nproc-per-node", "--standalone",
            "--index-url"}
+# The options of the run_<runtime>.py scripts a build writes (their template's argparse).
+RUN_SCRIPT = (ROOT / "edgekd" / "report" / "templates" / "run_script.py.tmpl").read_text()
+FOREIGN |= set(re.findall(r'add_argument\("(--[a-z-]+)"', RUN_SCRIPT))
 # `--set` keys that belong to the project file rather than BuildConfig.
 PROJECT_KEYS = {"target", "out", "runtimes", "model", "data", "inputs", "outputs"}
 

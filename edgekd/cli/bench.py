@@ -21,7 +21,8 @@ from edgekd.cli.app import (
     os_error,
     output_file,
 )
-from edgekd.cli.display import console, err_console, print_bench, setup_logging
+from edgekd.cli.display import console, err_console, print_bench
+from edgekd.cli.logs import setup_logging
 from edgekd.common.interrupts import catch_interrupts
 from edgekd.errors import EdgekdError, UsageError
 from edgekd.measure.bench import bench_specs

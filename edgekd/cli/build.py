@@ -25,12 +25,9 @@ from edgekd.cli.app import (
     output_root,
 )
 from edgekd.cli.check import run_check
-from edgekd.cli.display import (
-    BuildProgress,
-    mute_third_party,
-    print_summary,
-    setup_logging,
-)
+from edgekd.cli.display import print_summary
+from edgekd.cli.logs import mute_third_party, setup_logging
+from edgekd.cli.progress import BuildProgress
 from edgekd.common.interrupts import catch_interrupts
 from edgekd.errors import EdgekdError, UsageError
 

@@ -1,6 +1,6 @@
 """The ``edgekd`` command line: :data:`app` with every command registered. The commands are
-one module each in this folder; they and :mod:`edgekd.cli.display` are the only modules that
-print."""
+one module each in this folder; they, :mod:`edgekd.cli.display` and :mod:`edgekd.cli.progress`
+are the only modules that print."""
 
 from __future__ import annotations
 

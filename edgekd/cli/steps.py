@@ -15,7 +15,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgekd.cli.app import LogLevel, LogLevelOption, app, fail, interrupted, log_level, os_error
-from edgekd.cli.display import console, err_console, setup_logging
+from edgekd.cli.display import console, err_console
+from edgekd.cli.logs import setup_logging
 from edgekd.common.interrupts import catch_interrupts
 from edgekd.errors import EdgekdError, UsageError
 

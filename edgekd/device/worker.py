@@ -5,11 +5,11 @@ stdin) writes one JSON object to stdout: the result, or ``{"error": ...}`` with 
 SIGTERM and SIGHUP (edgekd's death, through ``PR_SET_PDEATHSIG``) end it like Ctrl-C: its
 temporary files go with it.
 
-This file and :mod:`edgekd.device.runtimes` need only the standard library, NumPy and the
-one runtime measured. ``edgekd bench --remote`` copies just these two files to a device
-(a Raspberry Pi with only ``ai-edge-litert``, a Jetson with only ``onnxruntime-gpu``) and
-runs it there, so the numbers come from the device's own runtime. It never imports torch
-or the rest of edgekd.
+This file, :mod:`edgekd.device.runtimes` and :mod:`edgekd.device.feeds` need only the
+standard library, NumPy and the one runtime measured. ``edgekd bench --remote`` copies just
+these three files to a device (a Raspberry Pi with only ``ai-edge-litert``, a Jetson with
+only ``onnxruntime-gpu``) and runs it there, so the numbers come from the device's own
+runtime. It never imports torch or the rest of edgekd.
 
 One method for every runtime
 ----------------------------

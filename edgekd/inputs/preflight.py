@@ -6,14 +6,12 @@ value types were checked when it loaded, :mod:`edgekd.settings.typed`) and looks
 the settings point to, as cheaply as it can:
 
 - the target (and the project's ``runtimes`` against it) and a ``--budget`` file;
-- model factories: ``file.py:function`` is parsed with :mod:`ast` (never imported or run)
-  and must define the function; ``package.module:function`` is found with
-  :mod:`importlib.machinery` without importing anything; a checkpoint folder has
-  ``config.json``;
+- model factories, judged from their source, never imported or run (:mod:`.factory_check`);
 - weights and ONNX files exist and are non-empty regular files;
 - data sources: folders have images (and class sub-folders where labels are needed);
-  ``.npy`` / ``.npz`` headers are read (never the arrays) for the dtype, the number of
-  samples, labels, truncation and the sample shape shared by every split.
+  ``.npy`` / ``.npz`` headers are read, never the arrays (:mod:`.npy_headers`), for the
+  dtype, the number of samples, labels, truncation and the sample shape shared by every
+  split.
 
 The messages are the ones the loaders (:mod:`.sources`, :mod:`.model_files`) give for the
 same problem, so a problem reads the same whether the preflight or the loader finds it.
@@ -24,23 +22,15 @@ left to the loaders, which still check everything.
 
 from __future__ import annotations
 
-import ast
-import difflib
-import importlib.machinery
-import importlib.util
 import stat
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO
-
-import numpy as np
 
 from edgekd.errors import UsageError
-from edgekd.inputs.model_files import _refuse_stdlib
-from edgekd.inputs.paths import check_file, first_line, resolve_path
+from edgekd.inputs.factory_check import factory_defined
+from edgekd.inputs.npy_headers import Header, read_headers
+from edgekd.inputs.paths import check_file, resolve_path
 from edgekd.inputs.scope import IMAGE_SUFFIXES, Scope, listing
 from edgekd.inputs.sources import _is_factory
 from edgekd.settings.budgets import load_budget_file
@@ -115,147 +105,13 @@ def _file(value: str, root: Path, what: str, kind: str, empty: str) -> None:
     check_file(resolve_path(value, root, what), what, kind, empty)
 
 
-def factory_defined(spec: str, root: Path, what: str) -> None:
-    """``spec`` names a checkpoint folder with ``config.json``, or a function that its
-    ``file.py`` or ``package.module`` defines, judged from the source without running it."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep:
-        _checkpoint(spec, root, what)
-        return
-    if not target or not attr:
-        raise UsageError(f"{what}: {spec!r} names no function: write it as "
-                         "path/to/file.py:function or package.module:function")
-    _refuse_stdlib(target, spec, what)
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = resolve_path(target, root, what)
-        check_file(path, what, ".py", None)
-    else:
-        found = _find_module(target, root, what)
-        if found is None:  # compiled, namespace, or a package that builds itself at run time
-            return
-        path = found
-    _defines(path, attr, what)
-
-
-def _checkpoint(spec: str, root: Path, what: str) -> None:
-    if not spec.strip():
-        raise UsageError(f"{what} is empty: name a factory as path/to/file.py:function")
-    local = Path(spec).expanduser()
-    if not (local if local.is_absolute() else root / local).is_dir():
-        raise UsageError(f"{what}: {spec!r} is not a folder and names no function: give a "
-                         "Hugging Face checkpoint folder (config.json + model.safetensors) or "
-                         "write it as path/to/file.py:function or package.module:function")
-    folder = resolve_path(spec, root, what)
-    if not (folder / "config.json").exists():
-        raise UsageError(f"{what}: {folder} is a folder without config.json: name a Hugging "
-                         "Face checkpoint folder (model.save_pretrained writes config.json and "
-                         "model.safetensors) or a factory as path/to/file.py:function")
-
-
-def _find_module(target: str, root: Path, what: str) -> Path | None:
-    """The source file of module ``target`` (the project folder first, as the loader puts
-    it first on sys.path), found without importing it or its parent packages; None when it
-    exists but has no Python source to read."""
-    parts = target.split(".")
-    spec = importlib.machinery.PathFinder.find_spec(parts[0], [str(root)])
-    if spec is None:
-        try:  # a top-level name: finders only, nothing is imported
-            spec = importlib.util.find_spec(parts[0])
-        except (ImportError, ValueError):
-            spec = None
-    if spec is None:
-        raise UsageError(f"{what}: no module named {parts[0]!r} in the project folder or the "
-                         "installed packages: check the spelling, install it, or give the "
-                         "factory as path/to/file.py:function")
-    for i in range(1, len(parts)):
-        places = spec.submodule_search_locations
-        if places is None or _dynamic_package(spec.origin):
-            return None  # the loader says what is wrong once it imports it
-        sub = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), list(places))
-        if sub is None:
-            name = ".".join(parts[:i + 1])
-            raise UsageError(f"{what}: no module named {name!r} in the project folder or the "
-                             "installed packages: check the spelling, install it, or give "
-                             "the factory as path/to/file.py:function")
-        spec = sub
-    origin = spec.origin
-    return Path(origin) if origin and origin.endswith(".py") else None
-
-
-def _dynamic_package(origin: str | None) -> bool:
-    """A package whose ``__init__`` may add sub-modules at run time (extends ``__path__``,
-    edits ``sys.modules``): only an import can tell what it holds."""
-    if not origin or not origin.endswith(".py"):
-        return True
-    try:
-        text = Path(origin).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return True
-    return "__path__" in text or "sys.modules" in text
-
-
-def _defines(path: Path, attr: str, what: str) -> None:
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except SyntaxError as exc:
-        raise UsageError(f"{what}: syntax error in {exc.filename}:{exc.lineno}: {exc.msg}: "
-                         "fix the file") from exc
-    except (OSError, ValueError) as exc:  # ValueError: null bytes in the source
-        raise UsageError(f"{what}: cannot read {path} ({first_line(exc)}): check the "
-                         "file") from exc
-    names = _module_names(tree)
-    if names is None or attr in names:
-        return
-    own = [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef
-                                                   | ast.ClassDef) and not n.name.startswith("_")]
-    close = difflib.get_close_matches(attr, own, n=1)
-    raise UsageError(f"{what}: {path} has no function {attr!r}"
-                     + (f"; it has: {', '.join(own[:5])}" if own else "")
-                     + (f" (did you mean {close[0]!r}?)" if close else "")
-                     + ": fix the name after the ':'")
-
-
-def _module_names(tree: ast.Module) -> set[str] | None:
-    """Every name the module may bind at its top level, generously (anything assigned,
-    imported or defined outside a top-level function or class body), or None when it may
-    bind names no parser can see (``from x import *``, a module ``__getattr__``,
-    ``globals()``, ``exec``, ``global`` in a function)."""
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names)
-                or isinstance(node, ast.Global)
-                or isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("globals", "exec")):
-            return None
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(node.name)
-            continue
-        for sub in ast.walk(node):  # if / try / with / for blocks, assignments, imports
-            if isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-                names.add(sub.name)
-            elif isinstance(sub, ast.Import | ast.ImportFrom):
-                names.update((a.asname or a.name).split(".")[0] for a in sub.names)
-            elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                names.add(sub.id)
-    return None if "__getattr__" in names else names
-
-
 # -- data --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Header:
-    """What a data file's headers say, without reading its arrays."""
-
-    shapes: dict[str, tuple[int, ...]]  # input arrays by name ("x" for a .npy)
-    labels: int | None  # the number of labels, None without y
 
 
 def _data(spec: DataSpec, root: Path, model: ModelSpec | None,
           check: Callable[[Callable[[], object]], bool]) -> None:
     labeled = model is not None and model.trains
-    headers: dict[str, _Header] = {}
+    headers: dict[str, Header] = {}
 
     def one(name: str, value: str) -> None:
         header = _source(value, root, f"data.{name}", labeled and name == "train")
@@ -292,7 +148,7 @@ def _channels(spec: DataSpec, channels: int) -> None:
                              f"{channels} channels (axis 1): give one number or {channels}")
 
 
-def _source(value: str, root: Path, what: str, labeled: bool) -> _Header | None:
+def _source(value: str, root: Path, what: str, labeled: bool) -> Header | None:
     """Check one data source; the headers of an array file."""
     if _is_factory(value, root):
         factory_defined(value, root, what)
@@ -310,7 +166,7 @@ def _source(value: str, root: Path, what: str, labeled: bool) -> _Header | None:
         raise UsageError(f"{what}: {path} is not a data source edgekd reads: give a folder "
                          "of images, a .npz (x, y), a .npy, or file.py:function returning "
                          "a Dataset")
-    header = _arrays(path, value, what, scope)
+    header = read_headers(path, value, what, scope)
     if labeled and header.labels is None:
         raise UsageError(f"{what}: {value} has no labels: training needs them (a .npz with y, "
                          "class sub-folders, or a Dataset returning (x, y))")
@@ -331,89 +187,3 @@ def _folder(folder: Path, what: str, labeled: bool, scope: Scope) -> None:
                              "remove the folder")
 
 
-_DAMAGED = "it may be truncated or not written by numpy: save it again (np.savez / np.save)"
-
-
-def _arrays(path: Path, spec: str, what: str, scope: Scope) -> _Header:
-    try:
-        with scope.open(path) as f:
-            magic = f.read(6)
-            f.seek(0)
-            if magic.startswith(b"\x93NUMPY"):
-                size = path.stat().st_size
-                shapes = {"x": _npy(f, size, path, spec, what, "x")}
-                labels = None
-            elif magic.startswith(b"PK"):
-                shapes, labels = _npz(f, path, spec, what)
-            else:
-                raise UsageError(f"{what}: {path} is not a numpy file (no .npy header and not "
-                                 "a .npz zip; maybe a pickle or another format): save the "
-                                 "arrays with np.savez(path, x=..., y=...) or np.save")
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{what}: cannot read {path} ({first_line(exc)}): {_DAMAGED}"
-                         ) from exc
-    first = shapes["x"] if "x" in shapes else next(iter(shapes.values()))
-    if not first[0]:
-        raise UsageError(f"{what}: {spec} holds no samples: add some")
-    return _Header(shapes, labels)
-
-
-def _npy(f: IO[bytes], size: int, path: Path, spec: str, what: str, name: str
-         ) -> tuple[int, ...]:
-    """The shape of array ``name`` (``x``, ``y`` or a named input) from its ``.npy``
-    header; ``size``: the bytes the header and the array must fit in."""
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    else:  # 3.0: a UTF-8 header, which numpy reads only through its private helper
-        shape, _, dtype = getattr(np.lib.format, "_read_array_header")(f, version)  # noqa: B009
-    if dtype.hasobject:
-        raise UsageError(f"{what}: {path} holds Python objects, not numeric arrays: save "
-                         "plain numeric arrays (object arrays would run code)")
-    if dtype.kind not in "biuf":
-        if name in ("x", "y"):
-            raise UsageError(f"{what}: the {'inputs' if name == 'x' else 'labels'} in {spec} "
-                             f"are {dtype}, not numbers: store real numeric arrays (int or "
-                             "float)")
-        raise UsageError(f"{what}: the input {name!r} in {spec} is {dtype}, not numbers: "
-                         "store real numeric arrays (int, float or bool)")
-    if not shape:
-        raise UsageError(f"{what}: {name} in {path} is a single value, not one row per "
-                         "sample: save an array whose first axis is the samples")
-    if f.tell() + int(np.prod(shape)) * dtype.itemsize > size:
-        raise UsageError(f"{what}: cannot read {path} ({name} {list(shape)} {dtype} does not "
-                         f"fit in the file): {_DAMAGED}")
-    return tuple(int(s) for s in shape)
-
-
-def _npz(f: IO[bytes], path: Path, spec: str, what: str
-         ) -> tuple[dict[str, tuple[int, ...]], int | None]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    labels = None
-    with zipfile.ZipFile(f) as zf:
-        members = [i for i in zf.infolist() if i.filename.endswith(".npy")]
-        names = [i.filename[:-4] for i in members]
-        if not [n for n in names if n != "y"]:
-            raise UsageError(f"{what}: {path} has no input array (it has: "
-                             f"{', '.join(names) or 'nothing'}): save inputs as x and labels "
-                             "as y (np.savez(path, x=..., y=...)), or one array per model "
-                             "input, named as the model names them")
-        for info, name in zip(members, names, strict=True):
-            with zf.open(info) as member:
-                shape = _npy(member, info.file_size, path, spec, what, name)
-            if name == "y":
-                labels = shape[0]
-            else:
-                shapes[name] = shape
-    first_name = "x" if "x" in shapes else next(iter(shapes))
-    n = shapes[first_name][0]
-    for name, shape in shapes.items():
-        if shape[0] != n:
-            raise UsageError(f"{what}: {path} has {n} samples in {first_name} but "
-                             f"{shape[0]} in {name}: give every input one row per sample")
-    if labels is not None and labels != n:
-        raise UsageError(f"{what}: {path} has {n} inputs but {labels} labels: give one "
-                         "label per input")
-    return shapes, labels

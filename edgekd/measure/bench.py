@@ -31,8 +31,8 @@ from edgekd.settings.targets import load_target
 
 TIMEOUT_S = 900
 WORKER = Path(__file__).parents[1] / "device" / "worker.py"
-# What a device needs to run the worker: these two files, nothing else of edgekd.
-WORKER_FILES = (WORKER, WORKER.with_name("runtimes.py"))
+# What a device needs to run the worker: these three files, nothing else of edgekd.
+WORKER_FILES = (WORKER, WORKER.with_name("runtimes.py"), WORKER.with_name("feeds.py"))
 
 # Bounds: beyond them a benchmark only exhausts the machine (100000 threads took 7 GB).
 MAX_SECONDS = 600.0

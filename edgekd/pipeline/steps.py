@@ -9,21 +9,19 @@ Each returns its figures (:class:`CheckedArtifact`, or the benchmark's dict). Mo
 ONNX files (or ``onnx.ModelProto``), ``torch.nn.Module`` objects or ``file.py:factory``
 strings (with ``weights``); data may be ``.npy`` / ``.npz`` files or anything
 :mod:`edgekd.inputs.objects` reads (arrays, an edgekd Dataset, a torch Dataset or
-DataLoader). Files are written into a staging folder beside the destination and moved into
-place only when the step succeeded; an existing file is replaced only with ``force=True``.
-Errors are :class:`~edgekd.errors.EdgekdError` with one line. Importing this module imports
-no torch: :func:`bench` and :func:`verify` of artifacts against an ONNX model run where only
-a runtime is installed.
+DataLoader), made into the model's inputs by :mod:`.step_inputs`. Files are written into a
+staging folder beside the destination and moved into place only when the step succeeded; an
+existing file is replaced only with ``force=True`` (:mod:`.step_files`). Errors are
+:class:`~edgekd.errors.EdgekdError` with one line. Importing this module imports no torch:
+:func:`bench` and :func:`verify` of artifacts against an ONNX model run where only a runtime
+is installed.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +30,27 @@ import numpy as np
 
 from edgekd.backends import ExportSource, get_backend, predict_all, runtime_for_suffix
 from edgekd.errors import UsageError, VerificationError
-from edgekd.inputs.dataset import Dataset, Feeds, InputSpec, OutputSpec
+from edgekd.inputs.dataset import Feeds, OutputSpec
 from edgekd.measure.verify import Limits, Verification, require_outputs, verify_artifact
+from edgekd.pipeline.step_files import (
+    SUFFIXES,
+    companions,
+    destination,
+    move,
+    refuse_overwrite,
+    staging,
+)
+from edgekd.pipeline.step_inputs import (
+    data_feeds,
+    is_onnx,
+    load_module,
+    module_feeds,
+    onnx_declared,
+    onnx_file,
+    renamed,
+)
 from edgekd.settings.config import QuantConfig
 from edgekd.settings.project import TASKS
-
-SUFFIXES = {"onnxruntime": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
 
 
 @dataclass(frozen=True)
@@ -61,127 +74,7 @@ class CheckedArtifact:
                 "passed": self.passed, "problem": self.problem, **self.verification.to_dict()}
 
 
-# -- inputs --------------------------------------------------------------------------------
-
-
-def _samples(data: Any, what: str, split: str) -> tuple[Feeds | None, Any]:
-    """(samples, raw): an edgekd Dataset's ``split`` as feeds, else the samples of a file
-    or an in-memory object (:class:`~edgekd.inputs.sources.Samples`)."""
-    if isinstance(data, Dataset):
-        return data.feeds(getattr(data, split)), getattr(data, split).y
-    if isinstance(data, str | os.PathLike):
-        from edgekd.inputs.sources import load_samples
-
-        path = Path(data).expanduser().absolute()
-        if not path.exists():
-            raise UsageError(f"{what} {path} does not exist: check the path")
-        return None, load_samples(str(path), root=Path.cwd(), what=what, labeled=False)
-    from edgekd.inputs.objects import samples_of
-
-    return None, samples_of(data, what)
-
-
-def _feeds(data: Any, declared: Sequence[tuple[str, str, Sequence[Any] | None]], what: str,
-           split: str, limit: int | None = None) -> tuple[Feeds, np.ndarray | None]:
-    """The model's inputs (``declared``: name, dtype, dims) from ``data``, shapes checked
-    against the model's fixed dimensions; labels when the data has them."""
-    feeds, raw = _samples(data, what, split)
-    if feeds is not None:
-        arrays = list(feeds.arrays.values())
-        labels = raw
-    else:
-        named, labels = raw.named, raw.y
-        if len(declared) == 1:
-            arrays = [named.get(declared[0][0], named.get("x", raw.x))]
-        else:
-            missing = [n for n, _, _ in declared if n not in named]
-            if missing:
-                raise UsageError(f"{what} has no input {missing[0]!r} (it has: "
-                                 f"{', '.join(named) or 'one unnamed array'}): the model takes "
-                                 f"{', '.join(n for n, _, _ in declared)}; give one array per "
-                                 "input under its name (np.savez(path, name=...))")
-            arrays = [named[n] for n, _, _ in declared]
-    if len(arrays) != len(declared):
-        raise UsageError(f"{what} holds {len(arrays)} inputs and the model takes "
-                         f"{len(declared)}: give one array per model input")
-    specs, out = [], {}
-    for (name, dtype, dims), arr in zip(declared, arrays, strict=True):
-        where = f"input {name!r}" if len(declared) > 1 else "input"
-        want = list(dims[1:]) if dims else None
-        got = list(arr.shape[1:])
-        if want is not None and (len(want) != len(got) or any(
-                isinstance(w, int) and w > 0 and w != g for w, g in zip(want, got, strict=True))):
-            raise UsageError(f"{what}: samples of shape {got} but the model's {where} takes "
-                             f"{['?' if not isinstance(w, int) or w <= 0 else w for w in want]}"
-                             " per sample: give samples of that shape (first axis: samples)")
-        arr = np.ascontiguousarray(arr[:limit].astype(dtype or _given(arr.dtype)))
-        specs.append(InputSpec(name, str(arr.dtype), tuple(arr.shape[1:])))
-        out[name] = arr
-    labels = None if labels is None else np.asarray(labels)[:limit]
-    return Feeds(tuple(specs), out), labels
-
-
-def _given(dtype: np.dtype[Any]) -> str:
-    """A model input's dtype from the data: token ids and masks (int32, int64, bool) as
-    they are, anything else (pixels, samples) float32."""
-    keep = dtype == np.bool_ or (dtype.kind in "iu" and dtype.itemsize >= 4)
-    return str(dtype) if keep else "float32"
-
-
-def _renamed(feeds: Feeds, names: Sequence[str], what: str) -> Feeds:
-    """The same samples under another model's input names (in order: an exported model
-    keeps its reference's input order; LiteRT names them args_0, args_1, ...)."""
-    if len(names) != len(feeds.specs):
-        raise UsageError(f"{what} takes {len(names)} inputs and its reference "
-                         f"{len(feeds.specs)}: give the reference it was made from")
-    specs = tuple(replace(s, name=n) for s, n in zip(feeds.specs, names, strict=True))
-    return Feeds(specs, {n: feeds.arrays[s.name] for s, n in zip(feeds.specs, names,
-                                                                  strict=True)})
-
-
-def _module(model: Any, weights: str | os.PathLike[str] | None, what: str) -> Any:
-    """A ``torch.nn.Module`` (copied, eval) from an object or a ``file.py:factory`` string."""
-    from torch import nn
-
-    if isinstance(model, nn.Module):
-        if weights is not None:
-            raise UsageError(f"{what}: weights are for a factory string; load them into the "
-                             "module yourself (model.load_state_dict)")
-        return copy.deepcopy(model).cpu().eval()
-    from edgekd.inputs.model_files import load_weights, make_model
-
-    module = make_model(str(model), Path.cwd(), what)
-    if weights is not None:
-        load_weights(module, Path(weights).expanduser().absolute(), f"{what} weights")
-    return module.eval()
-
-
-def _is_onnx(model: Any) -> bool:
-    return (isinstance(model, str | os.PathLike) and str(model).endswith(".onnx")
-            or type(model).__name__ == "ModelProto")
-
-
-def _onnx_file(model: Any, tmp: Path, what: str) -> Path:
-    """An ONNX file or ``onnx.ModelProto`` as a checked file."""
-    from edgekd.inputs.model_files import inspect_onnx
-
-    if isinstance(model, str | os.PathLike):
-        path = Path(model).expanduser().absolute()
-        if not path.exists():
-            raise UsageError(f"{what} {path} does not exist: check the path")
-    else:
-        import onnx
-
-        path = tmp / "model.onnx"
-        onnx.save_model(model, str(path))
-    inspect_onnx(path, what)
-    return path
-
-
-def _onnx_declared(path: Path) -> list[tuple[str, str, Sequence[Any] | None]]:
-    from edgekd.inputs.io import onnx_io
-
-    return [(d.name, d.dtype or "float32", d.dims) for d in onnx_io(path)[0]]
+# -- checking an artifact against its reference ---------------------------------------------
 
 
 def _output_specs(references: Sequence[np.ndarray], names: Sequence[str], task: str | None
@@ -200,7 +93,7 @@ def _check(path: Path, runtime: str, precision: str, feeds: Feeds,
            limits: Limits | None, threads: int) -> CheckedArtifact:
     """``path`` in its runtime against ``references`` (the build's verification and gate)."""
     runner = get_backend(runtime).load(path, threads)
-    mine = _renamed(feeds, runner.input_names, path.name)
+    mine = renamed(feeds, runner.input_names, path.name)
     v = verify_artifact(path, runtime, threads=threads, y=y, inputs=mine.specs,
                         arrays=mine.arrays, references=references, outputs=outputs)
     try:
@@ -236,48 +129,6 @@ def _output_names(reference: Any, count: int) -> list[str]:
     return ["logits" if count == 1 else f"output{i}" for i in range(count)][:count]
 
 
-# -- writing -------------------------------------------------------------------------------
-
-
-def _companions(path: Path) -> list[Path]:
-    """A file and the files that travel with it (OpenVINO's .bin beside its .xml)."""
-    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
-
-
-def _refuse_overwrite(paths: Sequence[Path], force: bool, flag: str) -> None:
-    for path in paths:
-        if path.is_dir():
-            raise UsageError(f"{flag} {path} is a folder: give the path of a file")
-        if path.exists() and not force:
-            raise UsageError(f"{path} exists: choose another {flag}, or pass --force "
-                             "(force=True) to replace it")
-
-
-@contextmanager
-def _staging(folder: Path, flag: str) -> Iterator[Path]:
-    """A staging folder beside the destination (same file system: the move is a rename),
-    removed whatever happens."""
-    if not folder.is_dir():
-        raise UsageError(f"{flag}: the folder {folder} does not exist: create it first or "
-                         "choose another path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: cannot write in {folder}: choose another path or fix its "
-                         "permissions")
-    tmp = Path(tempfile.mkdtemp(prefix=".edgekd-step-", dir=folder))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move(staged: Path, dest: Path) -> Path:
-    """``staged`` (and its companion files) into place, companions first."""
-    for src, dst in reversed(list(zip(_companions(staged), _companions(dest), strict=True))):
-        if src.exists():
-            os.replace(src, dst)
-    return dest
-
-
 # -- the steps -----------------------------------------------------------------------------
 
 
@@ -309,19 +160,19 @@ def quantize(model: Any, data: Any, *, out: str | os.PathLike[str] | None = None
             raise UsageError(f"target {t.name!r} runs {', '.join(t.runtimes)}, not {runtime}: "
                              "choose one of those (--runtime) or another target")
         tensorrt = "TensorrtExecutionProvider" in t.providers
-    if runtime == "tflite" and _is_onnx(model):
+    if runtime == "tflite" and is_onnx(model):
         raise UsageError("TFLite INT8 is converted from the PyTorch model: give the module "
                          "(or file.py:factory), or quantize for onnxruntime / openvino")
-    dest = _destination(model, out, runtime)
-    _refuse_overwrite(_companions(dest), force, "--out")
-    with _staging(dest.parent, "--out") as tmp:
-        module = None if _is_onnx(model) else _module(model, weights, "model")
+    dest = destination(model, out, runtime)
+    refuse_overwrite(companions(dest), force, "--out")
+    with staging(dest.parent, "--out") as tmp:
+        module = None if is_onnx(model) else load_module(model, weights, "model")
         if module is None:
-            fp32 = _onnx_file(model, tmp, "model")
-            feeds, _ = _feeds(data, _onnx_declared(fp32), "--data", "calibration",
+            fp32 = onnx_file(model, tmp, "model")
+            feeds, _ = data_feeds(data, onnx_declared(fp32), "--data", "calibration",
                               config.calibration_samples)
         else:
-            feeds = _module_feeds(module, data, config.calibration_samples, "calibration",
+            feeds = module_feeds(module, data, config.calibration_samples, "calibration",
                                   "--data")[0]
             fp32 = _to_onnx(module, feeds, tmp / "model_fp32.onnx")
         reference = _reference_outputs(fp32, feeds, threads)
@@ -341,34 +192,7 @@ def quantize(model: Any, data: Any, *, out: str | os.PathLike[str] | None = None
                          None, limits, threads)
         if strict and checked.problem:
             raise VerificationError(checked.problem)
-        return replace(checked, path=_move(int8, dest))
-
-
-def _destination(model: Any, out: str | os.PathLike[str] | None, runtime: str) -> Path:
-    suffix = SUFFIXES[runtime]
-    if out is not None:
-        dest = Path(out).expanduser().absolute()
-        if dest.suffix != suffix:
-            raise UsageError(f"--out {dest.name}: a {runtime} artifact ends in {suffix}: name "
-                             f"it so (e.g. model.int8{suffix})")
-        return dest
-    if isinstance(model, str | os.PathLike) and str(model).endswith(".onnx"):
-        src = Path(model).expanduser().absolute()
-        return src.with_name(f"{src.stem}.int8{suffix}")
-    raise UsageError(f"give --out (out=): the INT8 file to write, ending in {suffix}")
-
-
-def _module_feeds(module: Any, data: Any, limit: int | None, split: str, what: str
-                  ) -> tuple[Feeds, np.ndarray | None]:
-    """A module's inputs from ``data`` (forward's parameters; dtypes as the data has them)
-    and the labels, if any."""
-    from edgekd.inputs.calls import forward_parameters
-
-    names = [p.name for p in forward_parameters(module) if p.default is p.empty] or ["input"]
-    feeds, y = _feeds(data, [(n, "", None) for n in names], what, split, limit)
-    if len(names) == 1:  # one input: the exporters name it "input"
-        feeds = _renamed(feeds, ["input"], "the model")
-    return feeds, y
+        return replace(checked, path=move(int8, dest))
 
 
 def _to_onnx(module: Any, feeds: Feeds, path: Path) -> Path:
@@ -400,10 +224,10 @@ def export(model: Any, example: Any, *, out: str | os.PathLike[str],
     if dest.exists() and not dest.is_dir():
         raise UsageError(f"--out {dest} is a file: give a folder for the artifacts")
     names = {r: dest / f"model_fp32{SUFFIXES[r]}" for r in runtimes}
-    _refuse_overwrite([p for n in names.values() for p in _companions(n)], force, "--out")
-    with _staging(dest.parent, "--out") as tmp:
-        module = _module(model, weights, "model")
-        feeds = _module_feeds(module, example, None, "test", "--example")[0]
+    refuse_overwrite([p for n in names.values() for p in companions(n)], force, "--out")
+    with staging(dest.parent, "--out") as tmp:
+        module = load_module(model, weights, "model")
+        feeds = module_feeds(module, example, None, "test", "--example")[0]
         reference = _reference_outputs(module, feeds, threads)
         onnx = ({"fp32": _to_onnx(module, feeds, tmp / "model_fp32.onnx")}
                 if {"onnxruntime", "openvino"} & set(runtimes) else {})
@@ -423,7 +247,7 @@ def export(model: Any, example: Any, *, out: str | os.PathLike[str],
         if strict and failed is not None:
             raise VerificationError(failed.problem or "")
         dest.mkdir(exist_ok=True)
-        return tuple(replace(c, path=_move(c.path, names[c.runtime])) for c in checked)
+        return tuple(replace(c, path=move(c.path, names[c.runtime])) for c in checked)
 
 
 def verify(artifact: str | os.PathLike[str], reference: Any, data: Any, *,
@@ -440,12 +264,12 @@ def verify(artifact: str | os.PathLike[str], reference: Any, data: Any, *,
         raise UsageError(f"{path}: no such file; give an .onnx, .xml or .tflite artifact")
     runtime = runtime or runtime_for_suffix(path)
     with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
-        if _is_onnx(reference):
-            ref: Any = _onnx_file(reference, Path(tmp), "--reference")
-            feeds, y = _feeds(data, _onnx_declared(ref), "--data", "test")
+        if is_onnx(reference):
+            ref: Any = onnx_file(reference, Path(tmp), "--reference")
+            feeds, y = data_feeds(data, onnx_declared(ref), "--data", "test")
         else:
-            ref = _module(reference, weights, "--reference")
-            feeds, y = _module_feeds(ref, data, None, "test", "--data")
+            ref = load_module(reference, weights, "--reference")
+            feeds, y = module_feeds(ref, data, None, "test", "--data")
         references = _reference_outputs(ref, feeds, threads)
         outputs = _output_specs(references, _output_names(ref, len(references)), task)
         precision = precision or ("int8" if "int8" in path.name else "fp32")
