@@ -6,12 +6,12 @@ The public API is what ``__all__`` lists; everything else may move between relea
   data as files or as objects: ``build(teacher=nn.Module, student=nn.Module, data=(x, y))``);
 - one step at a time (the ``edgekd quantize / export / verify / bench`` commands):
   :func:`quantize`, :func:`export`, :func:`verify`, :func:`bench`, each returning its
-  figures (:class:`CheckedArtifact`);
+  figures (:class:`CheckedArtifact`); :class:`Progress` is what ``on_progress`` hears;
 - lower-level pieces: :func:`to_onnx`, :func:`quantize_int8` (INT8 of an ONNX file, no
   check), :func:`verify_artifact`, :func:`run_bench` with :class:`BenchSpec`,
   :func:`budget_checks`;
-- training pieces: :func:`train` with :class:`Schedule`, :class:`Distillation`,
-  :func:`prune_model`, the built-in models and the demonstration data;
+- training pieces: :func:`train_model` (the training loop) with :class:`Schedule`,
+  :class:`Distillation`, :func:`prune_model`, the built-in models and the demonstration data;
 - settings: :class:`BuildConfig` and its sections, :func:`load_target`.
 
 ``import edgekd`` stays light (no torch): running and benchmarking artifacts must work on a

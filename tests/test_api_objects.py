@@ -197,7 +197,8 @@ def test_quantize_a_module_on_a_dataloader(tmp_path: Path) -> None:
     loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=16)
     got = edgekd.quantize(model, loader, out=tmp_path / "student.int8.onnx")
     assert got.passed and got.path == tmp_path / "student.int8.onnx"
-    assert got.verification.samples == len(x) and got.verification.top1_agreement >= 0.98
+    assert got.verification.samples == max(10, len(x) // 5)  # checked on held-out samples
+    assert "held-out" in got.checked_on and got.verification.top1_agreement >= 0.98
     checked = edgekd.verify(got.path, model, (x, y))
     assert checked.passed and checked.verification.accuracy is not None
     assert [p.name for p in tmp_path.iterdir()] == ["student.int8.onnx"]  # nothing else

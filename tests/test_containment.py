@@ -166,7 +166,7 @@ def test_a_link_below_a_data_folder_may_not_leave_the_project(project: Path,
              f"{outside.resolve() / 'loose' / '0.png'}, outside the project folder {root}")
     assert _tree(outside) == before
     assert not (out / "x86-cpu").exists()
-    assert not [p for p in out.iterdir() if ".staging-" in p.name]
+    assert not out.exists() or not [p for p in out.iterdir() if ".staging-" in p.name]
 
 
 def test_an_absolute_data_folder_is_the_limit_itself(project: Path, tmp_path: Path) -> None:

@@ -287,5 +287,6 @@ def test_the_documented_public_api_is_edgekd_all() -> None:
     listed = {n for n in re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", section)}
     public = set(edgekd.__all__) - {"__version__"}
     assert public - listed == set(), "public but not documented"
-    fields = {"path", "runtime", "precision", "verification", "passed", "problem", "on_progress"}
+    fields = {"path", "runtime", "precision", "verification", "passed", "problem", "on_progress",
+              "checked_on", "reference_accuracy"}
     assert listed - public - fields == set(), "documented but not public"

@@ -91,6 +91,8 @@ def test_bad_setting_is_one_line_and_exit_2_before_any_work(
     source = "built-in"
     if isinstance(given, str):
         args += ["--set", given]
+        # A value from --set is blamed on the item, which names the key.
+        source, message = f"--set {given}", message.removeprefix(f"{given.partition('=')[0]}: ")
     else:
         kind, text = given
         path = tmp_path / ("edgekd.toml" if kind == "file" else "budget.toml")

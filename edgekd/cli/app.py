@@ -7,20 +7,72 @@ from __future__ import annotations
 
 import enum
 import os
+import re
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 import edgekd
 from edgekd.cli.display import console, err_console
 from edgekd.common.interrupts import interrupt_exit_code
 from edgekd.errors import EdgekdError, UsageError
 
+
+class _OneLineErrors(TyperGroup):
+    """The ``edgekd`` group: a usage error (unknown option, bad choice, missing argument) is
+    one line, ``error: No such option: --epoch (did you mean --epochs?)``, exit 2, like every
+    other bad input; click's own form is four (usage, "Try --help", a blank, the error)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             windows_expand_args: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode,
+                                windows_expand_args, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args,
+                                **extra)
+        except typer.Abort:
+            err_console.print("[bold red]aborted[/]", soft_wrap=True)
+            sys.exit(1)
+        except TyperException as exc:  # click's exceptions (typer ships its own click)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `edgekd` alone: the help
+                exc.show()  # type: ignore[attr-defined]
+            else:
+                err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}",
+                                  soft_wrap=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+        # Not standalone, click returns typer.Exit's code, or the command's return value
+        # (None: success).
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _one_line(exc: TyperException) -> str:
+    """click's message on one line, its "Did you mean" suggestion kept in brackets; an error
+    that is not about one option or value points to the command's --help."""
+    format_message = getattr(exc, "format_message", None)
+    text = " ".join((format_message() if format_message else str(exc)).split())
+    text = re.sub(r"\.? Did you mean (.*?)\??$", r" (did you mean \1?)", text)
+    text = re.sub(r"\(Possible options: ([^,()]*)\)", r"(did you mean \1?)", text)
+    text = re.sub(r"\(Possible options: ([^()]*)\)", r"(did you mean one of \1?)", text)
+    text = text.replace("Value error, ", "")  # typer's validation wording
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and type(exc).__name__ in ("UsageError", "BadArgumentUsage",
+                                                  "MissingParameter"):
+        text = f"{text.rstrip('.')}; see {ctx.command_path} --help"
+    return text
+
+
 # Help text is plain text: with rich markup, "[budget]" in a help string vanished ("a  table")
 # and every bracket in a help string would have to be escaped by hand.
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
+                  rich_markup_mode=None,
                   help="Distill, prune, INT8-quantize, export and verify PyTorch models for "
                        "edge runtimes.")
 

@@ -33,7 +33,9 @@ def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="Artifact(s): .onnx, .xml (OpenVINO "
                                                     "IR) or .tflite.", show_default=False)],
     target: Annotated[str | None, typer.Option("--target", "-t", help="Take threads and "
-                                               "execution providers from this target.")] = None,
+                                               "execution providers from this target (--json "
+                                               "records it: edgekd check takes its budget)."
+                                               )] = None,
     runtime: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tflite "
                                                 "(default: from the file suffix).")] = None,
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the "
@@ -108,7 +110,9 @@ def bench(
         from edgekd.report.model import write_json
 
         try:
-            write_json(json_out, {"benchmarks": results, "errors": errors})
+            # The target, so that edgekd check takes its budget from it.
+            write_json(json_out, {"benchmarks": results, "errors": errors}
+                       | ({"target": target} if target else {}))
         except OSError as exc:
             raise fail(os_error(exc), debug) from exc
     for e in errors:

@@ -34,14 +34,16 @@ from edgekd.errors import EdgekdError, UsageError
 
 def _legacy(seed: int | None, temperature: float | None, alpha: float | None,
             epochs: int | None, sparsity: float | None, min_agreement: float | None,
-            runs: int | None) -> list[str]:
-    """The named build flags as ``section.key=value`` settings."""
-    pairs = [("seed", seed), ("distill.temperature", temperature), ("distill.alpha", alpha),
-             ("distill.epochs", epochs), ("student.epochs", epochs),
-             ("prune.sparsity", sparsity), ("min_agreement", min_agreement),
-             ("bench.runs", runs)]
+            runs: int | None, threads: int | None) -> dict[str, str]:
+    """The named build flags as ``section.key=value`` settings, each with the flag it came
+    from (a bad value is blamed on ``--epochs -1``, not on the project file)."""
+    flags = [("seed", "seed", seed), ("distill.temperature", "temperature", temperature),
+             ("distill.alpha", "alpha", alpha), ("distill.epochs", "epochs", epochs),
+             ("student.epochs", "epochs", epochs), ("prune.sparsity", "sparsity", sparsity),
+             ("min_agreement", "min-agreement", min_agreement), ("bench.runs", "runs", runs),
+             ("train.threads", "threads", threads)]
     # JSON, as --set reads it: inf and nan stay numbers (and are refused as such).
-    return [f"{k}={json.dumps(v)}" for k, v in pairs if v is not None]
+    return {f"{k}={json.dumps(v)}": f"--{flag} {v}" for k, flag, v in flags if v is not None}
 
 
 @app.command()
@@ -87,7 +89,8 @@ def build(
     = False,
     budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table; "
                                                 "replaces the target's.")] = None,
-    junit: Annotated[Path | None, typer.Option(help="With --check: JUnit XML here.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write the budget checks as JUnit XML "
+                                               "here; implies --check.")] = None,
     strict: Annotated[bool, typer.Option("--strict", "--require-device", help="--check, and "
                                          "also exit 1 if a latency or memory budget of a "
                                          "device target was not measured on the device "
@@ -112,9 +115,14 @@ def build(
     (or --config, or --model), else the built-in digits demonstration."""
     level = log_level(log_level_, debug)
     setup_logging(level)
-    items = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs)
-    if threads is not None:
-        items.append(f"train.threads={threads}")
+    origins = _legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs, threads)
+    origins |= {s: f"--set {s}" for s in settings or [] if s not in origins}
+    if model is not None:
+        origins["model"] = f"--model {model}"
+    if weights is not None:
+        origins["weights"] = f"--weights {weights}"
+    items = [*_legacy(seed, temperature, alpha, epochs, sparsity, min_agreement, runs,
+                      threads)]
     try:
         from edgekd.measure.remote import Remote
 
@@ -137,6 +145,7 @@ def build(
             mute_third_party(level == "debug")  # torch has just set up its own loggers
             result = run_build(target, config=config, out=out, settings=items + (settings or []),
                                model=model, weights=weights, budget=budget, fresh=fresh,
+                               origins=origins,
                                trust_pickle=trust_pickle, remotes=remotes,
                                on_step=progress.step if lead else None,
                                on_progress=progress.progress if lead else None)
@@ -150,5 +159,5 @@ def build(
     if not result.report:  # another rank under torchrun; rank 0 reports
         return
     print_summary(result.report, result.out_dir)
-    if check or strict:
+    if check or strict or junit is not None:  # --junit implies --check
         raise typer.Exit(run_check(result.out_dir / "report.json", budget, junit, strict))

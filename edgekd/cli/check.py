@@ -6,16 +6,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from edgekd.cli.app import app, fail, os_error, output_file
-from edgekd.cli.display import print_checks
+from edgekd.cli.display import err_console, print_checks
 from edgekd.errors import EdgekdError, UsageError
 
 
 @app.command()
 def check(
     report: Annotated[Path, typer.Argument(help="A build folder (OUT/<target>), its "
-                                           "report.json, or edgekd bench --json output.",
+                                           "report.json, or edgekd bench --json output (with "
+                                           "bench --target: checked against that target's "
+                                           "budget).",
                                            show_default=False)],
     budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table "
                                                 "(default: the target's budget recorded "
@@ -51,9 +54,12 @@ def run_check(report_path: Path, budget_path: Path | None, junit: Path | None,
         if budget.empty:
             raise UsageError(f"no budgets to check in {source}: add a [budget] table to the "
                              "target file or pass --budget FILE")
-        checks = budget_checks(report, budget)
+        notes: list[str] = []
+        checks = budget_checks(report, budget, notes=notes)
     except EdgekdError as exc:
         raise fail(exc, False) from exc
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     rows = [c.to_dict() for c in checks]
     print_checks(rows, source, require_device)
     if junit:

@@ -94,6 +94,33 @@ def own_stream(stream: TextIO) -> TextIO:
                 errors="replace", buffering=1)
 
 
+class _Plain(logging.Formatter):
+    """``warning: <message>`` for edgekd's records, as the CLI words its errors (yellow, or red
+    for errors, on a terminal); other libraries' records keep their logger's name."""
+
+    _COLORS = {logging.WARNING: "\033[33m", logging.ERROR: "\033[31m"}
+
+    def __init__(self, color: bool) -> None:
+        super().__init__()
+        self.color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = record.levelname.lower()
+        if not (record.name == "edgekd" or record.name.startswith("edgekd.")):
+            level = f"{level} {record.name}"
+        color = self._COLORS.get(min(record.levelno, logging.ERROR), "") if self.color else ""
+        label = f"{color}{level}:\033[0m" if color else f"{level}:"
+        return f"{label} {text}"
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty() and "NO_COLOR" not in os.environ
+    except (AttributeError, ValueError):
+        return False
+
+
 class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The one handler edgekd's command line installs (replaced, not added, on each call)."""
 
@@ -129,7 +156,9 @@ def setup_logging(level: str = "warning") -> None:
     stream = own_stream(sys.stderr)
     handler = LogHandler(stream)
     handler.owned = stream is not sys.stderr
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # --log-level debug is for finding where a record came from: it keeps the logger's name.
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s")
+                         if number <= logging.DEBUG else _Plain(_is_terminal(stream)))
     handler.addFilter(_Shown(number))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if number <= logging.DEBUG else min(number, logging.WARNING))

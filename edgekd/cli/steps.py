@@ -25,6 +25,9 @@ Force = Annotated[bool, typer.Option(help="Replace an existing output file.")]
 Task = Annotated[str | None, typer.Option(help="classification | regression (default: "
                                           "outputs shaped [samples, classes] are compared "
                                           "by top-1).")]
+LimitOption = Annotated[list[str] | None, typer.Option(
+    "--limit", help="A check's limit, NAME=VALUE (repeatable): min_agreement, min_cosine, "
+    "max_output_error, min_decision_agreement (default: the build's).", show_default=False)]
 
 
 def _run(what: str, step: Callable[[], Any], level: LogLevel, debug: bool) -> Any:
@@ -47,15 +50,40 @@ def _fig(value: float | None, spec: str) -> str:
 
 
 def _table(checked: Sequence[Any]) -> None:
+    labelled = any(c.verification.accuracy is not None for c in checked)
     table = Table("artifact", "runtime", "precision", "samples", "top-1 agreement",
-                  "cosine (min)", "max |Δ|", "check")
+                  "cosine (min)", "max |Δ|", *(("accuracy", "reference accuracy")
+                                               if labelled else ()), "check")
     for c in checked:
         v = c.verification
         table.add_row(escape(str(c.path)), c.runtime, c.precision, str(v.samples),
                       _fig(v.top1_agreement, ".2%"), _fig(v.cosine_min, ".4f"),
                       _fig(v.max_abs_diff, ".3g"),
+                      *((_fig(v.accuracy, ".2%"), _fig(c.reference_accuracy, ".2%"))
+                        if labelled else ()),
                       "[green]pass[/]" if c.passed else "[red]fail[/]")
     console.print(table)
+    for on in dict.fromkeys(c.checked_on for c in checked if c.checked_on):
+        console.print(f"checked on the {escape(on)}", soft_wrap=True)
+
+
+def _limits(given: Sequence[str] | None) -> Any:
+    """--limit NAME=VALUE over the build's limits."""
+    from dataclasses import fields
+
+    from edgekd.measure.verify import Limits
+
+    limits, names = Limits(), [f.name for f in fields(Limits)]
+    for item in given or ():
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or name.strip() not in names:
+                raise ValueError
+            limits = replace(limits, **{name.strip(): float(value)})
+        except ValueError:
+            raise UsageError(f"--limit {item!r}: give NAME=VALUE, NAME one of "
+                             f"{', '.join(names)} (e.g. --limit min_agreement=0.95)") from None
+    return limits
 
 
 def _problems(checked: Sequence[Any]) -> None:
@@ -93,15 +121,21 @@ def quantize(
     samples: Annotated[int | None, typer.Option(help="Calibration samples used (default: "
                                                 "quant.calibration_samples).")] = None,
     method: Annotated[str, typer.Option(help="minmax | percentile | entropy.")] = "minmax",
-    weights: Annotated[Path | None, typer.Option(help="Weights of a PyTorch factory.")]
-    = None,
+    weights: Annotated[Path | None, typer.Option(help="Trained weights of a PyTorch factory "
+                                                 "(required: without them every call builds "
+                                                 "a new random model).")] = None,
+    check_data: Annotated[Path | None, typer.Option(help="Samples to check the INT8 model on "
+                                                    "(default: --data's samples past the "
+                                                    "calibration ones, else a held-out fifth)."
+                                                    )] = None,
+    limit: LimitOption = None,
     task: Task = None,
     force: Force = False,
     log_level_: LogLevelOption = LogLevel.warning,
     debug: Debug = False,
 ) -> None:
-    """INT8 of one model (static, edgekd's settings), checked against the FP32 model on the
-    calibration samples: nothing else of a build runs."""
+    """INT8 of one model (static, edgekd's settings), checked against the FP32 model on
+    samples it was not calibrated on: nothing else of a build runs."""
     from edgekd.pipeline.steps import quantize as quantize_step
 
     def step() -> Any:
@@ -115,7 +149,8 @@ def quantize(
             raise UsageError(f"bad option: {exc}") from exc
         _model_arg(model, weights)
         return quantize_step(model, data, out=out, runtime=runtime, config=config,
-                             weights=weights, target=target, task=task, force=force)
+                             weights=weights, target=target, task=task, force=force,
+                             check_data=check_data, limits=_limits(limit))
 
     checked = _run("quantizing", step, log_level_, debug)
     _table([checked])
@@ -135,33 +170,45 @@ def _model_arg(model: str, weights: Path | None) -> None:
 def export(
     model: Annotated[str, typer.Argument(help="The PyTorch model: file.py:function or "
                                          "package.module:function.", show_default=False)],
-    example_shape: Annotated[str, typer.Option(help="The input's shape, batch first, e.g. "
-                                               "1,3,32,32.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Folder for model_fp32.onnx / .xml / .tflite.",
                                       show_default=False)],
+    example_shape: Annotated[str | None, typer.Option(
+        help="One float input's shape, batch first, e.g. 1,3,32,32 (random values).",
+        show_default=False)] = None,
+    example: Annotated[Path | None, typer.Option(
+        help="Example samples instead: .npy for one input, .npz with one array per input "
+        "name (integer token ids stay integers).", show_default=False)] = None,
     weights: Annotated[Path | None, typer.Option(help="Trained weights (.safetensors or a "
                                                  "state dict).")] = None,
     runtime: Annotated[str, typer.Option(help="Comma-separated: onnxruntime, openvino, "
                                          "tflite.")] = "onnxruntime",
+    limit: LimitOption = None,
     task: Task = None,
     force: Force = False,
     log_level_: LogLevelOption = LogLevel.warning,
     debug: Debug = False,
 ) -> None:
     """FP32 artifacts of a PyTorch model for each runtime (the build's exporters), each run
-    in its runtime on a random input of that shape and compared with the model."""
-    from edgekd.pipeline.steps import export as export_step
+    in its runtime on the --example samples (or a random input of --example-shape) and
+    compared with the model. Without --weights: the untrained architecture, with a warning."""
+    from edgekd.pipeline.steps import _export
 
     def step() -> Any:
         import numpy as np
 
-        example = np.random.default_rng(0).standard_normal(_shape(example_shape)).astype(
-            np.float32)
+        if (example is None) == (example_shape is None):
+            raise UsageError("give one of --example FILE (.npy, or .npz with one array per "
+                             "input name) or --example-shape 1,3,32,32 (one float input)")
+        given: Any = example
+        if example_shape is not None:
+            given = np.random.default_rng(0).standard_normal(_shape(example_shape)).astype(
+                np.float32)
         runtimes = tuple(r.strip() for r in runtime.split(",") if r.strip())
         if not runtimes:
             raise UsageError("--runtime names no runtime: give onnxruntime, openvino or tflite")
-        return export_step(model, example, out=out, runtimes=runtimes, weights=weights,
-                           task=task, force=force)
+        return _export(model, given, "--example" if example else "--example-shape", out=out,
+                       runtimes=runtimes, weights=weights, task=task, limits=_limits(limit),
+                       force=force, strict=True, threads=1)
 
     checked = _run("exporting", step, log_level_, debug)
     _table(checked)
@@ -180,6 +227,7 @@ def verify(
     = None,
     runtime: Annotated[str | None, typer.Option(help="onnxruntime | openvino | tflite "
                                                 "(default: from the file suffix).")] = None,
+    limit: LimitOption = None,
     task: Task = None,
     log_level_: LogLevelOption = LogLevel.warning,
     debug: Debug = False,
@@ -191,7 +239,7 @@ def verify(
     def step() -> Any:
         _model_arg(reference, weights)
         return verify_step(artifact, reference, data, runtime=runtime, weights=weights,
-                           task=task)
+                           task=task, limits=_limits(limit))
 
     checked = _run("verifying", step, log_level_, debug)
     _table([checked])

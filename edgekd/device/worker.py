@@ -39,6 +39,9 @@ Memory, in MiB, all of this process (Linux ``/proc/self/status``):
 - ``peak_rss_mb``: the process's high-water mark (VmHWM) at the end of the timed runs;
   this is what ``/usr/bin/time -v`` calls "Maximum resident set size".
 - ``file_size_bytes``: the artifact on disk (.xml + .bin for OpenVINO).
+
+A spec with ``"pair": [baseline_spec, candidate_spec]`` compares two artifacts instead: both
+loaded in this process and timed in alternating rounds (:func:`run_pair`).
 """
 
 from __future__ import annotations
@@ -245,6 +248,68 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# --- paired comparison --------------------------------------------------------------------
+
+PAIR_MIN_ROUNDS, PAIR_MAX_ROUNDS = 10, 60
+PAIR_MAX_BLOCK = 2000  # runs in one block: a block stays short, so load barely moves within it
+
+
+def _block(infer: Callable[[], None], n: int, out: list[float]) -> None:
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        infer()
+        out.append(_ms_since(t0))
+
+
+def _loaded_for_pair(spec: dict[str, Any]) -> Callable[[], None]:
+    """One side of a pair: loaded, run once (errors say which artifact) and warmed up."""
+    _artifact_files(Path(spec["artifact"]))
+    spec.setdefault("batch", 1)
+    (infer, _, _, _), _, _ = _load(spec, np.random.default_rng(spec.get("seed", 0)))
+    try:
+        infer()
+    except Exception as exc:  # noqa: BLE001 - the runtime's own message, on one line
+        msg = " ".join(str(exc).split())[:300]
+        raise WorkerError(f"{spec['runtime']} could not run {Path(spec['artifact']).name} on "
+                          f"the benchmark inputs: {msg}") from exc
+    for _ in range(spec.get("warmup", 50)):
+        infer()
+    return infer
+
+
+def run_pair(spec: dict[str, Any]) -> dict[str, Any]:
+    """Latency of ``pair[1]`` (candidate) against ``pair[0]`` (baseline), both loaded in this
+    one process and timed in alternating rounds, so that load on the machine that changes
+    during the measurement hits both sides alike instead of looking like a speed difference.
+
+    Each round times ``n`` runs of each side in the order A B B A (B A A B in odd rounds): a
+    load that rises or falls steadily through a round weighs on both sides equally. ``n`` is
+    chosen so that one block takes about ``block_ms``; the rounds fill about ``seconds``
+    (between PAIR_MIN_ROUNDS and PAIR_MAX_ROUNDS rounds). The result has each round's median
+    latency of each side; :mod:`edgekd.measure.payoff` turns them into a speed-up per round
+    and an interval over rounds.
+    """
+    base_spec, cand_spec = spec["pair"]
+    infer = [_loaded_for_pair(base_spec), _loaded_for_pair(cand_spec)]
+    probe: list[list[float]] = [[], []]
+    for side in (0, 1, 1, 0):  # a first estimate of each side's latency
+        _block(infer[side], 5, probe[side])
+    slower = max(float(np.median(probe[0])), float(np.median(probe[1])), 1e-6)
+    n = int(min(PAIR_MAX_BLOCK, max(3, spec.get("block_ms", 2.0) / slower)))
+    rounds = int(min(PAIR_MAX_ROUNDS, max(PAIR_MIN_ROUNDS,
+                                          spec.get("seconds", 2.0) * 1000 / (4 * n * slower))))
+    rounds = spec.get("rounds") or rounds
+    medians = []
+    for r in range(rounds):
+        times: list[list[float]] = [[], []]
+        for side in ((0, 1, 1, 0) if r % 2 == 0 else (1, 0, 0, 1)):
+            _block(infer[side], n, times[side])
+        medians.append([round(float(np.median(t)), 6) for t in times])
+    return {"pair": [Path(base_spec["artifact"]).name, Path(cand_spec["artifact"]).name],
+            "runtime": base_spec["runtime"], "threads": base_spec["threads"],
+            "rounds": rounds, "runs_per_block": n, "round_p50_ms": medians}
+
+
 def _stop(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds: temporary folders are removed
 
@@ -283,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         text = sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text(encoding="utf-8")
         spec = json.loads(text)
-        result = run_spec(spec)
+        result = run_pair(spec) if "pair" in spec else run_spec(spec)
     except WorkerError as exc:
         out.write(json.dumps({"error": str(exc)}) + "\n")
         out.flush()

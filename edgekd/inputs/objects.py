@@ -22,6 +22,7 @@ they were. Errors are one line (:class:`~edgekd.errors.UsageError`) naming the a
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -96,6 +97,18 @@ def _splits(value: Any, what: str) -> bool:
     if names & set(SPLITS):
         raise UsageError(f"{what}= is a dict with keys {', '.join(map(str, value))}: name only "
                          f"splits ({', '.join(SPLITS)}), or only the model's inputs")
+    # The model's inputs by name are arrays or tensors; a pair, a list or a Dataset under a
+    # key means the key was meant as a split ({"tests": (x, y)}, {"trian": ...}).
+    odd = [str(k) for k, v in value.items() if isinstance(v, tuple | Mapping | Dataset)
+           or _loader(v) or not (isinstance(v, list | np.ndarray) or _tensor(v)
+                                 or not hasattr(v, "__getitem__"))]
+    if odd:
+        close = [c for k in odd for c in difflib.get_close_matches(k, SPLITS, n=1)]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        keys = ", ".join(repr(k) for k in odd)
+        raise UsageError(f"{what}= is a dict with key{'s' if len(odd) > 1 else ''} {keys}"
+                         f"{hint}: name splits ({', '.join(SPLITS)}) or the model's inputs "
+                         "(each an array or tensor)")
     return False
 
 
@@ -191,7 +204,11 @@ def _array(value: Any, what: str) -> np.ndarray:
         if value.is_floating_point():
             value = value.float()  # bfloat16 has no numpy dtype
         value = value.numpy()
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as exc:  # a ragged list: numpy's "inhomogeneous shape"
+        raise UsageError(f"{what} is a {type(value).__name__} of items of different shapes: "
+                         "give one array or tensor, one row per sample") from exc
     if arr.dtype.kind not in "biuf":
         raise UsageError(f"{what} holds {arr.dtype} values, not numbers: give numeric arrays "
                          "or tensors")
@@ -291,6 +308,17 @@ def _collect(items: Any, what: str, kind: str, batched: bool) -> Samples:
     return _samples(xs, None if y is None else _labels(y, what), what, f"in-memory {kind}")
 
 
+def _xy_list(value: Any) -> bool:
+    """``[x, y]``: inputs and labels in a list where a tuple was meant (two samples of a
+    Dataset-like list have the same number of dimensions; labels have one)."""
+    if not (isinstance(value, list) and len(value) == 2):
+        return False
+    x, y = value
+    if not all(isinstance(v, np.ndarray) or _tensor(v) for v in (x, y)):
+        return False
+    return len(x.shape) >= 2 and len(y.shape) == 1 and len(x) == len(y)
+
+
 def samples_of(value: Any, what: str) -> Samples:
     """One split's samples from any in-memory form (not a dict of splits)."""
     if isinstance(value, Dataset):
@@ -302,6 +330,9 @@ def samples_of(value: Any, what: str) -> Samples:
         return _samples(xs, None if y is None else _labels(y, what), what, "in-memory arrays")
     if isinstance(value, np.ndarray | Mapping) or _tensor(value):
         return _samples(_inputs(value, what), None, what, "in-memory arrays")
+    if _xy_list(value):
+        raise UsageError(f"{what}= is a list [x, y]: give (x, y) as a tuple (a list is read as "
+                         "a Dataset, one sample per item)")
     if _loader(value):
         return _collect(value, what, "DataLoader", batched=True)
     if hasattr(value, "__len__") and hasattr(value, "__getitem__"):

@@ -32,7 +32,7 @@ from edgekd.inputs.factory_check import factory_defined
 from edgekd.inputs.npy_headers import Header, read_headers
 from edgekd.inputs.paths import check_file, resolve_path
 from edgekd.inputs.scope import IMAGE_SUFFIXES, Scope, listing
-from edgekd.inputs.sources import _is_factory
+from edgekd.inputs.sources import _is_factory, no_labels
 from edgekd.settings.budgets import load_budget_file
 from edgekd.settings.project import DataSpec, ModelSpec, Project
 from edgekd.settings.targets import load_target
@@ -168,8 +168,7 @@ def _source(value: str, root: Path, what: str, labeled: bool) -> Header | None:
                          "a Dataset")
     header = read_headers(path, value, what, scope)
     if labeled and header.labels is None:
-        raise UsageError(f"{what}: {value} has no labels: training needs them (a .npz with y, "
-                         "class sub-folders, or a Dataset returning (x, y))")
+        raise no_labels(what, value, list(header.shapes) if suffix == ".npz" else None)
     return header
 
 

@@ -353,11 +353,18 @@ def load_samples(spec: str, *, root: Path, what: str, images: ImageOptions = Ima
                              f"infinite values{f' in {name!r}' if name else ''} (first: sample "
                              f"{int(np.flatnonzero(bad)[0])}): clean the data")
     if labeled and samples.y is None:
-        if samples.named and "x" not in samples.named:
-            raise UsageError(f"{what}: {spec} has no array 'x' and no labels 'y' (it has: "
-                             f"{', '.join(samples.named)}): save inputs as x and labels as y "
-                             "(np.savez(path, x=..., y=...)), or one array per model input "
-                             "named as the model names them, and y")
-        raise UsageError(f"{what}: {spec} has no labels: training needs them (a .npz with y, "
-                         "class sub-folders, or a Dataset returning (x, y))")
+        raise no_labels(what, spec, list(samples.named) if samples.named else None)
     return samples
+
+
+def no_labels(what: str, spec: str, arrays: list[str] | None) -> UsageError:
+    """The one message for a source without labels that training needs. ``arrays``: the
+    array names of a ``.npz`` (listed, as the usual cause is other names: images, labels)."""
+    if arrays is None:
+        return UsageError(f"{what}: {spec} has no labels: training needs them (a .npz with "
+                          "y, class sub-folders, or a Dataset returning (x, y))")
+    missing = "labels 'y'" if "x" in arrays else "array 'x' and no labels 'y'"
+    return UsageError(f"{what}: {spec} has no {missing} (its arrays: "
+                      f"{', '.join(arrays) or 'none'}): name the inputs x and the labels y "
+                      "(np.savez(path, x=..., y=...)), or one array per model input as the "
+                      "model names them, and y")

@@ -209,17 +209,17 @@ def parse_result(stdout: str, what: str, returncode: int, stderr: str) -> dict[s
     raise BenchError(f"{what} failed (exit {returncode}): {last}")
 
 
-def run_bench(spec: BenchSpec, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-    """Latency and memory of one artifact, measured in a fresh local Python process."""
-    what = f"benchmark of {spec.artifact.name} in {spec.runtime}"
+def _run_worker(spec: dict[str, Any], what: str, threads: int, timeout_s: float
+                ) -> dict[str, Any]:
+    """The worker's result for ``spec``, run in a fresh local Python process."""
     # Same thread count for the OpenMP pools some runtimes start besides their own.
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads),
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "EDGEKD_PARENT_PID": str(os.getpid())}  # the worker dies with edgekd
     try:
         # The spec on stdin: no spec file, no temporary folder to leave behind. -P keeps the
         # working folder off sys.path, so nothing there shadows a runtime's imports.
         proc = run_child([sys.executable, "-P", "-m", "edgekd.device.worker", "-"],
-                         input=json.dumps(spec.to_dict()).encode(), timeout=timeout_s, env=env)
+                         input=json.dumps(spec).encode(), timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{what} took over {timeout_s:.0f} s: lower --runs or "
                          "--seconds") from exc
@@ -227,11 +227,57 @@ def run_bench(spec: BenchSpec, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
                         proc.stderr.decode(errors="replace"))
 
 
+def run_bench(spec: BenchSpec, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """Latency and memory of one artifact, measured in a fresh local Python process."""
+    return _run_worker(spec.to_dict(), f"benchmark of {spec.artifact.name} in {spec.runtime}",
+                       spec.threads, timeout_s)
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """How to compare two artifacts of one runtime: both loaded in one worker and timed in
+    alternating rounds (:func:`edgekd.device.worker.run_pair`) for about ``seconds``, each
+    block of runs about ``block_ms`` long; ``rounds`` fixes the number of rounds instead."""
+
+    baseline: BenchSpec
+    candidate: BenchSpec
+    seconds: float = 2.0
+    block_ms: float = 2.0
+    rounds: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.baseline.runtime != self.candidate.runtime:
+            raise ValueError(f"a pair runs in one runtime, got {self.baseline.runtime} and "
+                             f"{self.candidate.runtime}")
+        if not 0 < self.seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds must be > 0 and <= {MAX_SECONDS:g}, got {self.seconds}")
+        if not 0 < self.block_ms <= 1000:
+            raise ValueError(f"block_ms must be > 0 and <= 1000, got {self.block_ms}")
+        if self.rounds is not None:
+            _bounded("rounds", self.rounds, 2, 1000)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pair": [self.baseline.to_dict(), self.candidate.to_dict()],
+                "seconds": self.seconds, "block_ms": self.block_ms, "rounds": self.rounds}
+
+
+def run_pair(spec: PairSpec, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """Each round's median latency of both artifacts of ``spec``, timed alternately in one
+    fresh local Python process (see :mod:`edgekd.measure.payoff` for the verdict)."""
+    what = (f"comparison of {spec.candidate.artifact.name} with {spec.baseline.artifact.name} "
+            f"in {spec.baseline.runtime}")
+    return _run_worker(spec.to_dict(), what, spec.baseline.threads, timeout_s)
+
+
 def bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
                 threads: int | None, remote: bool, **kw: object) -> list[BenchSpec]:
     """What ``edgekd bench`` measures: one spec per artifact, its runtime from the suffix
     (or ``runtime``), threads and providers from ``target`` (capped to this host's cores
     unless it runs on remote devices)."""
+    from edgekd.backends import BACKENDS, get_backend
+
+    if runtime is not None and runtime not in BACKENDS:
+        get_backend(runtime)  # one line with "did you mean", before any work
     t = load_target(target) if target else None
     specs = []
     for path in artifacts:
@@ -239,6 +285,8 @@ def bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
             raise UsageError(f"{path}: no such file; give the path of an .onnx, .xml or "
                              ".tflite artifact")
         rt = runtime or runtime_for_suffix(path)
+        if path.suffix == ".onnx":
+            _check_onnx_artifact(path, kw.get("input_shape"))
         if t and rt not in t.runtimes:
             raise UsageError(f"{path.name} runs in {rt}, which target {t.name!r} does not "
                              f"use ({', '.join(t.runtimes)}); pass --runtime or another target")
@@ -248,3 +296,27 @@ def bench_specs(artifacts: list[Path], runtime: str | None, target: str | None,
         providers = t.providers if t else ("CPUExecutionProvider",)
         specs.append(BenchSpec(path, rt, n, providers=providers, **kw))  # type: ignore[arg-type]
     return specs
+
+
+def _check_onnx_artifact(path: Path, shape: object) -> None:
+    """A damaged ONNX file, or a ``--shape`` of another rank than the model's input, is the
+    user's to fix (exit 2), found before any work. Skipped where the ``onnx`` package is not
+    installed (a device with only the runtime): the worker then reports it."""
+    try:
+        from edgekd.inputs.io import onnx_io
+    except ImportError:
+        return
+    try:
+        inputs, _ = onnx_io(path)
+    except ImportError:
+        return
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError for damaged files
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UsageError(f"{path} is not a valid ONNX model ({text}): it may be truncated; "
+                         "export it again (torch.onnx.export)") from exc
+    dims = inputs[0].dims if inputs else None
+    if isinstance(shape, tuple) and dims is not None and len(shape) != len(dims):
+        shown = ",".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in dims)
+        raise UsageError(f"--shape {','.join(map(str, shape))}: {path.name}'s input "
+                         f"{inputs[0].name!r} has rank {len(dims)} ({shown}), not "
+                         f"{len(shape)}: give {len(dims)} numbers")

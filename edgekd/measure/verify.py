@@ -5,7 +5,7 @@ naming the artifact, the worst output, the figure and what to try. Imports no to
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -256,7 +256,7 @@ def _shortfall(value: float, limit: float) -> float:
     return (1 - value) / max(1 - limit, 1e-9)
 
 
-def _failures(check: OutputCheck, limits: Limits, where: str
+def _failures(check: OutputCheck, limits: Limits, where: str, train: str
               ) -> list[tuple[float, str, str, str]]:
     """Each figure of ``check`` past its limit: (how many times the allowed shortfall, the
     output, what is wrong, the setting that holds it)."""
@@ -274,8 +274,7 @@ def _failures(check: OutputCheck, limits: Limits, where: str
                     f"{where} (min_agreement {limits.min_agreement:.2%})"
                     + (f"; the model is near chance (accuracy {check.accuracy:.1%}, chance "
                        f"{1 / check.elements:.1%}): its scores are almost flat, so small INT8 "
-                       "changes flip its top-1; train it further first (the stage warnings "
-                       "say what to try)" if near else ""), "min_agreement"))
+                       "changes flip its top-1; " + train if near else ""), "min_agreement"))
     a = check.decision_agreement
     if a is not None and a < limits.min_decision_agreement:
         out.append((_shortfall(a, limits.min_decision_agreement), check.name,
@@ -314,11 +313,18 @@ def _advice(precision: str, setting: str) -> str:
             f"(percentile, entropy); only if that difference is acceptable, {relax}")
 
 
+BUILD_TRAIN = "train it further first (the stage warnings say what to try)"
+
+
 def require_outputs(name: str, runtime: str, precision: str, checks: Sequence[OutputCheck],
-                    limits: Limits, *, where: str = "on the test split") -> None:
+                    limits: Limits, *, where: str = "on the test split",
+                    advice: Callable[[str, str], str] | None = None,
+                    train: str = BUILD_TRAIN) -> None:
     """Fail the build with one line naming the artifact, its worst output and figure, by how
-    much it misses its limit, and what to try first; other failing outputs are listed."""
-    failures = sorted((f for c in checks for f in _failures(c, limits, where)),
+    much it misses its limit, and what to try first; other failing outputs are listed.
+    ``advice(precision, setting)`` and ``train`` (a near-chance model) say it in the
+    caller's terms (a one-step verb's options); default: the build's settings."""
+    failures = sorted((f for c in checks for f in _failures(c, limits, where, train)),
                       key=lambda f: f[0], reverse=True)
     if not failures:
         return
@@ -326,7 +332,7 @@ def require_outputs(name: str, runtime: str, precision: str, checks: Sequence[Ou
     others = sorted({f[1] for f in failures} - {worst})
     also = f" (also failing: {', '.join(repr(n) for n in others)})" if others else ""
     raise VerificationError(f"{name} ({runtime}, {precision}) against its reference model: "
-                            f"{what}{also}; {_advice(precision, setting)}")
+                            f"{what}{also}; {(advice or _advice)(precision, setting)}")
 
 
 def require_agreement(name: str, runtime: str, precision: str, result: Verification,

@@ -34,46 +34,63 @@ if TYPE_CHECKING:
 DEFAULT_TARGET = "raspberrypi"
 
 
-def _items(settings: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+def _items(settings: Mapping[str, Any] | Sequence[str] | None
+           ) -> tuple[list[str], dict[str, str]]:
+    """``settings`` as ``section.key=value`` items, and what to call each in a message: the
+    Python argument it came from (``settings['prune.sparsity']``)."""
     if settings is None:
-        return []
+        return [], {}
     if isinstance(settings, Mapping):
-        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items()]
-    return list(settings)
+        items = {f"{k}={v if isinstance(v, str) else json.dumps(v)}": f"settings[{k!r}]"
+                 for k, v in settings.items()}
+        return list(items), items
+    if isinstance(settings, str):
+        raise UsageError(f"settings={settings!r}: give a dict ({{'prune.sparsity': 0.7}}) or "
+                         "a list of 'section.key=value' strings")
+    return list(settings), {s: f"settings item {s!r}" for s in settings}
 
 
-def _here(path: str, cwd: Path) -> str:
-    """A path given on the command line starts at the current folder, not the project's."""
-    return str((cwd / Path(path).expanduser()).resolve())
+def _here(path: str, cwd: Path, where: str) -> str:
+    """A path given on the command line (or to :func:`build`) starts at the current folder,
+    not the project's; one that does not exist is refused here, saying so."""
+    full = (cwd / Path(path).expanduser()).resolve()
+    if not full.exists():
+        raise UsageError(f"{where}: {full} does not exist: check the path (relative to the "
+                         "current folder)")
+    return str(full)
 
 
-def model_settings(model: str | None, weights: str | None, cwd: Path | None = None
-                   ) -> list[str]:
-    """``--model`` / ``--weights`` as settings: an ``.onnx`` file or a ``module:factory``."""
+def model_settings(model: str | None, weights: str | None, cwd: Path | None = None,
+                   labels: Mapping[str, str] | None = None) -> list[str]:
+    """``--model`` / ``--weights`` as settings: an ``.onnx`` file or a ``module:factory``.
+    ``labels``: what to call them in messages (default ``--model`` / ``--weights``)."""
     cwd = cwd or Path.cwd()
+    labels = labels or {}
     if model is None:
         if weights is not None:
             raise UsageError("--weights needs --model (the factory the weights belong to)")
         return []
+    where = labels.get("model", f"--model {model}")
     if model.endswith(".onnx"):
         if weights is not None:
             raise UsageError("--weights is for a PyTorch --model; an ONNX file holds its own")
-        return [f"model.onnx={_here(model, cwd)}"]
+        return [f"model.onnx={_here(model, cwd, where)}"]
     if ":" not in model:
-        raise UsageError(f"--model {model!r}: give an .onnx file or a PyTorch factory as "
+        raise UsageError(f"{where}: give an .onnx file or a PyTorch factory as "
                          "path/to/file.py:function or package.module:function")
     target, _, fn = model.rpartition(":")
     if target.endswith(".py"):
-        model = f"{_here(target, cwd)}:{fn}"
+        model = f"{_here(target, cwd, where)}:{fn}"
+    weights_where = labels.get("weights", f"--weights {weights}")
     return [f"model.student={model}"] + (
-        [f"model.student_weights={_here(weights, cwd)}"] if weights else [])
+        [f"model.student_weights={_here(weights, cwd, weights_where)}"] if weights else [])
 
 
 def load(config: str | Path | BuildConfig | None = None, *,
          settings: Mapping[str, Any] | Sequence[str] | None = None, model: str | None = None,
          weights: str | None = None, seed: int | None = None, cwd: Path | None = None,
          target: str | None = None, budget: str | Path | None = None,
-         check_inputs: bool = True) -> Project:
+         check_inputs: bool = True, origins: Mapping[str, str] | None = None) -> Project:
     """The project a build would use: the file (or ``edgekd.toml`` in ``cwd``, or the
     built-in demonstration) with ``model`` / ``weights`` / ``seed`` / ``settings`` on top.
 
@@ -81,22 +98,31 @@ def load(config: str | Path | BuildConfig | None = None, *,
     target (``target``, else the project's), the ``budget`` file and, with
     ``check_inputs``, every file the project names, without importing torch or a runtime:
     every problem found is in the one :class:`UsageError` it raises. Pass
-    ``check_inputs=False`` when objects in memory replace the project's model and data."""
+    ``check_inputs=False`` when objects in memory replace the project's model and data.
+    ``origins``: what to call each setting in messages, by item (``"prune.sparsity=2"``) or
+    by argument (``"model"``, ``"weights"``, ``"seed"``): the command line passes its flags;
+    by default they are named as the Python arguments they came from."""
     from edgekd.inputs.preflight import preflight
 
-    items = _items(settings)
+    items, named = _items(settings)
+    named.update(origins or {})
     if seed is not None:
         items.insert(0, f"seed={seed}")
+        named.setdefault(f"seed={seed}", named.get("seed", f"seed={seed}"))
     built = config if isinstance(config, BuildConfig) else None
     path = None if isinstance(config, BuildConfig) or config is None else Path(config)
-    extra = model_settings(model, weights, cwd)
+    labels = {"model": named.get("model", f"model={model!r}"),
+              "weights": named.get("weights", f"weights={weights!r}")}
+    extra = model_settings(model, weights, cwd, labels)
     if extra:  # --model replaces the file's [model] (keeping its task)
         project = load_project(path, cwd=cwd)
         task = project.model.task if project.model else "classification"
+        named.update({e: labels["weights" if e.startswith("model.student_weights=") else "model"]
+                      for e in extra})
         items = [*extra, f"model.task={task}", *items]
-        project = load_project(path, items, cwd=cwd, replace_model=True)
+        project = load_project(path, items, cwd=cwd, replace_model=True, origins=named)
     else:
-        project = load_project(path, items, cwd=cwd)
+        project = load_project(path, items, cwd=cwd, origins=named)
     preflight(project, target=target, budget=Path(budget) if budget else None,
               inputs=check_inputs)
     return replace(project, build=built) if built is not None else project
@@ -141,7 +167,7 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
           on_progress: ProgressCallback | None = None,
           cwd: str | Path | None = None, teacher: Any | None = None,
           student: Any | None = None, data: Any | None = None, train_teacher: bool = False,
-          task: str | None = None) -> BuildResult:
+          task: str | None = None, origins: Mapping[str, str] | None = None) -> BuildResult:
     """Build ``target`` (default: the project file's ``target``, else ``raspberrypi``).
 
     ``config``: a project file (default ``edgekd.toml`` in ``cwd`` if there is one, else the
@@ -161,7 +187,7 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
     "calibration": ..., "validation": ...}`` of those (samples taken as given, already
     preprocessed). They replace the project's ``[model]`` / ``[data]``; the modules are copied,
     never changed. ``train_teacher``: the teacher is untrained, train it first. ``task``:
-    ``classification`` (default) or ``regression``.
+    ``classification`` (default) or ``regression``. ``origins``: see :func:`load`.
     """
     from edgekd.settings.budgets import load_budget_file
 
@@ -170,7 +196,8 @@ def build(target: str | None = None, *, config: str | Path | BuildConfig | None 
     # The whole project is checked (preflight) before torch and the converters load: a
     # missing folder is reported in a second, not after the imports.
     project = load(config, settings=settings, model=model, weights=weights, seed=seed,
-                   cwd=here, target=target, budget=budget, check_inputs=objects is None)
+                   cwd=here, target=target, budget=budget, check_inputs=objects is None,
+                   origins=origins)
     from edgekd.pipeline.run import build as run_build  # torch: after the preflight
 
     name = target or project.target or DEFAULT_TARGET

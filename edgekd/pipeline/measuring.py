@@ -1,6 +1,7 @@
 """The ``measure`` step of a deploy (:mod:`edgekd.pipeline.deploy`): robustness under
 input corruptions, then latency and memory of every artifact in its own process here and
-on every remote device."""
+on every remote device, and each compared pair (INT8 vs FP32, pruned vs dense) timed
+alternately in one process here, for the payoff rows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 
 from edgekd.inputs.calls import first_output, model_outputs
 from edgekd.inputs.dataset import Dataset
-from edgekd.measure.bench import BenchSpec, run_bench
+from edgekd.measure.bench import BenchSpec, PairSpec, run_bench, run_pair
+from edgekd.measure.payoff import PAIRED, compared, paired_speedup
 from edgekd.measure.remote import bench_hosts
 from edgekd.measure.robustness import artifact_predictor, measure_robustness
 from edgekd.pipeline.deploy import Deploy, Measured, Verified
@@ -106,6 +108,22 @@ def _bench_remote(ctx: Deploy, entries: list[dict[str, Any]]) -> None:
         s["detail"] = f"{len(specs)} artifacts on {len(ctx.remotes)} device(s)"
 
 
+def _compare(ctx: Deploy, verified: Verified) -> None:
+    """Each pair the payoff rows compare (INT8 vs FP32, pruned vs dense), timed again here
+    in alternating rounds in one process: two separate benches run seconds apart, and load
+    on a shared machine that changes in between would read as a speed difference."""
+    for _, step, base, cand in compared(verified.entries, verified.references):
+        with ctx.step(f"compare {cand['path']} with {base['path']}") as s:
+            spec = PairSpec(_bench_spec(ctx, base, ctx.threads),
+                            _bench_spec(ctx, cand, ctx.threads),
+                            seconds=max(1.0, min(ctx.config.bench.seconds or 2.0, 5.0)))
+            result = run_pair(spec)
+            cand.setdefault(PAIRED, {})[base["path"]] = result
+            p = paired_speedup(result)
+            s["detail"] = (f"{step}: {p['speedup']:.2f}× ({p['verdict']}, "
+                           f"{p['rounds']} rounds)")
+
+
 def measure(ctx: Deploy, verified: Verified) -> Measured:
     """Robustness (the demonstration), then latency and memory of every artifact in its own
     process here, and on every remote device."""
@@ -115,6 +133,7 @@ def measure(ctx: Deploy, verified: Verified) -> Measured:
         with ctx.step(f"bench {entry['path']}") as s:
             entry.update(_bench_entry(run_bench(_bench_spec(ctx, entry, ctx.threads))))
             s["detail"] = f"p50 {fmt.latency(entry['latency_ms']['p50'])}"
+    _compare(ctx, verified)
     if ctx.remotes:
         _bench_remote(ctx, entries)
     model = verified.exported.quantized.model

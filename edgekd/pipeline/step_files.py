@@ -2,7 +2,8 @@
 replaced without ``force``, everything is written into a staging folder beside the
 destination (same file system: the move is a rename) and moved into place only when the
 step succeeded, companions (OpenVINO's ``.bin``) before the file that names them. A whole
-build's output folder is staged likewise by :mod:`edgekd.report.staging`."""
+build's output folder is staged likewise by :mod:`edgekd.report.staging`. And what an
+artifact file is: its precision read from the model itself (:func:`precision_of`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgekd.errors import UsageError
 
@@ -66,11 +69,49 @@ def destination(model: Any, out: str | os.PathLike[str] | None, runtime: str) ->
     suffix = SUFFIXES[runtime]
     if out is not None:
         dest = Path(out).expanduser().absolute()
+        if dest.is_dir():
+            raise UsageError(f"--out {dest} is a folder: give a file path (e.g. "
+                             f"{dest / f'model.int8{suffix}'})")
         if dest.suffix != suffix:
-            raise UsageError(f"--out {dest.name}: a {runtime} artifact ends in {suffix}: name "
-                             f"it so (e.g. model.int8{suffix})")
+            raise UsageError(f"--out {dest.name}: an {runtime} artifact ends in {suffix}: "
+                             f"name it so (e.g. model.int8{suffix})")
         return dest
     if isinstance(model, str | os.PathLike) and str(model).endswith(".onnx"):
         src = Path(model).expanduser().absolute()
         return src.with_name(f"{src.stem}.int8{suffix}")
     raise UsageError(f"give --out (out=): the INT8 file to write, ending in {suffix}")
+
+
+# ONNX operators that only a quantized graph holds (QDQ, QOperator, integer kernels).
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                  "MatMulInteger", "ConvInteger"}
+
+
+def precision_of(path: Path, runtime: str, runner: Any) -> str:
+    """``int8`` when the model holds quantized operators or 8-bit weights, ``fp16`` when its
+    float weights are half precision, else ``fp32``: read from the model, not its name.
+    ``runner``: the loaded artifact (a TFLite interpreter's tensors say it)."""
+    if runtime == "tflite":
+        kinds = {str(np.dtype(d["dtype"])) for d in runner.interpreter.get_tensor_details()}
+        return ("int8" if kinds & {"int8", "uint8"} else "fp16" if "float16" in kinds
+                else "fp32")
+    if runtime == "openvino":
+        import xml.etree.ElementTree as ET
+
+        types, elements = set(), set()
+        for layer in ET.parse(path).getroot().iter("layer"):
+            types.add(layer.get("type"))
+            data = layer.find("data")
+            if layer.get("type") == "Const" and data is not None:
+                elements.add(data.get("element_type"))
+        return ("int8" if "FakeQuantize" in types or elements & {"i8", "u8", "i4", "u4"}
+                else "fp16" if "f16" in elements else "fp32")
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    kinds = {t.data_type for t in graph.initializer}
+    eight = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    if ops & _QUANTIZED_OPS or any(o.startswith("QLinear") for o in ops) or kinds & eight:
+        return "int8"
+    return "fp16" if onnx.TensorProto.FLOAT16 in kinds else "fp32"

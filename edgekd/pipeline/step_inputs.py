@@ -1,12 +1,14 @@
 """What a step (:mod:`.steps`) is given, made into model inputs: a model as a module or an
 ONNX file, and data (files, arrays, an edgekd Dataset, a torch Dataset or DataLoader) as
 :class:`~edgekd.inputs.dataset.Feeds` named and shaped as that model takes them, checked
-against its fixed dimensions, with the labels when the data has them. Imports no torch at
+against its fixed dimensions, with the labels when the data has them; which samples
+calibrate an INT8 model and which check it (:func:`calibration_split`). Imports no torch at
 module level: ONNX models and data need none."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,6 +19,8 @@ import numpy as np
 
 from edgekd.errors import UsageError
 from edgekd.inputs.dataset import Dataset, Feeds, InputSpec
+
+log = logging.getLogger(__name__)
 
 
 def _samples(data: Any, what: str, split: str) -> tuple[Feeds | None, Any]:
@@ -48,9 +52,14 @@ def data_feeds(data: Any, declared: Sequence[tuple[str, str, Sequence[Any] | Non
     else:
         named, labels = raw.named, raw.y
         if len(declared) == 1:
+            _require_known_keys(named, declared[0][0], what)
             arrays = [named.get(declared[0][0], named.get("x", raw.x))]
         else:
             missing = [n for n, _, _ in declared if n not in named]
+            if missing and what == "--example-shape":
+                raise UsageError(f"--example-shape makes one float input and the model takes "
+                                 f"{', '.join(n for n, _, _ in declared)}: give --example "
+                                 "FILE.npz with one array per input name instead")
             if missing:
                 raise UsageError(f"{what} has no input {missing[0]!r} (it has: "
                                  f"{', '.join(named) or 'one unnamed array'}): the model takes "
@@ -70,11 +79,48 @@ def data_feeds(data: Any, declared: Sequence[tuple[str, str, Sequence[Any] | Non
             raise UsageError(f"{what}: samples of shape {got} but the model's {where} takes "
                              f"{['?' if not isinstance(w, int) or w <= 0 else w for w in want]}"
                              " per sample: give samples of that shape (first axis: samples)")
+        _require_dtype(arr, dtype, what, where)
         arr = np.ascontiguousarray(arr[:limit].astype(dtype or _given(arr.dtype)))
         specs.append(InputSpec(name, str(arr.dtype), tuple(arr.shape[1:])))
         out[name] = arr
     labels = None if labels is None else np.asarray(labels)[:limit]
     return Feeds(tuple(specs), out), labels
+
+
+def _require_known_keys(named: dict[str, np.ndarray], name: str, what: str) -> None:
+    """A .npz for a one-input model: ``x`` (and ``y``), or the input's name; several arrays
+    under other names (``images``, ``labels``) would be read as inputs and lose the labels."""
+    if len(named) > 1 and "x" not in named and name not in named:
+        raise UsageError(f"{what} has arrays {', '.join(named)} and none is read: edgekd reads "
+                         f"x (samples) and y (labels, optional), or one array per model input "
+                         f"named as the model names it ({name}): save them so "
+                         "(np.savez(path, x=..., y=...))")
+
+
+def _require_dtype(arr: np.ndarray, dtype: str, what: str, where: str) -> None:
+    """Integer model inputs (token ids, indices) from integer data: float samples cast to
+    int64 would be truncated silently."""
+    if dtype and np.dtype(dtype).kind in "iub" and arr.dtype.kind == "f":
+        raise UsageError(f"{what}: the samples for the model's {where} are {arr.dtype} but it "
+                         f"takes {dtype} (e.g. token ids): save them as integers "
+                         f"(x.astype(np.{dtype}))")
+
+
+def require_varied(feeds: Feeds, what: str, why: str) -> None:
+    """Calibration data that can set INT8 ranges: every float input finite and not one
+    constant value (all zeros, a placeholder array); integer inputs (token ids, masks) may
+    be constant."""
+    for name, arr in feeds.arrays.items():
+        which = f" input {name!r}" if len(feeds.arrays) > 1 else ""
+        if arr.dtype.kind != "f" or arr.size == 0:
+            continue
+        bad = int((~np.isfinite(arr)).reshape(len(arr), -1).any(axis=1).sum())
+        if bad:
+            raise UsageError(f"{what}{which}: {bad} of {len(arr)} samples hold NaN or inf: "
+                             "give finite, preprocessed samples")
+        if float(arr.max()) == float(arr.min()):
+            raise UsageError(f"{what}{which}: every value is {float(arr.min()):g}: a "
+                             f"constant input {why}; give real, preprocessed samples")
 
 
 def _given(dtype: np.dtype[Any]) -> str:
@@ -95,8 +141,12 @@ def renamed(feeds: Feeds, names: Sequence[str], what: str) -> Feeds:
                                                                   strict=True)})
 
 
-def load_module(model: Any, weights: str | os.PathLike[str] | None, what: str) -> Any:
-    """A ``torch.nn.Module`` (copied, eval) from an object or a ``file.py:factory`` string."""
+def load_module(model: Any, weights: str | os.PathLike[str] | None, what: str, *,
+                untrained_ok: bool = False) -> Any:
+    """A ``torch.nn.Module`` (copied, eval) from an object or a ``file.py:factory`` string.
+    A factory without ``weights`` that builds different parameters on every call (a fresh,
+    randomly initialised model) is refused, or with ``untrained_ok`` (an export for latency
+    only) logged as a warning: comparing or calibrating such a model means nothing."""
     from torch import nn
 
     if isinstance(model, nn.Module):
@@ -109,7 +159,25 @@ def load_module(model: Any, weights: str | os.PathLike[str] | None, what: str) -
     module = make_model(str(model), Path.cwd(), what)
     if weights is not None:
         load_weights(module, Path(weights).expanduser().absolute(), f"{what} weights")
+    elif ":" in str(model) and _random_each_call(module, make_model(str(model), Path.cwd(),
+                                                                    what)):
+        said = (f"{what} {model} has no --weights (weights=): every call builds a new, "
+                "randomly initialised model")
+        if not untrained_ok:
+            raise UsageError(f"{said}; give --weights FILE (its trained state dict or "
+                             ".safetensors), or make the factory load them")
+        log.warning("%s: the artifacts are of an untrained model (fine for latency, not for "
+                    "accuracy); give --weights FILE to export the trained one", said)
     return module.eval()
+
+
+def _random_each_call(first: Any, second: Any) -> bool:
+    """Whether two models from the same factory differ in any parameter or buffer."""
+    import torch
+
+    a, b = first.state_dict(), second.state_dict()
+    return a.keys() != b.keys() or any(
+        a[k].shape != b[k].shape or not torch.equal(a[k], b[k]) for k in a)
 
 
 def is_onnx(model: Any) -> bool:
@@ -151,3 +219,32 @@ def module_feeds(module: Any, data: Any, limit: int | None, split: str, what: st
     if len(names) == 1:  # one input: the exporters name it "input"
         feeds = renamed(feeds, ["input"], "the model")
     return feeds, y
+
+
+MIN_HELD_OUT = 10  # fewer held-out samples than this check too little: check on calibration
+MAX_CHECKED = 1000  # samples past the calibration ones checked at most
+
+
+def calibration_split(given: Feeds, held: Feeds | None, samples: int
+                       ) -> tuple[Feeds, Feeds, str]:
+    """(calibration samples, samples to check on, what those are): an INT8 model checked on
+    the samples that set its ranges passes whatever they are (all zeros: cosine 1.0)."""
+    n = len(given)
+    if held is not None:
+        return given.head(samples), held, f"{len(held)} samples of --check-data"
+    if n > samples:
+        rest = _rows(given, samples, samples + MAX_CHECKED)
+        if len(rest) >= MIN_HELD_OUT or len(rest) >= n // 5:
+            return given.head(samples), rest, (f"{len(rest)} samples of --data past the "
+                                               f"{samples} calibrated on")
+    if n >= 2 * MIN_HELD_OUT:
+        keep = n - max(MIN_HELD_OUT, n // 5)
+        return (given.head(min(keep, samples)), _rows(given, keep, n),
+                f"{n - keep} held-out samples of --data (calibrated on the other {keep})")
+    return given.head(samples), given.head(samples), (
+        f"{min(n, samples)} calibration samples themselves (too few to hold any out: give "
+        f"--check-data, or {2 * MIN_HELD_OUT}+ samples)")
+
+
+def _rows(feeds: Feeds, start: int, stop: int) -> Feeds:
+    return Feeds(feeds.specs, {k: v[start:stop] for k, v in feeds.arrays.items()})

@@ -19,6 +19,7 @@ is installed.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -30,17 +31,19 @@ import numpy as np
 
 from edgekd.backends import ExportSource, get_backend, predict_all, runtime_for_suffix
 from edgekd.errors import UsageError, VerificationError
-from edgekd.inputs.dataset import Feeds, OutputSpec
+from edgekd.inputs.dataset import Dataset, Feeds, OutputSpec
 from edgekd.measure.verify import Limits, Verification, require_outputs, verify_artifact
 from edgekd.pipeline.step_files import (
     SUFFIXES,
     companions,
     destination,
     move,
+    precision_of,
     refuse_overwrite,
     staging,
 )
 from edgekd.pipeline.step_inputs import (
+    calibration_split,
     data_feeds,
     is_onnx,
     load_module,
@@ -48,6 +51,7 @@ from edgekd.pipeline.step_inputs import (
     onnx_declared,
     onnx_file,
     renamed,
+    require_varied,
 )
 from edgekd.settings.config import QuantConfig
 from edgekd.settings.project import TASKS
@@ -64,6 +68,8 @@ class CheckedArtifact:
     precision: str
     verification: Verification
     problem: str | None = None
+    checked_on: str = ""  # which samples: "40 held-out samples of --data", ...
+    reference_accuracy: float | None = None  # the reference model's, when labels are given
 
     @property
     def passed(self) -> bool:
@@ -71,7 +77,9 @@ class CheckedArtifact:
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "runtime": self.runtime, "precision": self.precision,
-                "passed": self.passed, "problem": self.problem, **self.verification.to_dict()}
+                "passed": self.passed, "problem": self.problem, "checked_on": self.checked_on,
+                "reference_accuracy": self.reference_accuracy,
+                **self.verification.to_dict()}
 
 
 # -- checking an artifact against its reference ---------------------------------------------
@@ -82,7 +90,10 @@ def _output_specs(references: Sequence[np.ndarray], names: Sequence[str], task: 
     """Classifier outputs: all with ``task="classification"``, none with ``regression``;
     unsaid, a [samples, classes] output with several classes."""
     if task is not None and task not in TASKS:
-        raise UsageError(f"task={task!r}: choose one of {', '.join(TASKS)}")
+        near = difflib.get_close_matches(task, TASKS, n=1)
+        raise UsageError(f"--task (task=) {task!r} is not a task: choose "
+                         f"{' or '.join(TASKS)}" + (f" (did you mean {near[0]!r}?)"
+                                                    if near else ""))
     return [OutputSpec(n, classifier=(task == "classification" if task else
                                       r.ndim == 2 and r.shape[1] > 1))
             for r, n in zip(references, names, strict=True)]
@@ -90,18 +101,53 @@ def _output_specs(references: Sequence[np.ndarray], names: Sequence[str], task: 
 
 def _check(path: Path, runtime: str, precision: str, feeds: Feeds,
            references: list[np.ndarray], outputs: list[OutputSpec], y: np.ndarray | None,
-           limits: Limits | None, threads: int) -> CheckedArtifact:
-    """``path`` in its runtime against ``references`` (the build's verification and gate)."""
+           limits: Limits | None, threads: int, checked_on: str = "") -> CheckedArtifact:
+    """``path`` in its runtime against ``references`` (the build's verification and gate,
+    with advice in the steps' own options). ``precision`` "": read from the model."""
     runner = get_backend(runtime).load(path, threads)
+    precision = precision or precision_of(path, runtime, runner)
     mine = renamed(feeds, runner.input_names, path.name)
     v = verify_artifact(path, runtime, threads=threads, y=y, inputs=mine.specs,
                         arrays=mine.arrays, references=references, outputs=outputs)
+    checked_on = checked_on or f"{len(feeds)} samples given"
+    done = CheckedArtifact(path, runtime, precision, v, checked_on=checked_on,
+                           reference_accuracy=_accuracy(references, outputs, y))
     try:
         require_outputs(path.name, runtime, precision, v.outputs, limits or Limits(),
-                        where=f"on the {len(feeds)} samples given")
+                        where=f"on the {checked_on}", advice=_advice, train=_TRAIN)
     except VerificationError as exc:
-        return CheckedArtifact(path, runtime, precision, v, str(exc))
-    return CheckedArtifact(path, runtime, precision, v)
+        return replace(done, problem=str(exc))
+    return done
+
+
+_TRAIN = ("give the reference's trained --weights (weights=), or train it further first")
+
+
+def _advice(precision: str, setting: str) -> str:
+    """What to try, in the options of quantize / export / verify (not a build's settings)."""
+    relax = (f"relax the limit: --limit {setting}=... (limits=Limits({setting}=...))"
+             if setting else "")
+    if not setting:
+        return ("check that --reference (with its --weights) is the model the artifact was "
+                "made from, and the preprocessing of --data"
+                + ("; for INT8, calibration data that covers the inputs' real range"
+                   if precision == "int8" else ""))
+    if precision != "int8":
+        return ("a float artifact should match its model: check that --reference and its "
+                "--weights are what the artifact was exported from, then the export (opset, "
+                f"converter version; --debug shows details); or {relax}")
+    return ("first quantize again on more or more representative samples (--data, --samples), "
+            "then another --method (percentile, entropy); only if that difference is "
+            f"acceptable, {relax}")
+
+
+def _accuracy(references: list[np.ndarray], outputs: list[OutputSpec],
+              y: np.ndarray | None) -> float | None:
+    """The reference model's top-1 accuracy on labels ``y`` (its first classifier output)."""
+    first = next((r for r, o in zip(references, outputs, strict=True) if o.classifier), None)
+    if y is None or first is None or y.dtype.kind not in "iu" or len(y) != len(first):
+        return None
+    return round(float((first.argmax(axis=-1) == y).mean()), 6)
 
 
 def _reference_outputs(reference: Any, feeds: Feeds, threads: int) -> list[np.ndarray]:
@@ -115,10 +161,14 @@ def _reference_outputs(reference: Any, feeds: Feeds, threads: int) -> list[np.nd
         return model_outputs(reference, feeds)
     except Exception as exc:  # noqa: BLE001 - the user's model on the user's data
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        shapes = ", ".join(str(list(a.shape)) for a in feeds.arrays.values())
-        raise UsageError(f"the model cannot run on inputs of shape {shapes} "
-                         f"({type(exc).__name__}: {first}): give samples of the shape it "
-                         "takes") from exc
+        given = ", ".join(f"{list(a.shape)} {a.dtype}" for a in feeds.arrays.values())
+        dtype = any(a.dtype.kind == "f" for a in feeds.arrays.values()) and any(
+            w in first.lower() for w in ("scalar type", "dtype", "long", "indices",
+                                         "floattensor"))
+        raise UsageError(f"the model cannot run on inputs of shape and dtype {given} "
+                         f"({type(exc).__name__}: {first}): give samples of the "
+                         + ("dtype it takes (token ids and indices: integers, "
+                            "x.astype(np.int64))" if dtype else "shape it takes")) from exc
 
 
 def _output_names(reference: Any, count: int) -> list[str]:
@@ -136,12 +186,17 @@ def quantize(model: Any, data: Any, *, out: str | os.PathLike[str] | None = None
              runtime: str = "onnxruntime", config: QuantConfig | None = None,
              weights: str | os.PathLike[str] | None = None, target: str | None = None,
              task: str | None = None, limits: Limits | None = None, force: bool = False,
-             strict: bool = True, threads: int = 1) -> CheckedArtifact:
+             strict: bool = True, threads: int = 1, check_data: Any = None
+             ) -> CheckedArtifact:
     """Static INT8 of ``model`` (an ONNX file or ``onnx.ModelProto``, a ``torch.nn.Module``,
-    or a ``file.py:factory`` string), calibrated on ``data`` (the first
+    or a ``file.py:factory`` string with its ``weights``), calibrated on ``data`` (up to
     ``config.calibration_samples`` samples; an edgekd Dataset's calibration split) with
     ONNX Runtime's tools and edgekd's settings (:mod:`edgekd.compress.quantize`), then run
-    on those samples against the FP32 model. ``runtime``: ``onnxruntime`` (the QDQ ONNX),
+    against the FP32 model on samples it was NOT calibrated on: ``check_data``, else the
+    samples of ``data`` past the calibration ones, else a held-out fifth of ``data`` (with
+    fewer than 2 * :data:`~.step_inputs.MIN_HELD_OUT` samples, the calibration samples, and
+    ``checked_on`` says so). Constant or non-finite calibration inputs are refused.
+    ``runtime``: ``onnxruntime`` (the QDQ ONNX),
     ``openvino`` (that model as IR), ``tflite`` (full-integer, from a PyTorch model).
     ``target``: its execution providers decide the activation type (TensorRT: signed,
     symmetric) and ``runtime`` must be one of its runtimes. ``out``: default
@@ -165,17 +220,28 @@ def quantize(model: Any, data: Any, *, out: str | os.PathLike[str] | None = None
                          "(or file.py:factory), or quantize for onnxruntime / openvino")
     dest = destination(model, out, runtime)
     refuse_overwrite(companions(dest), force, "--out")
+    if check_data is None and isinstance(data, Dataset):
+        check_data = data  # its test split
     with staging(dest.parent, "--out") as tmp:
-        module = None if is_onnx(model) else load_module(model, weights, "model")
+        module = None if is_onnx(model) else load_module(model, weights, "MODEL")
         if module is None:
-            fp32 = onnx_file(model, tmp, "model")
-            feeds, _ = data_feeds(data, onnx_declared(fp32), "--data", "calibration",
-                              config.calibration_samples)
+            fp32 = onnx_file(model, tmp, "MODEL")
+            declared = onnx_declared(fp32)
+            given = data_feeds(data, declared, "--data", "calibration")[0]
+            held = (None if check_data is None else
+                    data_feeds(check_data, declared, "--check-data", "test")[0])
         else:
-            feeds = module_feeds(module, data, config.calibration_samples, "calibration",
-                                  "--data")[0]
+            given = module_feeds(module, data, None, "calibration", "--data")[0]
+            held = (None if check_data is None else
+                    module_feeds(module, check_data, None, "test", "--check-data")[0])
+        feeds, check, checked_on = calibration_split(given, held,
+                                                      config.calibration_samples)
+        require_varied(feeds, "--data", "sets no INT8 ranges")
+        if held is not None:
+            require_varied(check, "--check-data", "checks nothing")
+        if module is not None:
             fp32 = _to_onnx(module, feeds, tmp / "model_fp32.onnx")
-        reference = _reference_outputs(fp32, feeds, threads)
+        reference = _reference_outputs(fp32, check, threads)
         int8 = quantize_onnx(fp32, tmp / "model_int8.onnx", feeds, config,
                              tensorrt=tensorrt).path
         if runtime != "onnxruntime":
@@ -187,9 +253,9 @@ def quantize(model: Any, data: Any, *, out: str | os.PathLike[str] | None = None
 
             with converting(runtime, runtime):
                 int8 = get_backend(runtime).export(source, tmp / runtime)["int8"]
-        checked = _check(int8, runtime, "int8", feeds, reference,
+        checked = _check(int8, runtime, "int8", check, reference,
                          _output_specs(reference, _output_names(fp32, len(reference)), task),
-                         None, limits, threads)
+                         None, limits, threads, checked_on)
         if strict and checked.problem:
             raise VerificationError(checked.problem)
         return replace(checked, path=move(int8, dest))
@@ -217,7 +283,23 @@ def export(model: Any, example: Any, *, out: str | os.PathLike[str],
     with ``weights``) for each of ``runtimes``, with the exporters a build uses
     (``torch.onnx``; OpenVINO from that ONNX; LiteRT-Torch), into the folder ``out`` as
     ``model_fp32<suffix>``. ``example``: input samples (an array or tensor, a dict of them
-    by input name, or any data form); each artifact is run on them against the model."""
+    by input name, or any data form); each artifact is run on them against the model. A
+    factory without ``weights`` that builds a new random model on every call is exported
+    with a warning (an untrained architecture's latency is worth measuring)."""
+    return _export(model, example, "--example", out=out, runtimes=runtimes, weights=weights,
+                   task=task, limits=limits, force=force, strict=strict, threads=threads)
+
+
+def _export(model: Any, example: Any, option: str, *, out: str | os.PathLike[str],
+            runtimes: Sequence[str], weights: str | os.PathLike[str] | None,
+            task: str | None, limits: Limits | None, force: bool, strict: bool, threads: int
+            ) -> tuple[CheckedArtifact, ...]:
+    """:func:`export`, its errors naming the ``option`` the example came from."""
+    if is_onnx(model):
+        raise UsageError(f"{model} is already an ONNX export: export takes the PyTorch model "
+                         "(file.py:function with --weights); run the ONNX file as it is, "
+                         "`edgekd quantize` it (--runtime openvino for an INT8 OpenVINO IR), "
+                         "or check it with `edgekd verify`")
     for runtime in runtimes:
         get_backend(runtime)
     dest = Path(out).expanduser().absolute()
@@ -226,8 +308,8 @@ def export(model: Any, example: Any, *, out: str | os.PathLike[str],
     names = {r: dest / f"model_fp32{SUFFIXES[r]}" for r in runtimes}
     refuse_overwrite([p for n in names.values() for p in companions(n)], force, "--out")
     with staging(dest.parent, "--out") as tmp:
-        module = load_module(model, weights, "model")
-        feeds = module_feeds(module, example, None, "test", "--example")[0]
+        module = load_module(model, weights, "MODEL", untrained_ok=True)
+        feeds = module_feeds(module, example, None, "test", option)[0]
         reference = _reference_outputs(module, feeds, threads)
         onnx = ({"fp32": _to_onnx(module, feeds, tmp / "model_fp32.onnx")}
                 if {"onnxruntime", "openvino"} & set(runtimes) else {})
@@ -242,7 +324,7 @@ def export(model: Any, example: Any, *, out: str | os.PathLike[str],
             with converting(runtime, runtime):
                 path = get_backend(runtime).export(source, tmp / runtime)["fp32"]
             checked.append(_check(path, runtime, "fp32", feeds, reference, outputs, None,
-                                  limits, threads))
+                                  limits, threads, f"{len(feeds)} samples of {option}"))
         failed = next((c for c in checked if c.problem), None)
         if strict and failed is not None:
             raise VerificationError(failed.problem or "")
@@ -257,12 +339,22 @@ def verify(artifact: str | os.PathLike[str], reference: Any, data: Any, *,
     """``artifact`` (.onnx, .xml, .tflite) run in its runtime on ``data`` (an edgekd
     Dataset's test split, files, arrays, ...) and compared with ``reference`` (an ONNX file,
     a ``torch.nn.Module``, or a ``file.py:factory`` string with ``weights``): the build's
-    verification and gate. Labels in the data add the accuracy. Never raises for a failing
-    artifact: ``result.passed`` / ``result.problem`` say."""
+    verification and gate. Labels in the data add the accuracy (the artifact's and the
+    reference's). ``precision`` "": read from the artifact (quantized operators or 8-bit
+    weights: int8). A factory without ``weights`` that builds a new random model on every
+    call is refused. Never raises for a failing artifact: ``result.passed`` /
+    ``result.problem`` say."""
     path = Path(artifact).expanduser().absolute()
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not an artifact: give one of its .onnx, .xml "
+                         "or .tflite files")
     if not path.is_file():
         raise UsageError(f"{path}: no such file; give an .onnx, .xml or .tflite artifact")
     runtime = runtime or runtime_for_suffix(path)
+    if path.suffix.lower() == ".onnx":  # a damaged file is the user's input: exit 2, not 1
+        from edgekd.inputs.model_files import inspect_onnx
+
+        inspect_onnx(path, "ARTIFACT")
     with tempfile.TemporaryDirectory(prefix="edgekd-verify-") as tmp:
         if is_onnx(reference):
             ref: Any = onnx_file(reference, Path(tmp), "--reference")
@@ -270,11 +362,11 @@ def verify(artifact: str | os.PathLike[str], reference: Any, data: Any, *,
         else:
             ref = load_module(reference, weights, "--reference")
             feeds, y = module_feeds(ref, data, None, "test", "--data")
+        require_varied(feeds, "--data", "checks nothing")
         references = _reference_outputs(ref, feeds, threads)
         outputs = _output_specs(references, _output_names(ref, len(references)), task)
-        precision = precision or ("int8" if "int8" in path.name else "fp32")
         return _check(path, runtime, precision, feeds, references, outputs, y, limits,
-                      threads)
+                      threads, f"{len(feeds)} samples of --data")
 
 
 def bench(artifact: str | os.PathLike[str], *, runtime: str | None = None,

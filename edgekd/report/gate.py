@@ -149,12 +149,14 @@ def _measurements(report: Mapping[str, Any], artifact: Mapping[str, Any], machin
     return found
 
 
-def budget_checks(report: Mapping[str, Any], budget: Budget, *, machine: str | None = None
-                  ) -> list[Check]:
+def budget_checks(report: Mapping[str, Any], budget: Budget, *, machine: str | None = None,
+                  notes: list[str] | None = None) -> list[Check]:
     """Every budget against every shipped artifact (see the module docstring). Latency,
     memory and speed-up are checked per measurement and say which machine measured them
     (:class:`Check` ``measured_on`` / ``on_target``); size and accuracy hold on any.
-    ``machine``: the target's architecture (default: :func:`target_machine`)."""
+    ``machine``: the target's architecture (default: :func:`target_machine`). An ``edgekd
+    bench`` result measures no accuracy: its accuracy budget is skipped, and ``notes`` (when
+    given) says so."""
     artifacts = report.get("artifacts", [])
     shipped = [a for a in artifacts if a.get("precision", "int8") != "fp32"]
     if not shipped:
@@ -166,6 +168,11 @@ def budget_checks(report: Mapping[str, Any], budget: Budget, *, machine: str | N
     stages = {s["name"]: s.get("accuracy") for s in report.get("stages", [])}
     teacher = stages.get("teacher", stages.get("student"))
     accuracy_budget = report.get("task", "classification") == "classification"
+    if report.get("bench") and budget.max_accuracy_drop is not None:
+        accuracy_budget = False
+        if notes is not None:
+            notes.append("max_accuracy_drop skipped: accuracy is not measured by edgekd bench "
+                         "(check the build's report.json for it)")
     checks = []
     for a in shipped:
         name = a["path"]
@@ -280,7 +287,8 @@ _BENCH_FILE = {"type": "object", "required": ["benchmarks"], "properties": {
         "properties": {"artifact": {"type": "string", "minLength": 1},
                        "runtime": {"type": "string"}, "file_size_bytes": {"type": "integer"},
                        "placement": {"type": "object"}, "remote": {"type": ["string", "null"]},
-                       **_MEASURED}}}}}
+                       **_MEASURED}}},
+    "target": {"type": "string", "minLength": 1}}}
 
 
 def _no_constant(name: str) -> float:
@@ -331,9 +339,11 @@ def _require(problems: list[str], path: Path, data: dict[str, Any], what: str) -
                          f"{_why_null(problems[0], data)}{more}")
 
 
-def _bench_as_report(benchmarks: list[dict[str, Any]]) -> dict[str, Any]:
+def _bench_as_report(benchmarks: list[dict[str, Any]], target: str | None = None
+                     ) -> dict[str, Any]:
     """An ``edgekd bench --json`` file as a report: one artifact per file, measured here
-    and/or on each ``--remote`` device (its ``remote`` list, as a build records it)."""
+    and/or on each ``--remote`` device (its ``remote`` list, as a build records it). With
+    the ``target`` ``edgekd bench --target`` recorded, that target's budget and machine."""
     artifacts: dict[str, dict[str, Any]] = {}
     for b in benchmarks:
         a = artifacts.setdefault(b["artifact"], {
@@ -343,7 +353,15 @@ def _bench_as_report(benchmarks: list[dict[str, Any]]) -> dict[str, Any]:
             a.setdefault("remote", []).append(b)
         else:
             a.update(b)
-    return {"artifacts": list(artifacts.values())}
+    report: dict[str, Any] = {"artifacts": list(artifacts.values()), "bench": True}
+    if target is not None:
+        report["target"] = target
+        try:
+            limits = load_target(target).budget.to_dict()
+        except UsageError:  # a target this edgekd does not ship: --budget FILE is needed
+            limits = {}
+        report["budget"] = {"source": f"target {target}", "limits": limits}
+    return report
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -366,7 +384,7 @@ def load_report(path: Path) -> dict[str, Any]:
         return data
     if isinstance(data, dict) and "benchmarks" in data:
         _require(validate(data, _BENCH_FILE), path, data, "edgekd bench --json file")
-        return _bench_as_report(data["benchmarks"])
+        return _bench_as_report(data["benchmarks"], data.get("target"))
     raise UsageError(f"{path}: not an edgekd report (no 'artifacts' or 'benchmarks')")
 
 

@@ -158,7 +158,7 @@ class Artifact(Reference, Verification, _PerOutput):
     """A shipped file: described, verified in its runtime (every output), benchmarked."""
 
 
-class PayoffRow(TypedDict):
+class _PayoffRow(TypedDict):
     runtime: str
     where: str
     step: str  # int8 | pruning
@@ -169,6 +169,15 @@ class PayoffRow(TypedDict):
     size_ratio: float
     gzip_size_ratio: float
     detail: str
+
+
+class PayoffRow(_PayoffRow, total=False):
+    """``method``: how speedup and verdict were measured (paired rounds here, separate runs
+    on remote devices); ``speedup_ci95`` and ``rounds``: the paired measurement's."""
+
+    method: str
+    speedup_ci95: list[float]
+    rounds: int
 
 
 class RuntimeQuantizer(TypedDict):

@@ -66,7 +66,8 @@ def load_budget_file(path: Path) -> Budget:
     try:
         text = read_text_file(path)
     except FileNotFoundError as exc:
-        raise UsageError(f"{path}: budget file not found") from exc
+        raise UsageError(f"budget file not found: {path}: give the path of a TOML file with a "
+                         "[budget] table") from exc
     except ValueError as exc:
         raise UsageError(f"{path} {exc}: --budget takes a TOML file with a [budget] "
                          "table") from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from edgekd.settings.typed import OneOf, from_table
 
 __all__ = ["OPTIMIZERS", "BenchConfig", "BuildConfig", "DistillConfig", "PruneConfig",
            "QuantConfig", "RobustnessConfig", "TrainConfig", "TrainRunConfig",
-           "apply_overrides", "config_schema", "set_items"]
+           "apply_overrides", "config_schema", "origin", "set_items"]
 
 
 def _check(cond: bool, message: str) -> None:
@@ -309,19 +310,21 @@ def config_schema() -> dict[str, list[str]]:
     return {"": top, **schema}
 
 
-def set_items(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]]
-              ) -> dict[str, Any]:
+def set_items(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]],
+              origins: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``raw`` with ``section.key=value`` items set (``--set prune.method=structured``).
 
     Values are read as JSON when they parse (numbers, ``true``, ``[["2", "5"]]``), else taken
     as strings. Keys are checked against ``schema`` (see :func:`config_schema`); the caller
-    validates the values by parsing the result.
+    validates the values by parsing the result. ``origins``: where each item came from, for
+    messages (``--sparsity 1.5``, ``settings['prune.sparsity']``); default ``--set ITEM``.
     """
     raw = json.loads(json.dumps(raw))  # a deep copy; the input stays as it was
     for item in items:
+        where = origin(item, origins)
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected section.key=value, e.g. "
+            raise ValueError(f"{where}: expected section.key=value, e.g. "
                              "prune.method=structured")
         try:
             value = json.loads(text)
@@ -330,16 +333,22 @@ def set_items(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]
         *path, leaf = key.split(".")
         section = path[0] if len(path) == 1 else ""
         if len(path) > 1 or (path and (not section or section not in schema)):
-            raise ValueError(f"--set {item!r}: no config section {'.'.join(path)!r}; "
+            raise ValueError(f"{where}: no config section {'.'.join(path)!r}; "
                              f"sections: {', '.join(k for k in schema if k)}")
         if leaf not in schema[section]:
-            raise ValueError(f"--set {item!r}: unknown key {leaf!r}; allowed: "
+            raise ValueError(f"{where}: unknown key {leaf!r}; allowed: "
                              f"{', '.join(schema[section])}")
         node = raw.setdefault(section, {}) if section else raw
         if not isinstance(node, dict):
-            raise ValueError(f"--set {item!r}: {section} is not a section")
+            raise ValueError(f"{where}: {section} is not a section")
         node[leaf] = value
     return raw
+
+
+def origin(item: str, origins: Mapping[str, str] | None = None) -> str:
+    """What to call a ``section.key=value`` item in a message: the flag or argument it came
+    from when ``origins`` knows it, else ``--set ITEM``."""
+    return (origins or {}).get(item) or f"--set {item}"
 
 
 def apply_overrides(config: BuildConfig, items: list[str]) -> BuildConfig:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from edgekd.errors import UsageError
 from edgekd.settings.budgets import KEYS as BUDGET_KEYS
 from edgekd.settings.budgets import Budget, parse_budget
-from edgekd.settings.config import BuildConfig, config_schema, set_items
+from edgekd.settings.config import BuildConfig, config_schema, origin, set_items
 from edgekd.settings.declarations import InputDecl, OutputDecl
 from edgekd.settings.resources import read_text_file
 from edgekd.settings.targets import Runtime, target_names
@@ -270,10 +270,13 @@ def _check_own(own: dict[str, Any]) -> None:
 
 
 def load_project(path: Path | None, overrides: Sequence[str] = (), *,
-                 cwd: Path | None = None, replace_model: bool = False) -> Project:
+                 cwd: Path | None = None, replace_model: bool = False,
+                 origins: Mapping[str, str] | None = None) -> Project:
     """The project in ``path`` (or ``edgekd.toml`` in ``cwd``; without one, the built-in
     demonstration), with ``section.key=value`` overrides applied on top. ``replace_model``
-    drops the file's ``[model]`` first (``--model`` names another one)."""
+    drops the file's ``[model]`` first (``--model`` names another one). ``origins``: where
+    each override came from (``{"distill.epochs=-1": "--epochs -1"}``); a bad value an
+    override brought is blamed on it (default ``--set ITEM``), not on the file."""
     cwd = cwd or Path.cwd()
     if path is None and (cwd / PROJECT_FILE).is_file():
         path = cwd / PROJECT_FILE
@@ -298,16 +301,43 @@ def load_project(path: Path | None, overrides: Sequence[str] = (), *,
         root, source = path.resolve().parent, str(path)
     if replace_model:
         raw.pop("model", None)
-    if overrides:  # on the file's own table, so what the file leaves out stays default
-        schema = config_schema()
-        schema[""] = [*_PROJECT_KEYS, *schema[""]]
-        schema |= {"model": [f.name for f in fields(ModelSpec)],
-                   "data": [f.name for f in fields(DataSpec)], "budget": list(BUDGET_KEYS)}
+    if not overrides:
+        return parse_project(raw, root, source)
+    # On the file's own table, so what the file leaves out stays default.
+    schema = config_schema()
+    schema[""] = [*_PROJECT_KEYS, *schema[""]]
+    schema |= {"model": [f.name for f in fields(ModelSpec)],
+               "data": [f.name for f in fields(DataSpec)], "budget": list(BUDGET_KEYS)}
+    try:
+        merged = set_items(raw, list(overrides), schema, origins)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        return parse_project(merged, root, source)
+    except UsageError as exc:
+        culprit = _culprit(raw, list(overrides), schema, root, source, str(exc))
+        if culprit is None:
+            raise
+        where = origin(culprit, origins)
+        text = str(exc).removeprefix(f"{source}: ")
+        text = text.removeprefix(f"{culprit.partition('=')[0]}: ")  # the origin names it
+        raise UsageError(f"{where}: {text}") from exc
+
+
+def _culprit(raw: dict[str, Any], items: list[str], schema: dict[str, list[str]], root: Path,
+             source: str, message: str) -> str | None:
+    """The override that brought the problem ``message`` reports: the first one whose key,
+    set back to the file's value, makes the problem go away (None: the file's own)."""
+    for item in items:
+        key = item.partition("=")[0]
+        rest = [i for i in items if i.partition("=")[0] != key]
         try:
-            raw = set_items(raw, list(overrides), schema)
-        except ValueError as exc:
-            raise UsageError(f"bad option: {exc}") from exc
-    return parse_project(raw, root, source)
+            parse_project(set_items(raw, rest, schema), root, source)
+        except UsageError as exc:
+            if str(exc) == message:
+                continue
+        return item
+    return None
 
 
 def starter() -> str:
