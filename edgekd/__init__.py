@@ -58,7 +58,7 @@ _PUBLIC: dict[str, str] = {
     "run_bench": "edgekd.measure.bench",
     "BenchSpec": "edgekd.measure.bench",
     "budget_checks": "edgekd.report.gate",
-    "load_report": "edgekd.report.gate",
+    "load_report": "edgekd.report.reading",
     "train_model": "edgekd.train.loop",
     "Schedule": "edgekd.train.loop",
     "EpochReport": "edgekd.train.loop",

@@ -26,10 +26,10 @@ from edgekd.errors import UsageError
 from edgekd.inputs.dataset import Dataset
 from edgekd.report import format as fmt
 from edgekd.report import model, schema
-from edgekd.report.gate import load_report
 from edgekd.report.html import render_html
 from edgekd.report.markdown import render_markdown
 from edgekd.report.model import SCHEMA_VERSION, Report, assemble, write_json
+from edgekd.report.reading import load_report
 from edgekd.settings.config import BuildConfig
 from edgekd.settings.targets import load_target
 

@@ -38,7 +38,8 @@ def check(
 def run_check(report_path: Path, budget_path: Path | None, junit: Path | None,
               require_device: bool = False) -> int:
     """The gate's exit status (0 or 1) after printing its table; bad input exits 2."""
-    from edgekd.report.gate import budget_checks, gate_fails, junit_xml, load_report
+    from edgekd.report.gate import budget_checks, gate_fails, junit_xml
+    from edgekd.report.reading import load_report
     from edgekd.settings.budgets import load_budget_file, parse_budget
 
     try:

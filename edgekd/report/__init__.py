@@ -5,6 +5,7 @@ Markdown (:mod:`.markdown`) and HTML (:mod:`.html`; plots in :mod:`.plots` and
 :mod:`.latency_plot`; the compression sections both pages share in :mod:`.compression`); the
 manifest (:mod:`.manifest`), the deploy package beside the artifacts (:mod:`.package`, its
 scripts' templates in ``templates/``), the budget gate that CI runs on a report
-(:mod:`.gate`), and the staged output folder (:mod:`.staging`).
+(:mod:`.gate`, reading the report with :mod:`.reading`), and the staged output folder
+(:mod:`.staging`).
 
 Rule: no torch, no runtime. Takes measured values, never measures."""
