@@ -58,7 +58,7 @@ def _cached(output: str) -> dict[str, bool]:
         for name in ("teacher", "student_scratch", "student_distilled", "student_pruned",
                      "quantize"):
             if line.startswith(f"✓ {name} ") and not line.startswith("✓ teacher outputs"):
-                found[name] = "(cached)" in line
+                found[name] = "(cached, " in line
     return found
 
 

@@ -102,7 +102,11 @@ class _Steps:
         raise_if_interrupted()
         log.info("%s: %s (%.1f s)", name, result["detail"], own)
         if self.on_step:
-            self.on_step(name, f"{result['detail']} ({own:.1f} s)")
+            detail = result["detail"]
+            timing = f"({own:.1f} s)"
+            if detail.endswith(" (cached)"):  # one parenthesis: "99.38% (cached, 0.2 s)"
+                detail, timing = detail.removesuffix(" (cached)"), f"(cached, {own:.1f} s)"
+            self.on_step(name, f"{detail} {timing}")
 
 
 def _threads(target: Target) -> int:
