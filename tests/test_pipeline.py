@@ -78,17 +78,21 @@ def test_report_contract(pi_build) -> None:
 @pytest.mark.slow
 def test_payoff_references_and_budget(pi_build) -> None:
     root, report = pi_build
-    refs = {(r["runtime"], r["precision"]) for r in report["references"]}
-    assert refs == {("tflite", "fp32"), ("onnxruntime", "fp32")}
+    refs = {(r["role"], r["runtime"], r["precision"]) for r in report["references"]}
+    assert refs == {(role, rt, "fp32") for role in ("dense", "teacher")
+                    for rt in ("tflite", "onnxruntime")}
     assert all((root / "raspberrypi" / "reference" / r["path"]).is_file()
                for r in report["references"])
     steps = {(p["runtime"], p["step"]) for p in report["payoff"]}
-    assert steps == {(rt, st) for rt in ("tflite", "onnxruntime") for st in ("int8", "pruning")}
+    assert steps == {(rt, st) for rt in ("tflite", "onnxruntime")
+                     for st in ("int8", "pruning", "teacher")}
+    assert {r["runtime"] for r in report["headline"]["rows"]} == {"tflite", "onnxruntime"}
     for p in report["payoff"]:
         assert p["verdict"] in ("faster", "slower", "no measurable change")
         if p["step"] == "pruning":  # same dense kernels: gzip shrinks, the file does not
             assert p["gzip_size_ratio"] > 1.3 and 0.98 < p["size_ratio"] < 1.02
-        if p["verdict"] == "slower":
+        shipped = next(a for a in report["artifacts"] if a["path"] == p["candidate"])
+        if p["verdict"] == "slower" and shipped.get("shipped", True):
             assert any(p["detail"] in f for f in report["flags"])
     checks = report["budget"]["checks"]  # the raspberrypi target file has a [budget]
     assert {c["budget"] for c in checks} >= {"max_size_kb", "max_p95_ms", "max_peak_rss_mb"}

@@ -123,7 +123,7 @@ def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_assemble_computes_summary_payoff_flags_and_budget(report: Report) -> None:
-    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.2"
+    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.3"
     assert report["summary"] == {"compression": 28.51, "scratch_accuracy": 0.7125,
                                  "distilled_accuracy": 0.875, "distillation_gain_points": 16.25}
     int8 = next(p for p in report["payoff"] if p["step"] == "int8")
@@ -419,7 +419,7 @@ def test_a_build_records_its_quant_settings_resolved(tmp_path: Path) -> None:
     written = json.loads((out / "manifest.json").read_text())["config"]["quant"]
     assert written["activation_type"] == "auto" and written["reduce_range"] is None
     calibrated = min(written["calibration_samples"], report["dataset"]["splits"]["calibration"])
-    assert report["schema_version"] == "1.2"
+    assert report["schema_version"] == "1.3"
     assert report["quantization"]["settings"] == {
         "calibration_samples": calibrated, "per_channel": True, "activation_type": "uint8",
         "weight_type": "int8", "reduce_range": True, "percentile": written["percentile"],

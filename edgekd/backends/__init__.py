@@ -7,6 +7,9 @@ each satisfying the :class:`Backend` protocol:
   the converter it needs, or the execution provider a target asks for) is missing;
 - ``export(source, out_dir)`` writes the FP32 and INT8 artifacts, returns ``{precision: path}``;
 - ``load(path, threads, providers)`` returns a :class:`Runner`; it never imports torch;
+- ``inference_precision(path)``: the precision the runtime runs an artifact at with its
+  *default* settings, as a deployer's plain load would (``fp32``, ``bf16``, ``int8 + fp32``,
+  ``int8 (QDQ)``...), for the report;
 - ``runtime_version()``.
 
 The runtime modules never import torch; the PyTorch side of export (``torch.onnx``,
@@ -96,6 +99,8 @@ class Backend(Protocol):
 
     def load(self, path: Path, threads: int,
              providers: tuple[Any, ...] = ("CPUExecutionProvider",)) -> Runner: ...
+
+    def inference_precision(self, path: Path) -> str: ...
 
     def runtime_version(self) -> str: ...
 

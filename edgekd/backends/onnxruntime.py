@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends import ExportSource, Quantizer
+from edgekd.device.runtimes import ORT_QUANT_OPS
 from edgekd.errors import BuildError, RuntimeMissingError
 from edgekd.inputs.io import session_feed
 
@@ -93,6 +94,28 @@ def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
         shutil.copyfile(src, dst)
         paths[precision] = dst
     return paths
+
+
+def inference_precision(path: Path) -> str:
+    """The precision ONNX Runtime runs ``path`` at by default, read from the graph (ORT has
+    no precision setting for the CPU provider: the graph decides). ``"int8 (QDQ)"``: Q/DQ
+    pairs that ORT fuses into integer kernels; ``"int8 (QOperator)"``: integer operators
+    (QLinearConv, MatMulInteger...); ``"fp16"``: FP16 weights; else ``"fp32"``."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends for a damaged file
+        raise BuildError(f"{path}: not a readable ONNX model ({exc}); re-export it") from exc
+    graphs = [model.graph, *(f for f in model.functions)]
+    ops = {n.op_type for g in graphs for n in g.node}
+    if ops & (ORT_QUANT_OPS - {"QuantizeLinear", "DequantizeLinear"}):
+        return "int8 (QOperator)"
+    if "DequantizeLinear" in ops:
+        return "int8 (QDQ)"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
 
 
 class OrtRunner:

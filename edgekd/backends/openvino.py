@@ -1,9 +1,22 @@
 """OpenVINO backend: IR (.xml + .bin) converted from the ONNX files with OpenVINO's own
 converter, and a compiled-model runner on the CPU plugin.
 
-The INT8 IR comes from the QDQ ONNX model: ``ov.convert_model`` turns each
-QuantizeLinear/DequantizeLinear pair into a FakeQuantize, and the CPU plugin executes the
-quantized convolutions and matmuls in INT8 (see the compiled model's runtime precisions).
+The INT8 IR comes from the QDQ ONNX model through ``ov.convert_model``, the converter's whole
+pipeline (what ``ovc`` runs): each QuantizeLinear/DequantizeLinear pair becomes a
+FakeQuantize, and its offline ``CompressQuantizeWeights`` pass folds the FakeQuantize on each
+constant weight into an INT8 constant with a Convert/Subtract/Multiply (so the ``.bin``
+holds INT8 weights, ~4x smaller than FP32, even when a QDQ file keeps its weights in float).
+The CPU plugin executes the quantized convolutions and matmuls in INT8 (see the compiled
+model's runtime precisions, :meth:`OpenVinoRunner.runtime_precisions`).
+
+Precision as deployed: edgekd verifies and benchmarks with ``INFERENCE_PRECISION_HINT=f32``
+(:func:`edgekd.device.runtimes.openvino_config`). Each IR carries that hint in its runtime
+info (``runtime_options``), as OpenVINO's own tools record runtime hints, but the CPU plugin
+of OpenVINO 2026.4 applies only the KV-cache and dynamic-quantization entries of
+``runtime_options`` (``Config::applyRtInfo``), so on a CPU with AVX512-BF16/AMX a plain
+``compile_model`` still runs float layers in bf16: pass the hint when compiling (the deploy
+package's run script does). :func:`inference_precision` says what a plain ``compile_model``
+runs on *this* machine, and the report records it.
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekd.backends import ExportSource, Quantizer
-from edgekd.device.runtimes import openvino_config
+from edgekd.device.runtimes import OV_COMPUTE, OV_INT8, openvino_config
 from edgekd.errors import BuildError, RuntimeMissingError
 
 if TYPE_CHECKING:
@@ -64,16 +77,50 @@ def check(target: Target) -> None:
     _ov()
 
 
+# Where an IR records the settings it was measured with (OpenVINO's runtime_options).
+RUNTIME_OPTIONS = "runtime_options"
+# OpenVINO element types as edgekd names precisions.
+_PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
 def export(source: ExportSource, out_dir: Path) -> dict[str, Path]:
     ov = _ov()
     paths = {}
     for precision, onnx_path in source.onnx.items():
         xml = out_dir / f"{source.stem}_{precision}{SUFFIX}"
-        model = ov.Core().read_model(str(onnx_path))  # the ONNX frontend reads QDQ directly
+        # The converter's pipeline, not Core.read_model: only convert_model runs the offline
+        # passes that store quantized weights as INT8 constants. (A model OpenVINO cannot
+        # convert raises here; the pipeline's ``converting`` turns that into one line.)
+        model = ov.convert_model(str(onnx_path))
+        model.set_rt_info("f32", [RUNTIME_OPTIONS, "INFERENCE_PRECISION_HINT"])
         # FP32 stays FP32: save_model would otherwise compress float weights to FP16.
         ov.save_model(model, str(xml), compress_to_fp16=False)
         paths[precision] = xml
     return paths
+
+
+def inference_precision(path: Path) -> str:
+    """The precision OpenVINO's CPU plugin runs ``path`` at with its *default* settings
+    (``core.compile_model(xml, "CPU")``, no config), as a deployer's plain call would.
+
+    From the compiled model: the runtime precision of its convolutions and matmuls, else
+    its ``INFERENCE_PRECISION_HINT`` (bf16 on CPUs with AVX512-BF16/AMX, whatever the IR
+    says). ``"int8 + fp32"``: the quantized layers run INT8, the rest at fp32.
+    """
+    ov = _ov()
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU")
+    except Exception as exc:  # OpenVINO raises RuntimeError for any read/compile problem
+        raise BuildError(f"{path}: OpenVINO cannot load it ({exc}); keep the .xml and its "
+                         ".bin together and re-export if either is damaged") from exc
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    ran = [str(op.get_rt_info()["runtimePrecision"].astype(str))
+           for op in compiled.get_runtime_model().get_ops()
+           if op.get_rt_info()["layerType"].astype(str) in OV_COMPUTE]
+    floats = [p for p in ran if p not in OV_INT8]
+    name = max(set(floats), key=floats.count) if floats else hint
+    name = _PRECISION_NAMES.get(name, name)
+    return f"int8 + {name}" if any(p in OV_INT8 for p in ran) else name
 
 
 class OpenVinoRunner:

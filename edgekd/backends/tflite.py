@@ -171,6 +171,30 @@ class TfliteRunner:
         return [d["op_name"] for d in self.interpreter._get_ops_details()]
 
 
+def inference_precision(path: Path) -> str:
+    """The precision the TFLite interpreter (XNNPACK) runs ``path`` at by default, from the
+    types of the tensors its operators compute: ``"int8"`` (full-integer), ``"int8 + fp32"``
+    (some operators in float), ``"fp16"``, else ``"fp32"`` (FP16 *weights* alone are
+    dequantized to fp32 when the model loads)."""
+    interpreter_class = _interpreter_class()
+    module = importlib.import_module(interpreter_class.__module__)
+    try:  # the model's own operators, not one XNNPACK node that hides them
+        interpreter = interpreter_class(
+            model_path=str(path), experimental_op_resolver_type=(
+                module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise BuildError(f"{path}: the TFLite interpreter cannot load it ({exc}); re-export "
+                         "the model or check the file is complete") from exc
+    tensors = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
+    computed = {tensors[i] for op in interpreter._get_ops_details()
+                for i in op["outputs"] if i in tensors}
+    integer = any(t in (np.dtype(np.int8), np.dtype(np.uint8)) for t in computed)
+    if integer:
+        return "int8 + fp32" if np.dtype(np.float32) in computed else "int8"
+    return "fp16" if np.dtype(np.float16) in computed else "fp32"
+
+
 def _arg_order(name: str) -> tuple[int, str]:
     """``output_10`` after ``output_9``."""
     tail = name.rsplit("_", 1)[-1]

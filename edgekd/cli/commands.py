@@ -7,6 +7,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from edgekd.cli import bench, build, check, init, steps  # noqa: F401  (each registers its command)
+from edgekd.cli import search as _search  # noqa: F401  (registers `edgekd search`)
 from edgekd.cli.app import app, fail
 from edgekd.cli.display import console
 from edgekd.errors import EdgekdError

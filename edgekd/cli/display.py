@@ -131,7 +131,8 @@ def _artifacts_table(report: dict[str, Any]) -> Table:
 
 
 def print_summary(build_report: Mapping[str, Any], out_dir: Path) -> None:
-    """What ``edgekd build`` prints at the end: models, artifacts, payoff, flags, where the
+    """What ``edgekd build`` prints at the end: models, artifacts, payoff, flags, the
+    headline (deployed student vs teacher, one line per runtime and machine), where the
     reports are."""
     report = dict(build_report)
     stages = Table("stage", "params", "non-zero", "accuracy", title="Models", box=box.SIMPLE)
@@ -162,6 +163,8 @@ def print_summary(build_report: Mapping[str, Any], out_dir: Path) -> None:
                 else "[green]✓[/]")
         console.print(f"{mark} budgets ({escape(source)}): {escape(verdict(checks))}",
                       soft_wrap=True)
+    for row in (report.get("headline") or {}).get("rows", []):  # what the build bought
+        console.print("[bold]vs teacher[/] " + escape(row["detail"]), soft_wrap=True)
     s = report.get("summary", {})
     parts = []
     if "compression" in s:

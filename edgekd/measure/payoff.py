@@ -1,4 +1,5 @@
-"""Does each step pay off? INT8 vs FP32 and pruned vs dense, per runtime and machine.
+"""Does each step pay off? INT8 vs FP32, pruned vs dense, and the deployed student vs the
+teacher (all of it together: the headline, :mod:`.headline`), per runtime and machine.
 
 On this host each compared pair is measured *paired* (:func:`edgekd.measure.bench.run_pair`):
 both files loaded in one process and timed in alternating rounds (A B B A), so that load on
@@ -42,19 +43,40 @@ def _at(entry: dict[str, Any], where: str) -> dict[str, Any] | None:
     return next((r for r in entry.get("remote", []) if r["remote"] == where), None)
 
 
+def reference(references: list[dict[str, Any]], runtime: str, role: str
+              ) -> dict[str, Any] | None:
+    """The FP32 reference of ``role`` ("dense" or "teacher") on ``runtime``; a reference
+    without a role (a report before 1.3) is the dense one."""
+    return next((r for r in references if r["runtime"] == runtime
+                 and r.get("role", "dense") == role), None)
+
+
+def deployed(artifacts: list[dict[str, Any]], runtime: str) -> dict[str, Any] | None:
+    """The student artifact a runtime deploys: the one marked ``"shipped": true`` when the
+    report marks any (the ship policy), else the INT8 artifact, else the FP32 one."""
+    mine = [a for a in artifacts if a["runtime"] == runtime]
+    if any("shipped" in a for a in artifacts):
+        return next((a for a in mine if a.get("shipped")), None)
+    by_prec = {a["precision"]: a for a in mine}
+    return by_prec.get("int8") or by_prec.get("fp32")
+
+
 def compared(artifacts: list[dict[str, Any]], references: list[dict[str, Any]]
              ) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
     """(runtime, step, baseline, candidate) of every comparison the payoff rows make: INT8
-    against FP32 and the (pruned) FP32 against the dense reference, on each runtime. None
-    without references: the payoff section is there only beside them."""
+    against FP32, the (pruned) FP32 against the dense reference, and the deployed student
+    (:func:`deployed`) against the teacher's FP32, on each runtime. None without references:
+    the payoff section is there only beside them."""
     if not references:
         return []
     out = []
     for runtime in dict.fromkeys(a["runtime"] for a in artifacts):
         by_prec = {a["precision"]: a for a in artifacts if a["runtime"] == runtime}
-        dense = next((r for r in references if r["runtime"] == runtime), None)
         for step, base, cand in (("int8", by_prec.get("fp32"), by_prec.get("int8")),
-                                 ("pruning", dense, by_prec.get("fp32"))):
+                                 ("pruning", reference(references, runtime, "dense"),
+                                  by_prec.get("fp32")),
+                                 ("teacher", reference(references, runtime, "teacher"),
+                                  deployed(artifacts, runtime))):
             if base and cand:
                 out.append((runtime, step, base, cand))
     return out
@@ -151,7 +173,8 @@ def _row(runtime: str, step: str, where: str, base: dict[str, Any], cand: dict[s
                f"{latency_text(mc['latency_ms']['p50'])}, {SEPARATE}")
     size = base["size_bytes"] / cand["size_bytes"]
     gz = base.get("size_gzip_bytes", 0) / max(1, cand.get("size_gzip_bytes", 1))
-    what = "INT8 vs FP32" if step == "int8" else "pruned vs dense (both FP32)"
+    what = {"int8": "INT8 vs FP32", "pruning": "pruned vs dense (both FP32)",
+            "teacher": f"student {cand['precision'].upper()} vs teacher FP32"}[step]
     on = f"{runtime}" + (f" on {where}" if where else "")
     if verdict == "no measurable change":
         text = f"{what} on {on}: no measurable latency change"
@@ -168,8 +191,19 @@ def _row(runtime: str, step: str, where: str, base: dict[str, Any], cand: dict[s
 
 
 def flags(rows: list[dict[str, Any]], artifacts: list[dict[str, Any]]) -> list[str]:
-    """What a reader must not miss: steps that made things slower, ops not run as intended."""
-    out = [f"SLOWER: {r['detail']}" for r in rows if r["verdict"] == "slower"]
+    """What a reader must not miss: steps that made a *shipped* artifact slower (with the
+    ship policy's reason for shipping it anyway, when it gives one), ops not run as intended.
+    An INT8 artifact slower than its FP32 that does not ship (the ship policy sent the FP32)
+    is no flag: its payoff row says it. Without ``shipped`` keys every artifact ships."""
+    by_path = {a["path"]: a for a in artifacts}
+    marked = any("shipped" in a for a in artifacts)
+    out = []
+    for r in rows:
+        cand = by_path.get(r["candidate"], {})
+        if r["verdict"] != "slower" or (marked and not cand.get("shipped")):
+            continue
+        why = (cand.get("int8_choice") or {}).get("why")  # the ship policy's documented choice
+        out.append(f"SLOWER: {r['detail']}" + (f"; ships anyway: {why}" if why else ""))
     for a in artifacts:
         off = (a.get("placement") or {}).get("not_as_intended") or []
         if off:

@@ -115,13 +115,14 @@ class Artifact:
     runtime: str
     precision: str
     path: Path
+    role: str = ""  # a reference's: "dense" (before pruning) or "teacher"
 
 
 @dataclass(frozen=True)
 class Exported:
     quantized: QuantizedModel
     artifacts: tuple[Artifact, ...]
-    references: tuple[Artifact, ...]  # FP32 artifacts of the dense model (reference/)
+    references: tuple[Artifact, ...]  # FP32 of the dense model and the teacher (reference/)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Verified:
     exported: Exported
     expected: list[np.ndarray]  # the reference model's outputs on the test split
     entries: list[dict[str, Any]]  # report entries of the artifacts
-    references: list[dict[str, Any]]  # report entries of the dense references
+    references: list[dict[str, Any]]  # report entries of the references (teacher verified)
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,7 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
     with ctx.step("quantize") as s:
         if isinstance(calibration, Feeds) and any(s.role == "state" for s in calibration.specs):
             calibration = calibration.streamed(_fp32_call(deployed, fp32, data),
-                                               [o.name for o in _output_specs(ctx)])
+                                               [o.name for o in output_specs(ctx)])
         quantized = quantize_cached(
             ctx.cache, model.key, fp32, ctx.work / "student_int8.onnx", calibration, q,
             validation=_validation(ctx.inputs),
@@ -222,31 +223,39 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
 
 
 def export(ctx: Deploy, q: QuantizedModel) -> Exported:
-    """Each runtime's FP32 and INT8 (and FP16) artifacts, and FP32 references of the dense
-    model (the distilled student before pruning) in ``reference/``."""
+    """Each runtime's FP32 and INT8 (and FP16) artifacts, and FP32 references in
+    ``reference/``: the dense model (the distilled student before pruning, what pruning
+    bought) and the teacher (what the whole build bought: the headline)."""
     data = ctx.inputs.data
     calibration = q.calibration  # what ONNX Runtime calibrated on: the converters too
     example = samples(data, data.test, 1)
     source = ExportSource(model=q.deployed, example=example, calibration=calibration,
                           onnx=q.onnx, per_channel=ctx.config.quant.per_channel)
-    dense = None
-    if q.model.dense is not None:
-        with ctx.step("export onnx reference") as s:
-            onnx = to_onnx(q.model.dense, samples(data, data.test, 2),
-                           ctx.work / "dense.onnx", _output_names(data))
-            s["detail"] = "FP32 of the distilled student before pruning (torch.onnx)"
-        dense = ExportSource(model=q.model.dense, example=example, calibration=calibration,
-                             onnx={"fp32": onnx}, stem="dense")
-        (ctx.stage / "reference").mkdir()
+    sources: dict[str, ExportSource] = {}
+    for role, model, what in (("dense", q.model.dense,
+                               "FP32 of the distilled student before pruning"),
+                              ("teacher", q.model.teacher, "FP32 of the teacher")):
+        if model is None:
+            continue
+        with ctx.step(f"export onnx {role}") as s, converting(f"ONNX export of the {role}",
+                                                               "onnx"):
+            onnx = to_onnx(model, samples(data, data.test, 2), ctx.work / f"{role}.onnx",
+                           _output_names(data))
+            s["detail"] = f"{what} (torch.onnx)"
+        sources[role] = ExportSource(model=model, example=example, calibration=calibration,
+                                     onnx={"fp32": onnx}, stem=role)
+    if sources:
+        (ctx.stage / "reference").mkdir(exist_ok=True)
     artifacts: list[Artifact] = []
     references: list[Artifact] = []
     for runtime in ctx.target.runtimes:
         with ctx.step(f"export {runtime}") as s:
             paths = _export(runtime, source, ctx.stage)
             artifacts += [Artifact(runtime, prec, path) for prec, path in paths.items()]
-            if dense is not None:
-                refs = _export(runtime, dense, ctx.stage / "reference")
-                references += [Artifact(runtime, prec, path) for prec, path in refs.items()]
+            for role, ref in sources.items():
+                refs = _export(runtime, ref, ctx.stage / "reference")
+                references += [Artifact(runtime, prec, path, role)
+                               for prec, path in refs.items()]
             s["detail"] = ", ".join(p.name for p in paths.values()) + (
                 " (copies of the ONNX files made above)" if runtime == "onnxruntime" else "")
     return Exported(q, tuple(artifacts), tuple(references))
@@ -283,11 +292,14 @@ def converting(what: str, runtime: str) -> Iterator[None]:
 
 
 def describe(a: Artifact) -> dict[str, Any]:
-    """An artifact's report entry: files, format, runtime, size, gzip size, sha256."""
+    """An artifact's report entry: files, format, runtime, size, gzip size, sha256, and the
+    precision the runtime runs it at with its default settings (``inference_precision``:
+    what a deployer's plain load gets, which for OpenVINO on a bf16 CPU is not fp32)."""
     backend = get_backend(a.runtime)
     files = artifact_files(a.path)
     return {"path": a.path.name, "files": [f.name for f in files], "format": backend.FORMAT,
             "precision": a.precision, "runtime": a.runtime,
+            "inference_precision": backend.inference_precision(a.path),
             "runtime_version": backend.runtime_version(),
             "size_bytes": sum(f.stat().st_size for f in files),
             "size_gzip_bytes": gzip_size(files), "sha256": sha256_file(a.path)}
@@ -311,7 +323,7 @@ def _expected(ctx: Deploy, q: QuantizedModel) -> list[np.ndarray]:
                        outputs=data.outputs)
 
 
-def _output_specs(ctx: Deploy) -> tuple[OutputSpec, ...]:
+def output_specs(ctx: Deploy) -> tuple[OutputSpec, ...]:
     data = ctx.inputs.data
     return data.outputs or (OutputSpec("logits" if ctx.classifier else "output",
                                        classifier=ctx.classifier),)
@@ -334,7 +346,7 @@ def verify(ctx: Deploy, exported: Exported) -> Verified:
     data, config = ctx.inputs.data, ctx.config
     expected = _expected(ctx, exported.quantized)
     labels = data.test.y if ctx.classifier else None
-    specs, arrays, outputs = data.input_specs, data.arrays(data.test), _output_specs(ctx)
+    specs, arrays, outputs = data.input_specs, data.arrays(data.test), output_specs(ctx)
     limits = Limits.of(config)
     streams = any(s.role == "state" for s in specs)
     entries = []
@@ -355,8 +367,34 @@ def verify(ctx: Deploy, exported: Exported) -> Verified:
                 entry["stream"] = stream.to_dict()
                 s["detail"] += f", stream of {stream.chunks} chunks"
         entries.append(entry)
-    references = [describe(a) for a in exported.references]
+    references = _verify_references(ctx, exported)
     return Verified(exported, expected, entries, references)
+
+
+def _verify_references(ctx: Deploy, exported: Exported) -> list[dict[str, Any]]:
+    """The references' report entries, each with its ``role``. The teacher's artifacts are
+    verified like the student's, against the teacher in PyTorch: the headline compares the
+    student with them, so one that disagrees with the teacher fails the build."""
+    data, teacher = ctx.inputs.data, exported.quantized.model.teacher
+    out = []
+    expected = None
+    for a in exported.references:
+        entry = {**describe(a), "role": a.role or "dense"}
+        if a.role == "teacher" and teacher is not None:
+            if expected is None:
+                expected = model_outputs(teacher, data.feeds(data.test), outputs=data.outputs)
+            with ctx.step(f"verify {a.path.name}") as s:
+                v = verify_artifact(a.path, a.runtime, threads=ctx.threads,
+                                    y=data.test.y if ctx.classifier else None,
+                                    providers=ctx.providers(a.runtime, a.precision),
+                                    inputs=data.input_specs, arrays=data.arrays(data.test),
+                                    references=expected, outputs=output_specs(ctx))
+                s["detail"] = _verified_detail(v)
+                require_outputs(a.path.name, a.runtime, a.precision, v.outputs,
+                                Limits.of(ctx.config))
+            entry |= v.to_dict()
+        out.append(entry)
+    return out
 
 
 def _one_sample(expected: np.ndarray, spec: OutputSpec) -> list[int]:
@@ -401,6 +439,6 @@ def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,
                       "settings": quant_settings(ctx, quantized)},
         robustness=measured.robustness, threads=ctx.threads,
         output_shapes=[_one_sample(e, o) for e, o in zip(verified.expected,
-                                                          _output_specs(ctx), strict=False)],
-        outputs=_output_specs(ctx),
+                                                          output_specs(ctx), strict=False)],
+        outputs=output_specs(ctx),
         build_seconds=build_seconds, budget=budget)

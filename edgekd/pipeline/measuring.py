@@ -1,7 +1,8 @@
 """The ``measure`` step of a deploy (:mod:`edgekd.pipeline.deploy`): robustness under
 input corruptions, then latency and memory of every artifact in its own process here and
-on every remote device, and each compared pair (INT8 vs FP32, pruned vs dense) timed
-alternately in one process here, for the payoff rows."""
+on every remote device (the teacher's FP32 references too), and each compared pair (INT8 vs
+FP32, pruned vs dense, deployed student vs teacher) timed alternately in one process here,
+for the payoff rows and the headline."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from edgekd.train.loop import accuracy
 from edgekd.train.stage_cache import stage_entry
 
 
-def _bench_spec(ctx: Deploy, entry: dict[str, Any], threads: int) -> BenchSpec:
+def bench_spec(ctx: Deploy, entry: dict[str, Any], threads: int) -> BenchSpec:
     folder = ctx.stage if entry["path"].startswith("student") else ctx.stage / "reference"
     b = ctx.config.bench
     return BenchSpec(folder / entry["path"], entry["runtime"], threads, b.warmup, b.runs,
@@ -98,7 +99,7 @@ def _robustness(ctx: Deploy, verified: Verified) -> dict[str, Any]:
 
 def _bench_remote(ctx: Deploy, entries: list[dict[str, Any]]) -> None:
     """Every artifact on every device, at the target's own thread count."""
-    specs = [_bench_spec(ctx, e, ctx.target.threads) for e in entries]
+    specs = [bench_spec(ctx, e, ctx.target.threads) for e in entries]
     with ctx.step(f"bench on {', '.join(r.host for r in ctx.remotes)}") as s:
         for got in bench_hosts(list(ctx.remotes), specs).values():
             if isinstance(got, Exception):
@@ -109,13 +110,16 @@ def _bench_remote(ctx: Deploy, entries: list[dict[str, Any]]) -> None:
 
 
 def _compare(ctx: Deploy, verified: Verified) -> None:
-    """Each pair the payoff rows compare (INT8 vs FP32, pruned vs dense), timed again here
+    """Each pair the payoff rows compare (INT8 vs FP32, pruned vs dense, the deployed
+    student vs the teacher: :func:`edgekd.measure.payoff.compared`), timed again here
     in alternating rounds in one process: two separate benches run seconds apart, and load
     on a shared machine that changes in between would read as a speed difference."""
     for _, step, base, cand in compared(verified.entries, verified.references):
+        if base["path"] in cand.get(PAIRED, {}):  # timed already (the choose step)
+            continue
         with ctx.step(f"compare {cand['path']} with {base['path']}") as s:
-            spec = PairSpec(_bench_spec(ctx, base, ctx.threads),
-                            _bench_spec(ctx, cand, ctx.threads),
+            spec = PairSpec(bench_spec(ctx, base, ctx.threads),
+                            bench_spec(ctx, cand, ctx.threads),
                             seconds=max(1.0, min(ctx.config.bench.seconds or 2.0, 5.0)))
             result = run_pair(spec)
             cand.setdefault(PAIRED, {})[base["path"]] = result
@@ -131,7 +135,7 @@ def measure(ctx: Deploy, verified: Verified) -> Measured:
     entries = verified.entries + verified.references
     for entry in entries:
         with ctx.step(f"bench {entry['path']}") as s:
-            entry.update(_bench_entry(run_bench(_bench_spec(ctx, entry, ctx.threads))))
+            entry.update(_bench_entry(run_bench(bench_spec(ctx, entry, ctx.threads))))
             s["detail"] = f"p50 {fmt.latency(entry['latency_ms']['p50'])}"
     _compare(ctx, verified)
     if ctx.remotes:

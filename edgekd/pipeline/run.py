@@ -31,6 +31,7 @@ from edgekd.inputs.digits import load_digits
 from edgekd.inputs.objects import InMemory
 from edgekd.inputs.resolve import Inputs, resolve
 from edgekd.measure.remote import Remote
+from edgekd.pipeline.choosing import choose
 from edgekd.pipeline.deploy import (
     Deploy,
     Model,
@@ -148,7 +149,8 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
           on_progress: ProgressCallback | None = None,
           budget: Budget | None = None, budget_source: str | None = None,
           remotes: Sequence[Remote] = (), fresh: bool = False, trust_pickle: bool = False,
-          objects: InMemory | None = None) -> BuildResult:
+          objects: InMemory | None = None, search: dict[str, Any] | None = None
+          ) -> BuildResult:
     """Run the whole pipeline for ``target``; artifacts and reports go to ``out/<target>``.
 
     ``project`` says what to build from (default: the built-in digits demonstration);
@@ -159,6 +161,8 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
     ``trust_pickle`` lets weights files that are full pickles run their code when loaded.
     ``objects``: modules and data given in memory (``edgekd.build(student=..., data=...)``),
     in place of the project's ``[model]`` / ``[data]``.
+    ``search``: the summary of the ``edgekd search`` that chose this model
+    (:mod:`edgekd.search`), kept as ``report["search"]``.
     ``on_step(name, detail)`` hears each step as it ends, ``on_epoch(stage, report)`` each
     epoch of a training stage (:class:`edgekd.train.loop.EpochReport`), ``on_progress``
     every :class:`edgekd.common.progress.Progress` event (each step's start and end,
@@ -198,6 +202,8 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                          fresh=fresh, remotes=remotes)
             report = _deploy(ctx, model_of(inputs, trained), started,
                              _budget(project, target, budget, budget_source))
+            if search is not None:
+                report["search"] = search
             _write_reports(stage, report)
             raise_if_interrupted()  # the last moment a signal can still stop the swap
     return BuildResult(out / target.name, report)
@@ -207,7 +213,7 @@ def _deploy(ctx: Deploy, model: Model, started: float, budget: dict[str, Any] | 
             ) -> dict[str, Any]:
     """The deploy steps, model in, model out, inside the staging folder."""
     ctx.work.mkdir()
-    measured = measure(ctx, verify(ctx, export(ctx, quantize(ctx, model))))
+    measured = measure(ctx, choose(ctx, verify(ctx, export(ctx, quantize(ctx, model)))))
     shutil.rmtree(ctx.work)
     if model.student is not None:
         save_weights(model.student, ctx.stage / "student.safetensors")

@@ -85,7 +85,7 @@ class CheckedArtifact:
 # -- checking an artifact against its reference ---------------------------------------------
 
 
-def _output_specs(references: Sequence[np.ndarray], names: Sequence[str], task: str | None
+def output_specs(references: Sequence[np.ndarray], names: Sequence[str], task: str | None
                   ) -> list[OutputSpec]:
     """Classifier outputs: all with ``task="classification"``, none with ``regression``;
     unsaid, a [samples, classes] output with several classes."""
@@ -254,7 +254,7 @@ def quantize(model: Any, data: Any, *, out: str | os.PathLike[str] | None = None
             with converting(runtime, runtime):
                 int8 = get_backend(runtime).export(source, tmp / runtime)["int8"]
         checked = _check(int8, runtime, "int8", check, reference,
-                         _output_specs(reference, _output_names(fp32, len(reference)), task),
+                         output_specs(reference, _output_names(fp32, len(reference)), task),
                          None, limits, threads, checked_on)
         if strict and checked.problem:
             raise VerificationError(checked.problem)
@@ -313,7 +313,7 @@ def _export(model: Any, example: Any, option: str, *, out: str | os.PathLike[str
         reference = _reference_outputs(module, feeds, threads)
         onnx = ({"fp32": _to_onnx(module, feeds, tmp / "model_fp32.onnx")}
                 if {"onnxruntime", "openvino"} & set(runtimes) else {})
-        outputs = _output_specs(reference, _output_names(module, len(reference)), task)
+        outputs = output_specs(reference, _output_names(module, len(reference)), task)
         source = ExportSource(model=module, example=feeds.head(1), calibration=feeds,
                               onnx=onnx, stem="model")
         checked = []
@@ -364,7 +364,7 @@ def verify(artifact: str | os.PathLike[str], reference: Any, data: Any, *,
             feeds, y = module_feeds(ref, data, None, "test", "--data")
         require_varied(feeds, "--data", "checks nothing")
         references = _reference_outputs(ref, feeds, threads)
-        outputs = _output_specs(references, _output_names(ref, len(references)), task)
+        outputs = output_specs(references, _output_names(ref, len(references)), task)
         return _check(path, runtime, precision, feeds, references, outputs, y, limits,
                       threads, f"{len(feeds)} samples of --data")
 

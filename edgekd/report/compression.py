@@ -1,7 +1,8 @@
 """What ``report.md`` and ``report.html`` both say about compression, worded once: how the
 INT8 model was made (:func:`how_int8_was_made`, :func:`quant_settings`, :func:`search_cells`),
-what INT8 gave in each runtime (:func:`int8_outcomes`, :func:`int8_cells`), and what pruning
-cost and removed (:func:`pruning_effect`, :func:`layer_cells`).
+what INT8 gave in each runtime (:func:`int8_outcomes`, :func:`int8_cells`), what pruning
+cost and removed (:func:`pruning_effect`, :func:`layer_cells`), and what the whole build
+bought against the teacher (:func:`headline_rows`, :func:`headline_cells`).
 
 Each function returns plain text, or takes the page's escapers (``text`` for words, ``code``
 for names: :func:`~.format.md` and :func:`~.format.md_code` in Markdown, ``html.escape`` in
@@ -20,6 +21,32 @@ Escape = Callable[[Any], str]
 
 def _obj(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
+
+
+# -- the headline: deployed student vs teacher ----------------------------------------------------
+
+HEADLINE_HEAD = ("runtime", "device", "accuracy Δ (points)", "size ×", "p50 speed-up ×",
+                 "peak RSS ×")
+HEADLINE_LEAD = ("The deployed student against the teacher's FP32 in the same runtime and "
+                 "machine; × is teacher / student (above 1: the student is smaller, faster, "
+                 "lighter).")
+
+
+def headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``report.json``'s ``headline`` (none without a teacher)."""
+    return [r for r in _obj(report.get("headline")).get("rows") or [] if isinstance(r, dict)]
+
+
+def headline_cells(row: dict[str, Any], text: Escape) -> list[str]:
+    """One headline row as table cells (:data:`HEADLINE_HEAD`); the speed-up with its 95 %
+    interval where it was measured paired."""
+    ci = row.get("speedup_ci95")
+    speed = fmt.times(row.get("speedup_p50"))
+    if isinstance(ci, list) and len(ci) == 2 and None not in ci:
+        speed += f" ({fmt.times(ci[0])}–{fmt.times(ci[1])})"
+    return [text(row.get("runtime")), text(row.get("where")),
+            fmt.points(row.get("accuracy_delta_points")), fmt.times(row.get("size_ratio")),
+            speed, fmt.times(row.get("peak_rss_ratio"))]
 
 
 # -- quantization ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekd.errors import UsageError
+from edgekd.measure.headline import machine_of as _machine_of
 from edgekd.settings.budgets import UNITS, Budget
 from edgekd.settings.targets import canonical_machine, load_target
 
@@ -111,15 +112,6 @@ class _Where:
     result: Mapping[str, Any]
 
 
-def _machine_of(device: Any, fallback: str) -> tuple[str, str]:
-    """(architecture, "architecture, board or CPU") of a bench result's ``device``."""
-    device = device if isinstance(device, Mapping) else {}
-    machine = str(device.get("machine") or fallback or "")
-    board = str(device.get("model") or device.get("cpu") or "")
-    text = ", ".join(p for p in (machine, board if board != machine else "") if p)
-    return canonical_machine(machine), text
-
-
 def _measurements(report: Mapping[str, Any], artifact: Mapping[str, Any], machine: str
                   ) -> list[_Where]:
     """Every measurement of ``artifact`` that speaks for the target: each ``--remote``
@@ -153,7 +145,10 @@ def budget_checks(report: Mapping[str, Any], budget: Budget, *, machine: str | N
     bench`` result measures no accuracy: its accuracy budget is skipped, and ``notes`` (when
     given) says so."""
     artifacts = report.get("artifacts", [])
-    shipped = [a for a in artifacts if a.get("precision", "int8") != "fp32"]
+    # What ships: the artifacts the ship policy marked (edgekd.pipeline.choosing), else (an
+    # older report, an edgekd bench result) every quantized one.
+    shipped = ([a for a in artifacts if a.get("shipped")] if any("shipped" in a for a in artifacts)
+               else [a for a in artifacts if a.get("precision", "int8") != "fp32"])
     if not shipped:
         raise UsageError("the report lists no quantized artifact to check")
     machine = target_machine(report) if machine is None else canonical_machine(machine)
@@ -193,6 +188,34 @@ def budget_checks(report: Mapping[str, Any], budget: Budget, *, machine: str | N
                                 budget.max_accuracy_drop))
     if budget.min_int8_speedup is not None:
         checks += _speedups(report, artifacts, shipped, budget.min_int8_speedup, machine)
+    if budget.min_speedup_vs_teacher is not None:
+        checks += _vs_teacher(report, artifacts, budget.min_speedup_vs_teacher, machine)
+    return checks
+
+
+def _vs_teacher(report: Mapping[str, Any], artifacts: list[dict[str, Any]], limit: float,
+                machine: str) -> list[Check]:
+    """Each headline row's speed-up (teacher FP32 p50 / deployed student p50, same runtime
+    and machine), where the student's measurement speaks for the target (as the latency
+    budgets: :func:`_measurements`)."""
+    top = report.get("headline")
+    if not isinstance(top, Mapping) or not top.get("rows"):
+        raise UsageError("min_speedup_vs_teacher needs the teacher measured beside the "
+                         "student (report.json's headline): check the report of a build with "
+                         "a teacher, or remove the key from the budget")
+    by_path = {a.get("path"): a for a in artifacts}
+    checks = []
+    for row in top["rows"]:
+        student = by_path.get(row["student"])
+        if student is None or row.get("speedup_p50") is None:
+            continue
+        suffix = "" if row["where"] == "host" else f" @ {row['where']}"
+        w = next((w for w in _measurements(report, student, machine) if w.suffix == suffix),
+                 None)
+        if w is not None:
+            checks.append(Check("min_speedup_vs_teacher",
+                                f"{row['student']} vs {row['teacher']}{suffix}",
+                                row["speedup_p50"], limit, w.measured_on, w.on_target))
     return checks
 
 

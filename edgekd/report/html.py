@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgekd.report import compression
+from edgekd.report import compression, search, shipping
 from edgekd.report import format as fmt
 from edgekd.report import markdown as md
 from edgekd.report.gate import verdict
@@ -90,6 +90,14 @@ def _summary(r: dict[str, Any]) -> str:
                      f"({fmt.points(s['distillation_gain_points'])} points)")
     text = "; ".join(parts)
     return f"<p>{text[:1].upper()}{text[1:]}.</p>" if parts else ""
+
+
+def _headline(r: dict[str, Any]) -> str:
+    """Deployed student vs teacher, per runtime and machine: the first table of the page."""
+    rows = [("", compression.headline_cells(h, _e)) for h in compression.headline_rows(r)]
+    return ('<section id="headline">'
+            + _table("Deployed student vs teacher", compression.HEADLINE_HEAD, rows,
+                     lead=_e(compression.HEADLINE_LEAD)) + "</section>") if rows else ""
 
 
 def _flags(r: dict[str, Any]) -> str:
@@ -290,9 +298,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text: small, crisp
         plots = (f'<figure class="plot" id="plot-accuracy-size">{accuracy_size_svg(r)}'
                  f'</figure><figure class="plot" id="plot-latency">{latency_svg(r)}</figure>')
-    body = (_header(r) + _flags(r) + _budget(r) + plots + _stages(r) + _artifacts(r)
-            + _outputs(r) + _pruning(r) + _quantization(r) + _robustness(r) + _payoff(r)
-            + _placement(r) + _nulls(r))
+    found = r.get("search")
+    body = (_header(r) + _headline(r) + _flags(r) + _budget(r)
+            + (search.html_section(found) if isinstance(found, dict) else "")
+            + plots + _stages(r) + _artifacts(r) + _outputs(r) + _pruning(r) + _quantization(r)
+            + _robustness(r) + _payoff(r) + shipping.html_section(r) + _placement(r) + _nulls(r))
     title = f"edgekd build: {_e(r.get('target', 'unknown target'))}"
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{title}</title><style>{_CSS}</style></head>\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edgekd.report import compression
+from edgekd.report import compression, search, shipping
 from edgekd.report import format as fmt
 from edgekd.report.format import md, md_code
 from edgekd.report.gate import BROKEN, HELD, OFF_TARGET, check_state, verdict
@@ -17,14 +17,26 @@ Lines = list[str]
 
 
 def _title(report: dict[str, Any]) -> Lines:
-    """Title, target, the budget verdict and the flags: what a reader must see first."""
+    """Title, target, the headline (what the build bought against the teacher), the budget
+    verdict and the flags: what a reader must see first."""
     lines = [f"# edgekd build: {md_code(report['target'])}", "",
-             md(report['target_description']), ""]
+             md(report['target_description']), "", *_headline(report)]
     budget = report.get("budget")
     if budget:
         lines += [_budget_verdict(budget), ""]
     lines += [f"> ⚠️ {md(flag)}" for flag in report.get("flags", [])]
     return [*lines, ""] if report.get("flags") else lines
+
+
+def _headline(report: dict[str, Any]) -> Lines:
+    rows = compression.headline_rows(report)
+    if not rows:
+        return []
+    head = compression.HEADLINE_HEAD
+    return ["## Deployed student vs teacher", "", md(compression.HEADLINE_LEAD), "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *["| " + " | ".join(compression.headline_cells(r, md)) + " |" for r in rows], "",
+            *[f"- {md(r.get('detail'))}" for r in rows], ""]
 
 
 def _models(report: dict[str, Any]) -> Lines:
@@ -387,11 +399,16 @@ def _nulls(report: dict[str, Any]) -> Lines:
             *[f"- {md_code(n['field'])}: {md(n['why'])}" for n in notes], ""]
 
 
+def _search(report: dict[str, Any]) -> Lines:
+    section = report.get("search")
+    return search.markdown_lines(section) if isinstance(section, dict) else []
+
+
 def render_markdown(build_report: Mapping[str, Any]) -> str:
     """The build report as Markdown that reads well as a GitHub Actions step summary."""
     report = dict(build_report)
     sections = (_title, _models, _artifacts, _pruning, _quantization, _robustness, _latency,
-                _payoff, _placement, _budgets, _nulls)
+                _payoff, shipping.markdown_lines, _placement, _budgets, _search, _nulls)
     lines: Lines = []
     for line in (line for section in sections for line in section(report)):
         if line or (lines and lines[-1]):  # sections pad themselves: one blank line between

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import edgekd
+from edgekd.measure.headline import headline
 from edgekd.measure.payoff import flags, payoff
 from edgekd.report.gate import budget_checks
 from edgekd.report.manifest import artifact_files, build_manifest, gzip_size
@@ -30,12 +31,13 @@ if TYPE_CHECKING:
 
 # Major: a reader of 1.x can read every 1.y report. A new optional field is a minor bump; a
 # removed, renamed or retyped field is a major one (and edgekd check refuses the other major).
-SCHEMA_VERSION = "1.2"  # 1.1: inputs, outputs; per-output verification; stream
+SCHEMA_VERSION = "1.3"  # 1.1: inputs, outputs; per-output verification; stream
 # 1.2: quantization.settings (the quant.* settings as resolved); budget checks' measured_on
 # and on_target, budget.target_machine
+# 1.3: teacher references (references' role, verification), payoff step "teacher", headline
 
 __all__ = ["SCHEMA_VERSION", "Artifact", "BudgetCheck", "Input", "Latency", "Memory", "NullNote",
-           "PayoffRow", "Quantization", "Reference", "RemoteMeasurement", "Report",
+           "Headline", "PayoffRow", "Quantization", "Reference", "RemoteMeasurement", "Report",
            "RuntimeQuantizer", "Stage", "artifact_files", "assemble", "build_manifest",
            "gzip_size", "write_json"]
 
@@ -132,10 +134,23 @@ class _Described(TypedDict):
     sha256: str
 
 
-class Reference(_Described, Measurement, total=False):
-    """A dense FP32 file the payoff rows compare against (``reference/``)."""
-
+class _Benched(_Described, Measurement, total=False):
     remote: list[RemoteMeasurement]
+    inference_precision: str  # what the runtime runs the file at by default (1.3)
+
+
+class Reference(_Benched, total=False):
+    """An FP32 file the payoff rows compare against (``reference/``): ``role`` "dense" (the
+    student before pruning) or "teacher", verified against the teacher like an artifact."""
+
+    role: Literal["dense", "teacher"]  # 1.3
+    accuracy: float | None  # the teacher's verification (1.3)
+    top1_agreement: float | None
+    max_abs_diff: float | None
+    max_rel_error: float | None
+    cosine_min: float | None
+    cosine_mean: float | None
+    outputs: list[dict[str, Any]]
 
 
 class Verification(TypedDict):
@@ -154,14 +169,19 @@ class _PerOutput(TypedDict, total=False):
     stream: dict[str, Any]  # measure.verify.StreamCheck: stateful models (1.1)
 
 
-class Artifact(Reference, Verification, _PerOutput):
+class _Shipped(TypedDict, total=False):
+    shipped: bool  # the file its runtime deploys (the ship policy, 1.3)
+    int8_choice: dict[str, Any]  # the INT8 variants tried and why the shipped one won: open
+
+
+class Artifact(_Benched, Verification, _PerOutput, _Shipped):
     """A shipped file: described, verified in its runtime (every output), benchmarked."""
 
 
 class _PayoffRow(TypedDict):
     runtime: str
     where: str
-    step: str  # int8 | pruning
+    step: str  # int8 | pruning | teacher (the deployed student vs the teacher's FP32)
     baseline: str
     candidate: str
     speedup: float
@@ -178,6 +198,14 @@ class PayoffRow(_PayoffRow, total=False):
     method: str
     speedup_ci95: list[float]
     rounds: int
+
+
+class Headline(TypedDict):
+    """Deployed student vs teacher per runtime and machine (:mod:`edgekd.measure.headline`;
+    each row's keys are in the schema)."""
+
+    reference: Literal["teacher"]
+    rows: list[dict[str, Any]]
 
 
 class RuntimeQuantizer(TypedDict):
@@ -266,13 +294,15 @@ class _Report(TypedDict):
 
 class Report(_Report, total=False):
     """``report.json``. Keys are written in this order: the required ones up to ``model``,
-    then ``references``, ``payoff``, ``quantization``, ``robustness``, ``flags``, ``budget``,
-    ``nulls``."""
+    then ``references``, ``payoff``, ``headline``, ``quantization``, ``robustness``,
+    ``flags``, ``budget``, ``nulls``."""
 
     inputs: list[dict[str, Any]]  # every input, model order (InputSpec.to_dict); 1.1
     outputs: list[dict[str, Any]]  # every output, model order; 1.1
     references: list[Reference]
     payoff: list[PayoffRow]
+    headline: Headline  # only with a teacher (1.3)
+    search: dict[str, Any]  # the edgekd search that chose the model (1.3; its schema)
     quantization: Quantization
     robustness: dict[str, Any]  # models and conditions vary with the build: open
     budget: BudgetSection
@@ -387,9 +417,10 @@ def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
              budget: dict[str, Any] | None) -> Report:
     """The whole report of a build, in the order it is written.
 
-    Computes ``summary`` (from the stages), ``payoff`` (when there are references) and
-    ``flags``. ``budget`` is ``{"source", "limits"}`` (the checks are evaluated here, against
-    this report) or ``{"source", "limits", "checks"}`` (kept as given); ``None``: no budget.
+    Computes ``summary`` (from the stages), ``payoff`` (when there are references),
+    ``headline`` (when one of them is the teacher's) and ``flags``. ``budget`` is
+    ``{"source", "limits"}`` (the checks are evaluated here, against this report) or
+    ``{"source", "limits", "checks"}`` (kept as given); ``None``: no budget.
     Non-finite numbers become ``null``, each listed in ``nulls`` with the reason, so the
     returned report is exactly what ``report.json`` holds.
     """
@@ -400,6 +431,9 @@ def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
     if references:
         report["references"] = references
         report["payoff"] = payoff(artifacts, references)
+        top = headline(artifacts, references, report["payoff"], platform.machine())
+        if top is not None:
+            report["headline"] = top
     if quantization is not None:
         report["quantization"] = quantization
     if robustness is not None:

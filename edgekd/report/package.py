@@ -56,9 +56,13 @@ def write_package(stage: Path, report: Mapping[str, Any],
 
 
 def _by_runtime(report: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """runtime -> precision -> artifact entry, INT8 first (the one to ship)."""
+    """runtime -> precision -> artifact entry, the one to ship first: the entry marked
+    ``"shipped": true`` (edgekd.pipeline.choosing), else INT8 (reports made before)."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for a in sorted(report["artifacts"], key=lambda a: a["precision"] != "int8"):
+    marked = any("shipped" in a for a in report["artifacts"])
+    first = ((lambda a: not a.get("shipped")) if marked
+             else (lambda a: a["precision"] != "int8"))
+    for a in sorted(report["artifacts"], key=first):
         out.setdefault(a["runtime"], {})[a["precision"]] = a
     return out
 
@@ -203,7 +207,9 @@ def render_readme(report: Mapping[str, Any], spec: Mapping[str, Any]) -> str:
         lines.append(f"| {NAMES[runtime]} {md(fmt.version(ship.get('runtime_version')))} | "
                      f"{files} | {_code(_pip(runtime, spec))} | "
                      f"{_code(f'python {script_name(runtime)} {usage}')} |")
-    lines += ["", "`--artifact fp32` runs the FP32 file instead (or `--artifact PATH`), "
+    lines += ["", "Each script runs the shipped file (" + ", ".join(
+        f"{NAMES[r]}: {_code(next(iter(a.values()))['path'])}" for r, a in by_runtime.items())
+        + "); `--artifact int8` or `--artifact fp32` runs the other one (or `--artifact PATH`), "
               f"`--threads N` sets the runtime's threads (default {spec['threads']}, the "
               "target's), `--top K` how many classes to print. LiteRT: `tflite-runtime` "
               "works too where `ai-edge-litert` has no wheel.", "",

@@ -8,6 +8,8 @@ A budget is a ``[budget]`` table in a target file or in a separate ``--budget FI
     max_peak_rss_mb = 120     # each shipped artifact, every measurement
     max_accuracy_drop = 1.0   # points of test accuracy lost vs the teacher
     min_int8_speedup = 1.0    # FP32 p50 / INT8 p50 on the same runtime and machine
+    min_speedup_vs_teacher = 10  # teacher FP32 p50 / deployed student p50, same runtime
+                                 # and machine (the headline); needs a build with a teacher
 
 Shipped artifacts are the quantized ones (precision other than fp32); the FP32 artifacts
 are references. Every key is optional. The check of a report against a budget is
@@ -33,6 +35,7 @@ class Budget:
     max_peak_rss_mb: float | None = None
     max_accuracy_drop: float | None = None
     min_int8_speedup: float | None = None
+    min_speedup_vs_teacher: float | None = None
 
     def __post_init__(self) -> None:
         for key, value in self.to_dict().items():
@@ -50,7 +53,8 @@ class Budget:
 
 KEYS = tuple(f.name for f in fields(Budget))
 UNITS = {"max_size_kb": "KiB", "max_p95_ms": "ms", "max_peak_rss_mb": "MiB",
-         "max_accuracy_drop": "points", "min_int8_speedup": "×"}
+         "max_accuracy_drop": "points", "min_int8_speedup": "×",
+         "min_speedup_vs_teacher": "×"}
 
 
 def parse_budget(table: Any, source: str, key: str = "budget") -> Budget:

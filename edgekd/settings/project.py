@@ -32,6 +32,7 @@ from edgekd.settings.budgets import Budget, parse_budget
 from edgekd.settings.config import BuildConfig, config_schema, origin, set_items
 from edgekd.settings.declarations import InputDecl, OutputDecl
 from edgekd.settings.resources import read_text_file
+from edgekd.settings.search import SearchSpace, parse_search
 from edgekd.settings.targets import Runtime, target_names
 from edgekd.settings.typed import OneOf, check_keys, convert, convert_fields, from_table
 
@@ -170,6 +171,7 @@ class Project:
     budgets: dict[str, Budget] = field(default_factory=dict)  # per target
     inputs: dict[str, InputDecl] = field(default_factory=dict)  # [inputs.<name>]
     outputs: dict[str, OutputDecl] = field(default_factory=dict)  # [outputs.<name>]
+    search: SearchSpace | None = None  # [search]: what `edgekd search` explores
 
     @property
     def builtin(self) -> bool:
@@ -197,6 +199,7 @@ class Project:
 # Top-level keys of the file besides the build settings; all but budget are Project fields.
 _PROJECT_KEYS = ("target", "out", "runtimes", "model", "data", "budget", "inputs", "outputs")
 _OWN_KEYS = _PROJECT_KEYS[:-3]
+_SEARCH = "search"  # [search]: what `edgekd search` explores (edgekd.settings.search)
 
 
 def _declarations(raw: Any, key: str, cls: type[Any]) -> dict[str, Any]:
@@ -241,12 +244,14 @@ def _budgets(raw: Any, source: str) -> tuple[Budget | None, dict[str, Budget]]:
 def parse_project(raw: dict[str, Any], root: Path, source: str) -> Project:
     """A :class:`Project` from a TOML table; every problem is one line naming the file."""
     try:
-        check_keys(raw, [*_PROJECT_KEYS, *(f.name for f in fields(BuildConfig))])
+        check_keys(raw, [*_PROJECT_KEYS, *(f.name for f in fields(BuildConfig)), _SEARCH])
         own = convert_fields(Project, {k: raw[k] for k in _OWN_KEYS if k in raw})
         _check_own(own)
-        build = BuildConfig.from_dict({k: v for k, v in raw.items() if k not in _PROJECT_KEYS})
+        build = BuildConfig.from_dict({k: v for k, v in raw.items()
+                                       if k not in _PROJECT_KEYS and k != _SEARCH})
         own["inputs"] = _declarations(raw.get("inputs"), "inputs", InputDecl)
         own["outputs"] = _declarations(raw.get("outputs"), "outputs", OutputDecl)
+        own["search"] = parse_search(raw.get(_SEARCH))
         if (own["inputs"] or own["outputs"]) and own.get("model") is None:
             raise ValueError("[inputs] and [outputs] describe a project's own model: add "
                              "[model] and [data], or remove them")

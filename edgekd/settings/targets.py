@@ -15,6 +15,7 @@ from typing import Annotated
 
 from edgekd.errors import UsageError
 from edgekd.settings.budgets import Budget
+from edgekd.settings.config import ShipPolicy
 from edgekd.settings.resources import read_text_file, targets_dir
 from edgekd.settings.typed import OneOf, from_table
 
@@ -55,6 +56,12 @@ class Target:
     # ONNX Runtime execution providers, in order of preference. A GPU target lists only GPU
     # providers: the build fails when none of them is available instead of using the CPU.
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # Which artifact of each runtime ships when INT8 is not faster than FP32 ("int8",
+    # "fastest", "smallest"; see edgekd.pipeline.choosing); a project's ``ship`` overrides it.
+    ship: ShipPolicy = "int8"
+    # Why the target ships what it ships, in one sentence: the report's "what ships" section
+    # and the flag of an INT8 artifact shipped although slower here quote it.
+    ship_reason: str = ""
     budget: Budget = Budget()  # the [budget] table (see edgekd.settings.budgets)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,155 @@
+"""The known ONNX Runtime INT8 alternatives to the build's QDQ model, made with ORT's own
+``quantize_static`` from the same FP32 file and the same calibration ranges.
+
+Which INT8 form is fastest depends on the CPU and the model, not on a rule:
+
+- ``QOperator`` (QLinearConv, QLinearMatMul, ...) instead of ``QDQ``: the integer ops are in
+  the file, nothing is left for ORT's QDQ fusion to find; small, overhead-bound models lose
+  the DequantizeLinear/QuantizeLinear pairs ORT keeps around ops it does not fuse.
+- Only the weighted layers quantized (Conv, Gemm, MatMul: ``op_types_to_quantize``):
+  element-wise ops (Add of a residual, pooling, activations) stay in float, so the graph
+  does not pay a Q/DQ pair at each of them.
+- Per-tensor instead of per-channel weight scales: one scale per layer, cheaper
+  requantization on kernels without a per-channel path.
+- U8S8 (uint8 activations, int8 weights) vs S8S8: on x86 ORT's u8 x s8 kernels are the fast
+  path (VNNI, AVX2 ``pmaddubsw``); ORT's docs call S8S8 QOperator slow on x86-64; on ARM
+  S8S8 with dot-product instructions can win.
+
+Graph optimisation is not a variant: ONNX Runtime applies ``ORT_ENABLE_ALL`` when it loads a
+model (edgekd's benchmark worker, the verifier and the shipped ``run_onnxruntime.py`` all use
+it), and a file saved after those optimisations may hold ops specific to the CPU it was made
+on, which would not be the file that was verified if the device differs.
+
+Each :class:`Variant` keeps the build's float layers (``nodes_to_exclude``, the accuracy-aware
+search's result) so its accuracy starts from the same place; whether it holds accuracy and
+runs faster is measured by :mod:`edgekd.pipeline.choosing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd.compress.quantize import (
+    CALIBRATION_CHUNK,
+    LAYER_OPS,
+    CalibrationReader,
+    activation_type,
+    preprocess,
+    reduce_range,
+)
+from edgekd.errors import BuildError
+from edgekd.inputs.dataset import Feeds
+from edgekd.settings.config import QuantConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One INT8 file and the ``quantize_static`` settings it was made with."""
+
+    name: str
+    settings: dict[str, Any]
+    path: Path
+
+
+def build_settings(config: QuantConfig, *, tensorrt: bool = False) -> dict[str, Any]:
+    """The settings of the build's own INT8 model (:func:`edgekd.compress.quantize.quantize`),
+    in the form every variant records."""
+    act = activation_type(config, tensorrt=tensorrt)
+    return {"format": "QDQ", "activation_type": act, "weight_type": config.weight_type,
+            "per_channel": config.per_channel, "reduce_range": reduce_range(config, act),
+            "op_types": "all"}
+
+
+def candidates(config: QuantConfig, *, tensorrt: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(name, settings) of each alternative to the build's INT8 settings, in the order they
+    are worth trying; a variant with the build's own settings is left out."""
+    own = build_settings(config, tensorrt=tensorrt)
+    other_act = "int8" if own["activation_type"] == "uint8" else "uint8"
+    act = {"uint8": "u8s8", "int8": "s8s8"}
+    tried: list[tuple[str, dict[str, Any]]] = [
+        ("qoperator", {"format": "QOperator"}),
+        ("qdq-layers-only", {"op_types": "layers"}),
+        ("qoperator-layers-only", {"format": "QOperator", "op_types": "layers"}),
+        ("qdq-per-tensor", {"per_channel": False}),
+        (f"qdq-{act[other_act]}", {"activation_type": other_act,
+                                  "reduce_range": other_act == "uint8"}),
+    ]
+    out = []
+    for name, change in tried:
+        settings = {**own, **change}
+        if settings != own:
+            suffix = f"-{act[settings['activation_type']]}" if "activation_type" not in change \
+                else ""
+            out.append((name + suffix, settings))
+    return out
+
+
+def make_variants(fp32: Path, out_dir: Path, calibration: np.ndarray | Feeds,
+                  config: QuantConfig, *, float_layers: Sequence[str] = (),
+                  tensorrt: bool = False, only: Sequence[str] | None = None) -> list[Variant]:
+    """Write each alternative INT8 model of ``fp32`` into ``out_dir`` (``<name>.onnx``),
+    calibrated once on ``calibration`` with ``config.method``; ``float_layers`` stay in float
+    as in the build's model. ``only``: just these variant names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [(n, s) for n, s in candidates(config, tensorrt=tensorrt)
+              if only is None or n in only]
+    variants = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32, Path(tmp) / "pre.onnx")
+        ranges = Path(tmp) / "ranges.json"  # the first call calibrates, the rest reuse
+        for name, settings in chosen:
+            path = out_dir / f"{name}.onnx"
+            _write(pre, path, calibration, config, settings, ranges, list(float_layers))
+            variants.append(Variant(name, settings, path))
+    return variants
+
+
+def _write(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantConfig,
+           settings: dict[str, Any], ranges: Path, exclude: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from edgekd.common.quiet import quiet
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[config.method]
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    n = len(calibration)
+    chunk = max(d for d in range(1, min(CALIBRATION_CHUNK, n) + 1) if n % d == 0)
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    name = next(i.name for i in graph.input if i.name not in inits)
+    symmetric = settings["activation_type"] == "int8"
+    try:
+        with quiet("onnxruntime.quantization"):
+            quantize_static(
+                str(pre), str(out), CalibrationReader(calibration, name),
+                quant_format=QuantFormat.QOperator if settings["format"] == "QOperator"
+                else QuantFormat.QDQ,
+                op_types_to_quantize=list(LAYER_OPS) if settings["op_types"] == "layers"
+                else None,
+                per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                activation_type=types[settings["activation_type"]],
+                weight_type=types[settings["weight_type"]], calibrate_method=method,
+                nodes_to_exclude=exclude, calibration_cache_path=ranges,
+                extra_options={"CalibStridedMinMax": chunk,
+                               "CalibPercentile": config.percentile,
+                               "ActivationSymmetric": symmetric})
+    except (MemoryError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ORT's quantizer fails in its own types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BuildError(f"INT8 variant {out.stem} failed inside ONNX Runtime's quantizer "
+                         f"({type(exc).__name__}: {first}) (--debug shows the trace)") from exc
+    model = onnx.load(str(out))
+    model.graph.ClearField("value_info")  # as quantize.py: runtimes re-derive shapes
+    onnx.save_model(model, str(out))

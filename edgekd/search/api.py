@@ -1,0 +1,109 @@
+"""``search(...)``: the whole search, top to bottom, for the CLI and for Python.
+
+    the [search] space, checked against the project (before anything is written)
+      -> the study (resumed if a search of the same space and project ran before)
+      -> each candidate: untrained figures -> trained build if within the budget
+      -> outcome: Pareto front, winner, why
+      -> the winner built into OUT/<target> as a normal build, report["search"] added
+      -> OUT/<target>/search/search.json, search.md, search.html
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from edgekd.common.progress import ProgressCallback
+from edgekd.errors import BuildError, UsageError
+from edgekd.search.outcome import section as summary
+from edgekd.search.space import check_space, from_params, winner_project
+from edgekd.search.study import (
+    CandidateCallback,
+    default_storage,
+    need_space,
+    run_search,
+    search_dir,
+    study_name,
+)
+from edgekd.search.trial import Run
+from edgekd.settings.budgets import Budget
+from edgekd.settings.project import Project
+from edgekd.settings.targets import Target, load_target
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    out_dir: Path  # OUT/<target>: the winner's build
+    section: dict[str, Any]  # what search.json holds
+    report: dict[str, Any]  # the winner's report.json
+
+
+def _target(name: str | Target, project: Project) -> Target:
+    target = load_target(name) if isinstance(name, str) else name
+    if project.runtimes:
+        extra = [r for r in project.runtimes if r not in target.runtimes]
+        if extra:
+            raise UsageError(f"runtimes: {extra[0]!r} is not a runtime of target "
+                             f"{target.name!r} ({', '.join(target.runtimes)}): choose from those")
+        target = replace(target, runtimes=tuple(r for r in target.runtimes
+                                                if r in project.runtimes))
+    return target
+
+
+def search(target: str | Target, *, project: Project, out: Path, trials: int | None = None,
+           storage: str | None = None, study: str | None = None,
+           budget: Budget | None = None, budget_source: str | None = None,
+           remotes: Sequence[Any] = (), trust_pickle: bool = False,
+           on_progress: ProgressCallback | None = None,
+           on_candidate: CandidateCallback | None = None) -> SearchResult:
+    """Search the project's ``[search]`` space for ``target``; build the winner into
+    ``out/<target>``. ``budget`` replaces the project's and the target's. Raises
+    :class:`UsageError` for a bad space (nothing written), :class:`BuildError` when no
+    candidate fits (the candidates' records stay in the study and ``OUT/.search``)."""
+    space = need_space(project.search, project.source)
+    if trials is not None and trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {trials}")
+    target = _target(target, project)
+    check_space(project, space)
+    budget = budget if budget is not None else (project.budget_for(target.name)
+                                                or target.budget)
+    source = budget_source or (project.source if project.budget_for(target.name)
+                               else f"target {target.name}")
+    limits = None if budget.empty else budget
+    run = Run(project=project, target=target, out=out, study="", budget=limits,
+              remotes=remotes, trust_pickle=trust_pickle, on_progress=on_progress)
+    run = replace(run, study=study or study_name(run, space))
+    url = storage or default_storage(out, run.study)
+    candidates = run_search(run, space, url, trials=trials, on_candidate=on_candidate)
+    found = summary(candidates, study=run.study, storage=url, space=space.to_dict(),
+                    budget=limits, budget_source=source if limits else None)
+    if found["winner"] is None:
+        where = search_dir(out, run.study)
+        _write(where, found)
+        raise BuildError(f"search: {found['why']}; every candidate is in {where}/search.json: "
+                         "widen the [search] space or relax the budget")
+    best = next(c for c in candidates if c["number"] == found["winner"])
+    cand = from_params({**{f"student_args.{k}": v
+                           for k, v in best["params"]["student_args"].items()},
+                        "prune_sparsity": best["params"]["prune_sparsity"],
+                        "precision": best["params"]["precision"]})
+    from edgekd.pipeline.run import build
+
+    result = build(target, out=out, project=winner_project(project, cand), remotes=remotes,
+                   trust_pickle=trust_pickle, on_progress=on_progress, budget=budget,
+                   budget_source=budget_source, search=found)
+    _write(result.out_dir / "search", found)
+    return SearchResult(result.out_dir, found, result.report)
+
+
+def _write(folder: Path, section: dict[str, Any]) -> None:
+    from edgekd.report.search import page_html, page_markdown
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "search.json").write_text(json.dumps(section, indent=2) + "\n",
+                                        encoding="utf-8")
+    (folder / "search.md").write_text(page_markdown(section), encoding="utf-8")
+    (folder / "search.html").write_text(page_html(section), encoding="utf-8")

@@ -1,0 +1,279 @@
+"""`edgekd search`: the most accurate student within the budget, on a tiny 3-channel project
+with a residual teacher, built in the test. Real builds, real runtimes, a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.projects import QUICK
+from tests.rgb_data import shapes, write_npz
+
+MODELS = '''
+"""A residual teacher and a student whose width is a factory argument."""
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Conv2d(cin, cout, 1, 2, bias=False)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+
+
+class Teacher(nn.Module):
+    def __init__(self, num_classes=6):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU())
+        self.block = Block(16, 24)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+def teacher(num_classes=6):
+    return Teacher(num_classes)
+
+
+class Student(nn.Module):
+    def __init__(self, num_classes, width):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def student(num_classes=6, width=8):
+    return Student(num_classes, width)
+'''
+
+# Widths 4 and 12 fit in 40 KiB; width 96 (83k conv weights, ~85 KiB in INT8) does not.
+SEARCH = """
+[search]
+trials = 3
+student_args = { width = [4, 12, 96] }
+prune_sparsity = [0.0]
+precision = ["int8"]
+"""
+
+
+def project(root: Path, search: str = SEARCH) -> Path:
+    x, y = shapes(24, seed=0)
+    root.mkdir(parents=True, exist_ok=True)
+    write_npz(root / "shapes.npz", x, y)
+    (root / "models.py").write_text(MODELS)
+    body = textwrap.dedent("""
+        target = "x86-cpu"
+        [model]
+        teacher = "models.py:teacher"
+        student = "models.py:student"
+        [data]
+        train = "shapes.npz"
+        mean = [0.2, 0.2, 0.2]
+        std = [0.3, 0.3, 0.3]
+        scale = 0.00392156862745098
+        [budget]
+        max_size_kb = 40
+        """)
+    (root / "edgekd.toml").write_text(body + search + QUICK)
+    return root / "edgekd.toml"
+
+
+def edgekd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _by_width(section: dict) -> dict[int, dict]:
+    return {c["params"]["student_args"]["width"]: c for c in section["candidates"]}
+
+
+def _check_outcome(section: dict, out: Path) -> None:
+    found = _by_width(section)
+    assert set(found) == {4, 12, 96}
+    wide = found[96]
+    # Over the size budget untrained: stopped early, never trained, no training build.
+    assert wide["state"] == "stopped early" and wide["trained"] is False
+    assert wide["broken"] == ["max_size_kb"] and wide["figures"]["accuracy"] is None
+    assert wide["untrained"]["size_bytes"] > 40 * 1024
+    assert not (out / ".search" / section["study"] / f"trial-{wide['number']:03d}"
+                / "train").exists()
+    feasible = [c for c in section["candidates"] if c["state"] == "feasible"]
+    assert {c["params"]["student_args"]["width"] for c in feasible} == {4, 12}
+    assert all(c["trained"] and c["figures"]["size_bytes"] <= 40 * 1024 for c in feasible)
+    best = max(feasible, key=lambda c: (c["figures"]["accuracy"], -c["figures"]["p50_ms"]))
+    assert section["winner"] == best["number"]
+    assert section["trainings"] == 2 and section["trainings_saved"] == 1
+    assert section["why"].startswith("most accurate of the 2 feasible candidates")
+    assert "untrained and never trained" in section["why"]
+    assert set(section["pareto"]) <= {c["number"] for c in feasible}
+    assert best["number"] in section["pareto"]
+    # The winner is built into OUT/<target> as a normal build, the summary in its report.
+    report = json.loads((out / "x86-cpu" / "report.json").read_text())
+    assert report["search"]["winner"] == best["number"]
+    search_dir = out / "x86-cpu" / "search"
+    assert json.loads((search_dir / "search.json").read_text()) == section
+    assert "<svg" in (search_dir / "search.html").read_text()
+    assert "Winner: #" in (search_dir / "search.md").read_text()
+
+
+@pytest.mark.slow
+def test_search_stops_the_oversized_candidate_and_builds_the_best(tmp_path: Path) -> None:
+    from edgekd.pipeline.api import load
+    from edgekd.report.schema import validate_report
+    from edgekd.search.api import search
+
+    config = project(tmp_path / "p")
+    out = tmp_path / "out"
+    result = search("x86-cpu", project=load(config), out=out)
+    _check_outcome(result.section, out)
+    assert validate_report(json.loads((out / "x86-cpu" / "report.json").read_text())) == []
+    # The teacher trained once for the whole search: one teacher stage in the shared cache.
+    stages = list((out / ".cache" / "stages").glob("teacher*"))
+    assert len(stages) <= 1
+
+
+def _finished(storage: str, study: str) -> list:
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        s = optuna.load_study(study_name=study, storage=storage)
+    except KeyError:  # not created yet
+        return []
+    return [t for t in s.get_trials(states=(TrialState.COMPLETE,)) if "record" in t.user_attrs]
+
+
+@pytest.mark.slow
+def test_search_killed_with_sigkill_resumes_without_retraining(tmp_path: Path) -> None:
+    import optuna
+
+    root = tmp_path / "p"
+    config = project(root)
+    out = tmp_path / "out"
+    args = ["search", "-c", str(config), "-o", str(out), "--study", "s",
+            "--storage", f"sqlite:///{tmp_path / 'study.db'}", "-q"]
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", *args], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not _finished(storage, "s") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            time.sleep(0.2)
+        first = _finished(storage, "s")
+        assert len(first) == 1
+        assert proc.poll() is None  # killed while the next candidate runs
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert sum(t.state.name == "RUNNING" for t in study.trials) == 1  # the one it was running
+
+    again = edgekd(*args, cwd=root)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("FAIL") == 1  # the killed one, retried
+    kept = [t for t in _finished(storage, "s") if "duplicate_of" not in t.user_attrs]
+    # The first trial is kept as it was (measured by the killed process), not retrained.
+    assert first[0].number in [t.number for t in kept]
+    survivor = next(t for t in kept if t.number == first[0].number)
+    assert survivor.user_attrs["pid"] == proc.pid
+    assert survivor.user_attrs["record"] == first[0].user_attrs["record"]
+    # Three distinct candidates, each measured once.
+    keys = [json.dumps(t.params, sort_keys=True) for t in kept]
+    assert len(keys) == len(set(keys)) == 3
+    section = json.loads((out / "x86-cpu" / "search" / "search.json").read_text())
+    _check_outcome(section, out)
+
+
+# -- bad input: one line, exit 2, nothing written -----------------------------------------------
+
+
+@pytest.mark.parametrize(("search", "expected"), [
+    ("[search]\ntrails = 3\nstudent_args = { width = [4, 8] }\n",
+     "unknown key 'search.trails' (did you mean 'trials'?)"),
+    ("[search]\nstudent_args = { width = [] }\n",
+     "search.student_args.width is an empty list"),
+    ("[search]\nstudent_args = { width = [4, 8] }\nprecision = []\n",
+     "search.precision is an empty list"),
+    ("[search]\nstudent_args = { widht = [4, 8] }\n",
+     "takes no argument 'widht' (did you mean 'width'?)"),
+    ("", "no [search] table"),
+])
+def test_search_bad_input(tmp_path: Path, search: str, expected: str) -> None:
+    root = tmp_path / "p"
+    config = project(root, search)
+    before = sorted(p.name for p in root.iterdir())
+    done = edgekd("search", "-c", str(config), "-o", str(tmp_path / "out"), cwd=root)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_search_space_ranges_and_size() -> None:
+    from edgekd.settings.search import parse_search
+
+    space = parse_search({"student_args": {"width": {"low": 8, "high": 32, "step": 8},
+                                           "depth": [1, 2]},
+                          "prune_sparsity": [0.0, 0.5], "precision": ["int8", "fp32"]})
+    assert space is not None
+    assert space.student_args["width"] == (8, 16, 24, 32)
+    assert space.size == 4 * 2 * 2 * 2
+    with pytest.raises(ValueError, match="needs a step"):
+        parse_search({"student_args": {"w": {"low": 0.1, "high": 0.5}}})
+    with pytest.raises(ValueError, match="explores nothing"):
+        parse_search({"student_args": {"w": [8]}})
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        parse_search({"precision": ["int4", "int8"]})
+
+
+def test_winner_pareto_and_why() -> None:
+    from edgekd.search.outcome import pareto, winner
+
+    def cand(n: int, state: str, acc: float | None, p50: float, size: int,
+             broken: list[str] | None = None) -> dict:
+        return {"number": n, "label": f"width={n}", "state": state, "broken": broken or [],
+                "trained": acc is not None,
+                "figures": {"accuracy": acc, "p50_ms": p50, "size_bytes": size}}
+
+    found = [cand(0, "feasible", 0.90, 1.0, 1000), cand(1, "feasible", 0.85, 0.5, 800),
+             cand(2, "feasible", 0.80, 0.6, 900),  # beaten by #1 on all three
+             cand(3, "infeasible", 0.95, 3.0, 5000, ["max_p95_ms"]),
+             cand(4, "stopped early", None, 9.0, 90000, ["max_size_kb"])]
+    assert sorted(pareto(found)) == [0, 1]
+    best, why = winner(found)
+    assert best is not None and best["number"] == 0
+    assert why.startswith("most accurate of the 3 feasible candidates (90.00%)")
+    assert "the more accurate #3 (width=3, 95.00%) was over max_p95_ms" in why
+    assert "1 candidate (width=4) was over max_size_kb untrained and never trained" in why
+    none, why = winner(found[3:])
+    assert none is None and why.startswith("no candidate is within the budget")
