@@ -30,8 +30,9 @@ from edgekd.errors import VerificationError
 from edgekd.measure.bench import PairSpec, run_pair
 from edgekd.measure.payoff import PAIRED, paired_speedup
 from edgekd.measure.verify import Limits, Verification, require_outputs, verify_artifact
-from edgekd.pipeline.deploy import Artifact, Deploy, Verified, describe, output_specs
+from edgekd.pipeline.deploy import Artifact, Deploy, Verified, output_specs
 from edgekd.pipeline.measuring import bench_spec
+from edgekd.pipeline.verifying import describe
 from edgekd.settings.targets import canonical_machine
 
 log = logging.getLogger(__name__)

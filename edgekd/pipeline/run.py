@@ -3,7 +3,8 @@
     project inputs (data, models)
       -> training stages (pipeline.training: teacher -> student from scratch, the baseline ->
          distilled student -> pruned + fine-tuned student, each in the stage cache)
-      -> deploy steps (pipeline.deploy: quantize -> export -> verify -> measure -> assemble)
+      -> deploy steps (pipeline.deploy: quantize -> export -> verify -> choose -> measure ->
+         assemble)
       -> report.json, report.md, report.html, manifest.json in OUT/<target>
 
 A finished model (trained weights or an ONNX file) skips the training stages. Everything is
@@ -39,10 +40,10 @@ from edgekd.pipeline.deploy import (
     export,
     model_of,
     quantize,
-    verify,
 )
 from edgekd.pipeline.measuring import measure
 from edgekd.pipeline.training import EpochCallback, run_training
+from edgekd.pipeline.verifying import verify
 from edgekd.report.html import render_html
 from edgekd.report.markdown import render_markdown
 from edgekd.report.model import build_manifest, write_json
