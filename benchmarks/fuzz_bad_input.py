@@ -179,12 +179,17 @@ def _kind(value: Any) -> str:
 
 
 def _nonfinite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, list):
-        return any(_nonfinite(v) for v in value)
-    if isinstance(value, dict):
-        return any(_nonfinite(v) for v in value.values())
+    """Whether a NaN or infinity hides anywhere in ``value`` (a loop, not recursion: the
+    malformed values include lists nested 400 deep)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return True
+        if isinstance(v, list):
+            todo.extend(v)
+        elif isinstance(v, dict):
+            todo.extend(v.values())
     return False
 
 
