@@ -67,6 +67,23 @@ def test_evaluate_covers_shipped_artifacts_and_every_device() -> None:
     assert speed.measured == pytest.approx(2.0) and speed.ok and speed.margin == pytest.approx(0.5)
 
 
+def test_a_build_report_checks_accuracy_and_what_ships() -> None:
+    """Every build report has a "bench" section (its benchmark settings): the accuracy budget
+    is still checked (only an edgekd bench result has no accuracy). Where the ship policy
+    marked what ships, that artifact is checked, FP32 included."""
+    report = {**REPORT, "bench": {"warmup": 50, "runs": 300, "threads": 2},
+              "artifacts": [{**REPORT["artifacts"][0], "shipped": True},
+                            {**REPORT["artifacts"][1], "shipped": False}]}
+    checks = {(c.budget, c.subject): c
+              for c in budget_checks(report, Budget(max_size_kb=5000, max_accuracy_drop=2.0))}
+    assert set(checks) == {("max_size_kb", "m_fp32.onnx"), ("max_accuracy_drop", "m_fp32.onnx")}
+    assert checks[("max_accuracy_drop", "m_fp32.onnx")].measured == pytest.approx(0.5)
+    notes: list[str] = []
+    bench = {"artifacts": REPORT["artifacts"], "from_bench": True}
+    assert not [c for c in budget_checks(bench, Budget(max_accuracy_drop=2.0), notes=notes)
+                if c.budget == "max_accuracy_drop"] and "max_accuracy_drop skipped" in notes[0]
+
+
 def test_junit_lists_every_check_and_failures() -> None:
     checks = budget_checks(REPORT, Budget(max_size_kb=1, max_p95_ms=100))
     root = ET.fromstring(junit_xml(checks, "b.toml"))

@@ -282,9 +282,12 @@ def run_pair(spec: dict[str, Any]) -> dict[str, Any]:
     one process and timed in alternating rounds, so that load on the machine that changes
     during the measurement hits both sides alike instead of looking like a speed difference.
 
-    Each round times ``n`` runs of each side in the order A B B A (B A A B in odd rounds): a
-    load that rises or falls steadily through a round weighs on both sides equally. ``n`` is
-    chosen so that one block takes about ``block_ms``; the rounds fill about ``seconds``
+    Each round times a block of runs of each side in the order A B B A (B A A B in odd
+    rounds): a load that rises or falls steadily through a round weighs on both sides
+    equally. Each side's block has as many runs as take it about ``block_ms``, from its own
+    latency: one count for both, sized from the slower side, would give a model 50× faster
+    only a few runs per block, each right after the other model ran (cold caches), and
+    understate the speed-up (a 46× pair read 3.6×). The rounds fill about ``seconds``
     (between PAIR_MIN_ROUNDS and PAIR_MAX_ROUNDS rounds). The result has each round's median
     latency of each side; :mod:`edgekd.measure.payoff` turns them into a speed-up per round
     and an interval over rounds.
@@ -294,16 +297,18 @@ def run_pair(spec: dict[str, Any]) -> dict[str, Any]:
     probe: list[list[float]] = [[], []]
     for side in (0, 1, 1, 0):  # a first estimate of each side's latency
         _block(infer[side], 5, probe[side])
-    slower = max(float(np.median(probe[0])), float(np.median(probe[1])), 1e-6)
-    n = int(min(PAIR_MAX_BLOCK, max(3, spec.get("block_ms", 2.0) / slower)))
+    latency = [max(float(np.median(p)), 1e-6) for p in probe]
+    block_ms = spec.get("block_ms", 2.0)
+    n = [int(min(PAIR_MAX_BLOCK, max(3, block_ms / v))) for v in latency]
+    round_ms = 2 * (n[0] * latency[0] + n[1] * latency[1])
     rounds = int(min(PAIR_MAX_ROUNDS, max(PAIR_MIN_ROUNDS,
-                                          spec.get("seconds", 2.0) * 1000 / (4 * n * slower))))
+                                          spec.get("seconds", 2.0) * 1000 / round_ms)))
     rounds = spec.get("rounds") or rounds
     medians = []
     for r in range(rounds):
         times: list[list[float]] = [[], []]
         for side in ((0, 1, 1, 0) if r % 2 == 0 else (1, 0, 0, 1)):
-            _block(infer[side], n, times[side])
+            _block(infer[side], n[side], times[side])
         medians.append([round(float(np.median(t)), 6) for t in times])
     return {"pair": [Path(base_spec["artifact"]).name, Path(cand_spec["artifact"]).name],
             "runtime": base_spec["runtime"], "threads": base_spec["threads"],

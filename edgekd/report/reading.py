@@ -116,7 +116,7 @@ def _bench_as_report(benchmarks: list[dict[str, Any]], target: str | None = None
             a.setdefault("remote", []).append(b)
         else:
             a.update(b)
-    report: dict[str, Any] = {"artifacts": list(artifacts.values()), "bench": True}
+    report: dict[str, Any] = {"artifacts": list(artifacts.values()), "from_bench": True}
     if target is not None:
         report["target"] = target
         try:

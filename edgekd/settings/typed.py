@@ -145,8 +145,15 @@ def convert(value: Any, hint: Any, key: str) -> Any:
     that names ``key``."""
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
-        value = convert(value, args[0], key)
-        for choice in (m for m in args[1:] if isinstance(m, OneOf)):
+        choices = [m for m in args[1:] if isinstance(m, OneOf)]
+        try:
+            value = convert(value, args[0], key)
+        except _Mismatch as exc:  # a number where a choice goes: name the choices too
+            if not choices:
+                raise
+            raise _Mismatch(key, f"one of {', '.join(choices[0].values)}", value,
+                            specific=True) from exc
+        for choice in choices:
             if value not in choice.values:
                 close = difflib.get_close_matches(str(value), choice.values, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
