@@ -253,7 +253,7 @@ def test_page_has_quantization_and_pruning_sections(report: dict[str, Any]) -> N
     assert "<td>1</td><td>conv1</td>" in page.replace(' class="num"', "")  # search step 1
     assert "Excluded from INT8 (kept in float): conv1." in page
     assert "99.06 % → 98.12 %" in page and "127.0 → 39.8" in page  # tflite FP32 → INT8
-    assert "0.42× slower (host)" in page
+    assert "2.38× slower (host)" in page
     assert "<h2>Pruning: layers</h2>" in page
     assert "99.06 % before pruning (student_distilled) → 99.06 % after" in page
     assert "non-zero parameters 31,574 → 15,876" in page

@@ -129,6 +129,11 @@ def _times(speedup: float) -> str:
     return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
 
 
+def _smaller(ratio: float) -> str:
+    """A size ratio (baseline / candidate) in words: ``1.25× larger``, never ``0.80× smaller``."""
+    return f"{ratio:.2f}× smaller" if ratio >= 1 or ratio <= 0 else f"{1 / ratio:.2f}× larger"
+
+
 def payoff(artifacts: list[dict[str, Any]], references: list[dict[str, Any]]
            ) -> list[dict[str, Any]]:
     """One row per runtime, step and machine where both sides were measured. Takes the
@@ -180,7 +185,7 @@ def _row(runtime: str, step: str, where: str, base: dict[str, Any], cand: dict[s
         text = f"{what} on {on}: no measurable latency change"
     else:
         text = f"{what} on {on}: {_times(speedup)}"
-    text += f" ({how}); file {size:.2f}× smaller, gzipped {gz:.2f}× smaller"
+    text += f" ({how}); file {_smaller(size)}, gzipped {_smaller(gz)}"
     if step == "pruning" and verdict == "no measurable change":
         text += "; pruning compressed size only"
     return {"runtime": runtime, "where": where or "host", "step": step,

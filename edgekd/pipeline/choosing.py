@@ -13,8 +13,12 @@ Then the ``ship`` policy (the project's, else the target's) decides: ``int8`` sh
 even when slower, ``smallest`` ships INT8, ``fastest`` ships FP32 only when the paired
 verdict says INT8 is slower ("no measurable change" keeps INT8: it is smaller). Every
 artifact entry gets ``"shipped"``; each INT8 entry gets ``"int8_choice"``: the policy, what
-was tried with its figures, what ships and why. Where the target is a device of another
-architecture than this host, nothing is timed: this host's figure is not the device's.
+was tried with its figures, what ships and why (``why``: sentences, each starting with a
+capital). Where the target is a device of another architecture than this host, this host's
+figure is not the device's: it decides nothing (no variants, ``fastest`` keeps INT8), but
+where the measure step times the pair for the payoff rows anyway (a build with references)
+it is timed here, shown as this host's figure and reused there, so that "What ships" and the
+payoff row never disagree.
 """
 
 from __future__ import annotations
@@ -112,10 +116,19 @@ def _choose_runtime(ctx: Deploy, verified: Verified, runtime: str, fp32: dict[st
                 int(int8["size_bytes"]), int8.get("accuracy"))
     tried = [own]
     here = _foreign(ctx)
-    if here is not None:
-        own.kept, own.why = True, (f"not timed: this host is {here}, the target "
-                                   f"{ctx.target.machine}")
-    elif runtime == "onnxruntime" or policy == "fastest":
+    if here is not None or (runtime != "onnxruntime" and policy != "fastest"):
+        # The timing does not decide here; where the measure step would time this pair for
+        # the payoff rows anyway (references), it is timed now and reused there, so that
+        # "What ships" and the payoff row show the same figure.
+        if verified.references:
+            result = _pair(ctx, fp32, int8)
+            own.timing = {**paired_speedup(result), "result": result}
+            int8.setdefault(PAIRED, {})[fp32["path"]] = result
+        own.kept = True
+        own.why = (f"this host's figure ({here}), not the target's ({ctx.target.machine}): "
+                   "it does not decide what ships" if here is not None else
+                   f"ship = \"{policy}\" ships INT8 whatever the timing")
+    else:
         result = _pair(ctx, fp32, int8)
         own.timing = {**paired_speedup(result), "result": result}
         # TensorRT takes QDQ only, and a GPU's speed is not what the CPU variants change.
@@ -132,10 +145,8 @@ def _choose_runtime(ctx: Deploy, verified: Verified, runtime: str, fp32: dict[st
         if verified.references and best.timing.get("result"):
             # measuring.py's "compare" step can reuse this instead of timing the pair again
             int8.setdefault(PAIRED, {})[fp32["path"]] = best.timing["result"]
-    else:
-        own.kept, own.why = True, f"not timed: ship = \"{policy}\" ships INT8 regardless"
     kept = next(t for t in tried if t.kept)
-    shipped, why = _decide(policy, kept, fp32, int8)
+    shipped, why = _decide(policy, kept, fp32, int8, here)
     if source != "project" and ctx.target.ship_reason:
         why += f" (target {ctx.target.name}: {ctx.target.ship_reason})"
     return {"runtime": runtime, "policy": policy, "policy_from": source,
@@ -231,24 +242,36 @@ def _times(speedup: float) -> str:
     return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
 
 
-def _decide(policy: str, kept: Tried, fp32: dict[str, Any], int8: dict[str, Any]
-            ) -> tuple[str, str]:
-    """(precision that ships, one sentence of why)."""
-    smaller = fp32["size_bytes"] / max(1, int8["size_bytes"])
+def _decide(policy: str, kept: Tried, fp32: dict[str, Any], int8: dict[str, Any],
+            here: str | None = None) -> tuple[str, str]:
+    """(precision that ships, why: sentences that start with a capital). ``here`` is this
+    host's architecture where the target's differs: its timing is shown, never decisive."""
+    ratio = fp32["size_bytes"] / max(1, int8["size_bytes"])
+    smaller = f"{ratio:.2f}× smaller" if ratio >= 1 else f"{1 / ratio:.2f}× larger"
     name = "the build's INT8" if kept.name == BUILD_INT8 else f"INT8 variant {kept.name}"
-    speed = (f"{_times(kept.speedup)} than FP32 by the paired timing" if kept.timing
+    on = f"on this host ({here}; not the target's figure, so it does not decide)" if here \
+        else "by the paired timing"
+    speed = (f"{_times(kept.speedup)} than FP32 {on}" if kept.timing
              and kept.verdict != "no measurable change" else
-             "no measurable speed difference from FP32" if kept.timing else "not timed")
-    if policy == "fastest" and kept.verdict == "slower":
-        return "fp32", (f"FP32 ships: {name} is {_times(kept.speedup)} than FP32 by the paired "
-                        "timing, and ship = \"fastest\"")
-    if policy == "fastest":
-        return "int8", (f"{name} ships: {speed}, and {smaller:.2f}× smaller (ship = "
-                        "\"fastest\" keeps INT8 unless it is measurably slower)")
-    if policy == "smallest":
-        return "int8", (f"{name} ships: {smaller:.2f}× smaller than FP32 (ship = "
-                        f"\"smallest\"); {speed}")
-    return "int8", (f"{name} ships because ship = \"int8\"" + (
-        f", although it is {_times(kept.speedup)} than FP32 on this host"
-        if kept.verdict == "slower" else f": {speed}") + f"; {smaller:.2f}× smaller")
+             f"no measurable speed difference from FP32 {on}" if kept.timing else
+             "not timed against FP32")
+    if policy == "fastest" and kept.verdict == "slower" and here is None:
+        return "fp32", _capital(f"FP32 ships: {name} is {_times(kept.speedup)} than FP32 by "
+                                "the paired timing, and ship = \"fastest\"")
+    if policy == "fastest" and here is not None:
+        why = (f"{name} ships: ship = \"fastest\" needs a timing on the target, and this "
+               f"host is {here}; {speed}; {smaller}")
+    elif policy == "fastest":
+        why = (f"{name} ships: {speed}, and {smaller} (ship = \"fastest\" keeps "
+               "INT8 unless it is measurably slower)")
+    elif policy == "smallest":
+        why = f"{name} ships: {smaller} than FP32 (ship = \"smallest\"); {speed}"
+    else:
+        why = (f"{name} ships because ship = \"int8\"" + (
+            f", although it is {speed}" if kept.verdict == "slower" else f"; {speed}")
+            + f"; {smaller}")
+    return "int8", _capital(why)
 
+
+def _capital(sentence: str) -> str:
+    return sentence[:1].upper() + sentence[1:]

@@ -51,28 +51,48 @@ def headline_cells(row: dict[str, Any], text: Escape) -> list[str]:
 
 # -- quantization ------------------------------------------------------------------------------
 
+def kept_variant(report: dict[str, Any], path: Any) -> dict[str, Any]:
+    """The INT8 variant that replaced the build's own INT8 file ``path`` (its entry in the
+    artifact's ``int8_choice["tried"]``: name and ``settings``); {} when the build's own
+    file is the one in the build."""
+    art = next((a for a in report.get("artifacts") or [] if isinstance(a, dict)
+                and a.get("path") == path), {})
+    choice = _obj(art.get("int8_choice"))
+    return next((t for t in choice.get("tried") or [] if isinstance(t, dict) and t.get("kept")
+                 and t.get("name") not in (None, "build")
+                 and isinstance(t.get("settings"), dict)), {})
+
+
 def how_int8_was_made(report: dict[str, Any], text: Escape, code: Escape) -> str:
-    """The section's first sentence: the tool, the calibration and the ``quant.*`` settings."""
+    """The section's first sentences: the tool, the calibration and the settings the file in
+    the build was made with (a kept variant's, where one replaced the build's INT8)."""
     q = _obj(report.get("quantization"))
     splits = _obj(_obj(report.get("dataset")).get("splits"))
-    return (f"{code(q.get('path'))}: ONNX Runtime's {code('quantize_static')} (QDQ), activation "
-            f"ranges calibrated with {code(q.get('method'))} on the calibration split "
+    variant = kept_variant(report, q.get("path"))
+    form = _obj(variant.get("settings")).get("format", "QDQ")
+    replaced = (f" It is INT8 variant {code(variant.get('name'))}, which replaced the model made "
+                "with the build's own settings (see What ships)." if variant else "")
+    return (f"{code(q.get('path'))}: ONNX Runtime's {code('quantize_static')} ({text(form)}), "
+            f"activation ranges calibrated with {code(q.get('method'))} on the calibration split "
             f"({text(splits.get('calibration', '?'))} samples)"
             + (", taken from the cache of an earlier build" if q.get("cached") else "")
-            + f". {text(quant_settings(q))}")
+            + f".{replaced} {text(quant_settings(q, _obj(variant.get('settings'))))}")
 
 
-def quant_settings(q: dict[str, Any]) -> str:
+def quant_settings(q: dict[str, Any], variant: dict[str, Any] | None = None) -> str:
     """The ``quant.*`` values this INT8 model was made with, when the report records them
-    (``quantization.settings``, report schema 1.2; older reports point to manifest.json)."""
-    s = q.get("settings")
-    if not isinstance(s, dict) or not s:
+    (``quantization.settings``, report schema 1.2; older reports point to manifest.json);
+    ``variant``: the settings of a kept INT8 variant, which override the build's."""
+    s = {**_obj(q.get("settings")), **(variant or {})}
+    if not s:
         return ("Per-channel weights, activation and weight types, 7-bit weights "
                 "(reduce_range), equalisation and the accuracy budget are the build's quant.* "
                 "settings, in manifest.json (config.quant).")
     parts = [f"{'per-channel' if s.get('per_channel') else 'per-tensor'} weights",
              f"{s.get('activation_type', '?')} activations, {s.get('weight_type', '?')} weights"
              + (" (7-bit: reduce_range)" if s.get("reduce_range") else "")]
+    if s.get("op_types") == "layers":
+        parts.append("only the conv/linear layers quantized")
     if q.get("method") == "percentile" and "percentile" in s:
         parts.append(f"percentile {s['percentile']}")
     parts.append("cross-layer equalisation" if s.get("equalize") else "no equalisation")
@@ -106,6 +126,11 @@ def int8_outcomes(report: dict[str, Any]) -> list[dict[str, Any]]:
                          and a.get("precision") == precision), {})
         int8 = file("int8")
         made = _obj(by_runtime.get(str(rt)))
+        variant = kept_variant(report, int8.get("path"))
+        if variant:  # the file in the build is the variant, not what by_runtime describes
+            form = _obj(variant.get("settings")).get("format", "QDQ")
+            made = {**made, "tool": f"ONNX Runtime quantize_static ({form}), variant "
+                                    f"{variant.get('name')}"}
         rows.append({"runtime": rt, "made": made, "fp32": file("fp32"), "int8": int8,
                      "payoff": [p for p in pay if p.get("candidate") == int8.get("path")]})
     return rows
@@ -135,14 +160,28 @@ def int8_cells(row: dict[str, Any], text: Escape) -> list[str]:
     p50 FP32 → INT8, the speed-up on each machine (``1.06× faster (host)``), and the settings
     the runtime's quantizer ignores."""
     f32, i8, made = row["fp32"], row["int8"], row["made"]
-    speedups = "; ".join(f"{fmt.times(p.get('speedup'))} {p.get('verdict', '')} "
-                         f"({p.get('where', 'host')})" for p in row["payoff"])
+    speedups = "; ".join(f"{_speed(p)} ({p.get('where', 'host')})" for p in row["payoff"])
     return [text(row["runtime"]), text(made.get("tool")), text(made.get("when")),
             f"{fmt.percent(f32.get('accuracy'))} → {fmt.percent(i8.get('accuracy'))}",
             f"{fmt.kib(f32.get('size_bytes'))} → {fmt.kib(i8.get('size_bytes'))}",
             f"{fmt.latency(_p50(f32))} → {fmt.latency(_p50(i8))}",
             text(speedups or fmt.MISSING),
             text(", ".join(map(str, made.get("ignored") or [])) or ("none" if made else None))]
+
+
+def _speed(p: dict[str, Any]) -> str:
+    """A payoff row's speed-up in the words of its verdict: ``1.48× slower``, never
+    ``0.67× slower``."""
+    s, verdict = fmt.real(p.get("speedup")), p.get("verdict")
+    if s is None or s <= 0:
+        return fmt.MISSING
+    if verdict == "slower":
+        return f"{fmt.times(1 / s)} slower"
+    if verdict == "faster":
+        return f"{fmt.times(s)} faster"
+    if verdict == "no measurable change":
+        return f"no measurable change ({fmt.times(s)})"
+    return f"{fmt.times(s)} {verdict or ''}".strip()
 
 
 # -- pruning -----------------------------------------------------------------------------------

@@ -203,7 +203,8 @@ def _latency(report: dict[str, Any]) -> Lines:
             "bound. **peak RSS**: the process's high-water mark (Python + NumPy + runtime + "
             "model). **model RSS**: resident memory after importing the runtime, loading the "
             "model and one inference, minus the empty interpreter's (runtime libraries + model "
-            "+ arena). `reference/dense_fp32.*` is the distilled student before pruning.", ""]
+            "+ arena). `reference/dense_fp32.*` is the distilled student before pruning, "
+            "`reference/teacher_fp32.*` the teacher.", ""]
 
 
 def _payoff(report: dict[str, Any]) -> Lines:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgekd.measure.payoff import reference
 from edgekd.report import compression
 from edgekd.report import format as fmt
 from edgekd.report.format import md, md_code
 
 Lines = list[str]
-
 
 
 def pruning_lines(report: dict[str, Any]) -> Lines:
@@ -84,14 +84,16 @@ def _left_dense(stage: dict[str, Any]) -> Lines:
 
 
 def _dense_vs_pruned(report: dict[str, Any]) -> Lines:
-    """One line per runtime: the dense reference file against the pruned FP32 artifact."""
+    """One line per runtime: the dense reference file (the distilled student before pruning,
+    never the teacher) against the pruned FP32 artifact."""
     pruned = {a["runtime"]: a for a in report["artifacts"] if a["precision"] == "fp32"}
     speed = {r["runtime"]: r for r in report.get("payoff", [])
              if r["step"] == "pruning" and r["where"] == "host"}
+    refs = report.get("references", [])
     lines = []
-    for dense in report.get("references", []):
-        a = pruned.get(dense["runtime"])
-        if not a or "latency_ms" not in a or "latency_ms" not in dense:
+    for runtime, a in pruned.items():
+        dense = reference(refs, runtime, "dense")
+        if not dense or "latency_ms" not in a or "latency_ms" not in dense:
             continue
         verdict = speed.get(dense["runtime"], {}).get("verdict", "not compared")
         lines.append(

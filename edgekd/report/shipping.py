@@ -46,8 +46,10 @@ def _cells(t: Mapping[str, Any]) -> list[str]:
 
 
 def _lead(c: Mapping[str, Any]) -> str:
+    why = str(c.get("why") or "").rstrip(".")
+    why = why[:1].upper() + why[1:]  # a report before the choose step wrote sentences
     return (f"{c.get('runtime')}: ships {c.get('shipped')} (ship = \"{c.get('policy')}\", "
-            f"from the {c.get('policy_from')}). {c.get('why')}.")
+            f"from the {c.get('policy_from')}). {why}.")
 
 
 def markdown_lines(report: Mapping[str, Any]) -> list[str]:
@@ -58,7 +60,9 @@ def markdown_lines(report: Mapping[str, Any]) -> list[str]:
     lines = ["## What ships", "",
              "INT8 timed against FP32 in alternating rounds in one process (paired); where "
              "INT8 was not faster, ONNX Runtime's other INT8 forms were made, verified on the "
-             "test split and timed the same way.", ""]
+             "test split and timed the same way. Where the target is a device of another "
+             "architecture than this host, the figure is this host's: shown, never deciding "
+             "what ships.", ""]
     for c in found:
         lines += [fmt.md(_lead(c)), "", "| " + " | ".join(HEAD) + " |",
                   "|---|---|---:|---:|---:|---|---|---|---|"]
