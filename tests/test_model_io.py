@@ -19,6 +19,8 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
+from edgekd.report.model import SCHEMA_VERSION
+
 ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
 BENCH = """
 [bench]
@@ -121,7 +123,7 @@ def test_three_inputs_two_outputs_verified_per_output_and_streamed(stream_projec
     done = _edgekd(stream_project, "--target", target)
     assert done.returncode == 0, done.stderr
     report = json.loads((stream_project / "build" / target / "report.json").read_text())
-    assert report["schema_version"] == "1.2"
+    assert report["schema_version"] == SCHEMA_VERSION
     assert [(i["name"], i["dtype"], i["role"]) for i in report["inputs"]] == [
         ("chunk", "float32", "data"), ("state", "float32", "state"), ("sr", "int64", "fixed")]
     assert report["inputs"][1]["from_output"] == "next_state"

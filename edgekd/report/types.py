@@ -17,7 +17,8 @@ from edgekd.report.nulls import NullNote
 SCHEMA_VERSION = "1.3"  # 1.1: inputs, outputs; per-output verification; stream
 # 1.2: quantization.settings (the quant.* settings as resolved); budget checks' measured_on
 # and on_target, budget.target_machine
-# 1.3: teacher references (references' role, verification), payoff step "teacher", headline
+# 1.3: teacher references (references' role, verification), payoff step "teacher", headline;
+# artifacts' shipped, int8_choice and inference_precision; search
 
 __all__ = ["SCHEMA_VERSION", "Artifact", "Bench", "BudgetCheck", "BudgetSection", "Headline",
            "Host", "Input", "Latency", "Measurement", "Memory", "NullNote", "PayoffRow",
