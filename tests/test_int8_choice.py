@@ -146,6 +146,24 @@ def test_smallest_ships_int8(project: Path, tmp_path: Path) -> None:
     assert "smaller" in ort["int8"]["int8_choice"]["why"]
 
 
+def test_fp32_policy_ships_fp32_and_the_budget_checks_it(project: Path, tmp_path: Path) -> None:
+    """ship = "fp32" (what edgekd search sets for an FP32 candidate) ships FP32 without
+    trying variants; run_onnxruntime.py and the size budget then take the FP32 file."""
+    from edgekd.report.gate import budget_checks
+    from edgekd.settings.budgets import Budget
+
+    report = _build(project, tmp_path / "out", "ship=fp32")
+    ort = _ort(report)
+    choice = ort["int8"]["int8_choice"]
+    assert ort["fp32"]["shipped"] is True and ort["int8"]["shipped"] is False
+    assert choice["shipped_precision"] == "fp32" and [t["name"] for t in choice["tried"]] == [
+        "build"] and choice["why"].startswith('FP32 ships because ship = "fp32"')
+    checked = {c.subject for c in budget_checks(report, Budget(max_size_kb=1e6))}
+    assert checked == {ort["fp32"]["path"]}
+    script = (tmp_path / "out" / "x86-cpu" / "run_onnxruntime.py").read_text()
+    assert ort["fp32"]["path"] in script
+
+
 def test_bad_ship_value_is_one_line(project: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["build", "--config", str(project / "edgekd.toml"), "--out",
                                  str(tmp_path / "out"), "--set", "ship=bogus"])

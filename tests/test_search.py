@@ -277,3 +277,149 @@ def test_winner_pareto_and_why() -> None:
     assert "1 candidate (width=4) was over max_size_kb untrained and never trained" in why
     none, why = winner(found[3:])
     assert none is None and why.startswith("no candidate is within the budget")
+
+
+# -- a candidate's precision, a failed candidate, --storage, Ctrl-C ------------------------------
+
+
+def _report(shipped: str) -> dict:
+    """A build's report.json as the checks read it: both files of one runtime, the ship
+    policy's choice marked."""
+    def art(precision: str, size: int, p50: float) -> dict:
+        return {"path": f"student_{precision}.onnx", "runtime": "onnxruntime",
+                "precision": precision, "size_bytes": size, "accuracy": 0.9,
+                "shipped": precision == shipped,
+                "latency_ms": {"p50": p50, "p95": p50}, "memory": {"peak_rss_mb": 50.0}}
+    return {"stages": [{"name": "teacher", "accuracy": 0.95}],
+            "artifacts": [art("fp32", 40 * 1024, 1.0), art("int8", 12 * 1024, 0.5)]}
+
+
+@pytest.mark.parametrize("policy", ["int8", "fp32"])
+def test_checks_hold_the_candidates_precision_whatever_the_ship_policy(policy: str) -> None:
+    from edgekd.search.outcome import broken, checks
+    from edgekd.settings.budgets import Budget
+
+    budget = Budget(max_size_kb=16, max_accuracy_drop=10, min_int8_speedup=1.5)
+    report = _report(policy)  # what the build's ship policy chose does not matter
+    fp32 = checks(report, "fp32", budget, machine="x86_64")
+    assert {c["subject"] for c in fp32} == {"student_fp32.onnx"}
+    assert broken(fp32) == ["max_size_kb"]  # 40 KiB; the INT8 speed-up is not FP32's budget
+    int8 = checks(report, "int8", budget, machine="x86_64")
+    assert {c["subject"] for c in int8} == {"student_int8.onnx"}
+    assert broken(int8) == []
+    speedup = next(c for c in int8 if c["budget"] == "min_int8_speedup")
+    assert speedup["measured"] == pytest.approx(2.0)  # against the FP32 file beside it
+    untrained = checks(report, "fp32", budget, machine="x86_64", untrained=True)
+    assert {c["budget"] for c in untrained} == {"max_size_kb"}
+
+
+def test_winner_project_ships_the_candidates_precision() -> None:
+    from edgekd.search.space import Candidate, ship_policy, winner_project
+    from edgekd.settings.config import SHIP_POLICIES
+    from edgekd.settings.project import Project, parse_project
+
+    project = parse_project({"model": {"student": "m.py:s", "teacher": "m.py:t"},
+                             "data": {"train": "d.npz"}, "ship": "fastest"}, Path("."),
+                            "edgekd.toml")
+    assert isinstance(project, Project)
+    int8 = winner_project(project, Candidate({"width": 4}, 0.0, "int8"))
+    assert int8.build.ship == "int8"
+    fp32 = winner_project(project, Candidate({"width": 4}, 0.0, "fp32"))
+    assert fp32.build.ship == ("fp32" if "fp32" in SHIP_POLICIES else "fastest")
+    assert ship_policy("fp32", None) == ("fp32" if "fp32" in SHIP_POLICIES else None)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("sqlite:////nonexistent/dir/x.db", "cannot open the SQLite file /nonexistent/dir/x.db"),
+    ("foo://bar", "unknown database 'foo'"),
+    ("search.db", "is not a database URL"),
+    ("postgresql://me@localhost/db", "install psycopg2"),
+])
+def test_bad_storage_is_one_line(url: str, expected: str) -> None:
+    from edgekd.errors import UsageError
+    from edgekd.search.study import open_study
+
+    with pytest.raises(UsageError, match="sqlite:///|psycopg2") as caught:
+        open_study(url, "s", 0)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+
+
+ODD = """
+[search]
+trials = 2
+student_args = { width = [5, 7] }
+precision = ["int8"]
+"""
+
+
+def test_failed_candidates_are_recorded_once_and_not_retried(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    config = project(root, ODD)
+    (root / "models.py").write_text(MODELS + textwrap.dedent('''
+        def student(num_classes=6, width=8):
+            if width % 2:
+                raise ValueError(f"width must be even, got {width}")
+            return Student(num_classes, width)
+        '''))
+    out = tmp_path / "out"
+    done = edgekd("search", "-c", str(config), "-o", str(out), "-q", cwd=root)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: search: no candidate"), done.stderr
+    assert "2 candidates" in lines[0] and "failed to build" in lines[0]
+    # Each candidate measured (and failed) once, however often the sampler proposes it.
+    shown = [line for line in done.stdout.splitlines() if ": failed: " in line]
+    assert len(shown) == 2 and all("width must be even" in line for line in shown)
+    (folder,) = (out / ".search").iterdir()
+    section = json.loads((folder / "search.json").read_text())
+    assert section["candidates"] == [] and section["winner"] is None
+    assert sorted(f["params"]["student_args"]["width"] for f in section["failed"]) == [5, 7]
+    assert all("width must be even" in f["error"] for f in section["failed"])
+    assert "failed to build" in section["why"]
+    # Run again: read back from the study, nothing measured again.
+    again = edgekd("search", "-c", str(config), "-o", str(out), "-q", cwd=root)
+    assert again.returncode == 1 and ": failed: " not in again.stdout, again.stdout
+
+
+def test_bad_storage_cli_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    config = project(root)
+    before = sorted(p.name for p in root.iterdir())
+    done = edgekd("search", "-c", str(config), "-o", str(tmp_path / "out"), "--storage",
+                  "sqlite:////nonexistent/dir/x.db", cwd=root)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --storage "), done.stderr
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_search_promptly_and_leaves_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    config = project(root)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", "search", "-c", str(config),
+                             "-o", str(out), "-q"], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".search/*/trial-000")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside the first candidate's build
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted:"), err
+    assert "run the same command again to resume" in lines[0]
+    with pytest.raises(ProcessLookupError):  # no child left (the benchmark worker, ...)
+        os.killpg(proc.pid, 0)
+    # Nothing recorded yet: no study file, no candidate folder, nothing in OUT/<target>.
+    assert not list(out.glob(".cache/search/*")) and not (out / ".search").exists()
+    assert not (out / "x86-cpu").exists()

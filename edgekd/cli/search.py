@@ -28,6 +28,11 @@ from edgekd.errors import EdgekdError, UsageError
 
 
 def _candidate_line(record: dict[str, Any]) -> None:
+    if record.get("error"):
+        console.print(f"candidate #{record['number']} ({record['label']}): failed: "
+                      f"{record['error']} ({record.get('seconds', 0):.0f} s)", soft_wrap=True,
+                      markup=False)
+        return
     f = record.get("figures") or {}
     acc = f.get("accuracy")
     figures = ", ".join(p for p in (
@@ -64,6 +69,9 @@ def search(
     budget: Annotated[Path | None, typer.Option(help="TOML file with a [budget] table; "
                                                 "replaces the project's and target's.")]
     = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", help="Any setting, section.key=value (repeatable), applied to every "
+        "candidate and to the winner's build, e.g. distill.epochs=5.")] = None,
     remote: Annotated[list[str] | None, typer.Option(help="Also benchmark every candidate on "
                                                      "user@host over SSH (repeatable).")]
     = None,
@@ -98,7 +106,8 @@ def search(
             from edgekd.settings.budgets import load_budget_file
 
             mute_third_party(level == "debug")
-            project = load(config, target=target, budget=budget)
+            project = load(config, target=target, budget=budget, settings=settings or [],
+                           origins={s: f"--set {s}" for s in settings or []})
             name = target or project.target or DEFAULT_TARGET
             result = run_search(
                 name, project=project, out=output_root(out, config), trials=trials,

@@ -116,7 +116,8 @@ def _choose_runtime(ctx: Deploy, verified: Verified, runtime: str, fp32: dict[st
                 int(int8["size_bytes"]), int8.get("accuracy"))
     tried = [own]
     here = _foreign(ctx)
-    if here is not None or (runtime != "onnxruntime" and policy != "fastest"):
+    if here is not None or policy == "fp32" or (runtime != "onnxruntime"
+                                                 and policy != "fastest"):
         # The timing does not decide here; where the measure step would time this pair for
         # the payoff rows anyway (references), it is timed now and reused there, so that
         # "What ships" and the payoff row show the same figure.
@@ -127,7 +128,8 @@ def _choose_runtime(ctx: Deploy, verified: Verified, runtime: str, fp32: dict[st
         own.kept = True
         own.why = (f"this host's figure ({here}), not the target's ({ctx.target.machine}): "
                    "it does not decide what ships" if here is not None else
-                   f"ship = \"{policy}\" ships INT8 whatever the timing")
+                   f"ship = \"{policy}\" ships {'FP32' if policy == 'fp32' else 'INT8'} "
+                   "whatever the timing")
     else:
         result = _pair(ctx, fp32, int8)
         own.timing = {**paired_speedup(result), "result": result}
@@ -255,6 +257,9 @@ def _decide(policy: str, kept: Tried, fp32: dict[str, Any], int8: dict[str, Any]
              and kept.verdict != "no measurable change" else
              f"no measurable speed difference from FP32 {on}" if kept.timing else
              "not timed against FP32")
+    if policy == "fp32":
+        return "fp32", _capital(f"FP32 ships because ship = \"fp32\"; {name} would be "
+                                f"{smaller}, {speed}")
     if policy == "fastest" and kept.verdict == "slower" and here is None:
         return "fp32", _capital(f"FP32 ships: {name} is {_times(kept.speedup)} than FP32 by "
                                 "the paired timing, and ship = \"fastest\"")

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 from edgekd.common.progress import ProgressCallback
 from edgekd.errors import BuildError, UsageError
 from edgekd.search.outcome import section as summary
-from edgekd.search.space import check_space, from_params, winner_project
+from edgekd.search.space import check_space, from_params, ship_policy, winner_project
 from edgekd.search.study import (
     CandidateCallback,
     default_storage,
@@ -28,9 +30,10 @@ from edgekd.search.study import (
     search_dir,
     study_name,
 )
-from edgekd.search.trial import Run
+from edgekd.search.trial import SEARCH_DIR, Run
 from edgekd.settings.budgets import Budget
 from edgekd.settings.project import Project
+from edgekd.settings.search import SearchSpace
 from edgekd.settings.targets import Target, load_target
 
 
@@ -76,8 +79,8 @@ def search(target: str | Target, *, project: Project, out: Path, trials: int | N
     run = Run(project=project, target=target, out=out, study="", budget=limits,
               remotes=remotes, trust_pickle=trust_pickle, on_progress=on_progress)
     run = replace(run, study=study or study_name(run, space))
+    candidates = _searched(run, space, storage, trials, on_candidate)
     url = storage or default_storage(out, run.study)
-    candidates = run_search(run, space, url, trials=trials, on_candidate=on_candidate)
     found = summary(candidates, study=run.study, storage=url, space=space.to_dict(),
                     budget=limits, budget_source=source if limits else None)
     if found["winner"] is None:
@@ -90,6 +93,10 @@ def search(target: str | Target, *, project: Project, out: Path, trials: int | N
                            for k, v in best["params"]["student_args"].items()},
                         "prune_sparsity": best["params"]["prune_sparsity"],
                         "precision": best["params"]["precision"]})
+    if ship_policy(cand.precision, None) is None:  # no policy of the pipeline ships FP32
+        found["why"] += ("; it ships FP32: its FP32 files were measured and hold the budget "
+                         "(the build marks its ship policy's file \"shipped\": deploy the "
+                         "FP32 one)")
     from edgekd.pipeline.run import build
 
     result = build(target, out=out, project=winner_project(project, cand), remotes=remotes,
@@ -97,6 +104,39 @@ def search(target: str | Target, *, project: Project, out: Path, trials: int | N
                    budget_source=budget_source, search=found)
     _write(result.out_dir / "search", found)
     return SearchResult(result.out_dir, found, result.report)
+
+
+def _searched(run: Run, space: SearchSpace, storage: str | None, trials: int | None,
+              on_candidate: CandidateCallback | None) -> list[dict[str, Any]]:
+    """:func:`run_search`; when it ends (an error, an interrupt) before recording a
+    candidate, nothing it made is left behind: not the default SQLite study it created, nor
+    the folders it made for it or for the candidates' builds (the stage cache stays)."""
+    db = default_storage(run.out, run.study, create=False) if storage is None else None
+    made = [d for d in (run.out, run.out / ".cache", run.out / ".cache" / "search",
+                        run.out / SEARCH_DIR, search_dir(run.out, run.study)) if not d.exists()]
+    fresh = db is not None and not Path(db.removeprefix("sqlite:///")).exists()
+    recorded = []
+
+    def heard(record: dict[str, Any]) -> None:
+        recorded.append(record["number"])
+        if on_candidate:
+            on_candidate(record)
+
+    try:
+        return run_search(run, space, storage or default_storage(run.out, run.study),
+                          trials=trials, on_candidate=heard)
+    except BaseException:
+        if not recorded:
+            if fresh and db is not None:
+                file = Path(db.removeprefix("sqlite:///"))
+                for leftover in (file, file.with_name(file.name + "-journal")):
+                    leftover.unlink(missing_ok=True)
+            if search_dir(run.out, run.study) in made:
+                shutil.rmtree(search_dir(run.out, run.study), ignore_errors=True)
+            for folder in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: the stage cache, say
+                    folder.rmdir()
+        raise
 
 
 def _write(folder: Path, section: dict[str, Any]) -> None:

@@ -55,10 +55,14 @@ def checks(report: Mapping[str, Any], precision: str, budget: Budget | None, *,
         budget = replace(budget, min_int8_speedup=None)
     if budget.empty:
         return []
-    arts = [dict(a, precision="shipped") for a in _shipped(report, precision)]
-    if not arts:
+    ours = {id(a) for a in _shipped(report, precision)}
+    if not ours:
         return []
-    view = {**report, "artifacts": arts}
+    # The report as if the candidate's precision shipped (budget_checks checks the artifacts
+    # marked "shipped"), whatever the build's ship policy chose: the others stay beside
+    # them, so that an INT8 candidate's min_int8_speedup finds its FP32 reference.
+    view = {**report, "artifacts": [dict(a, shipped=id(a) in ours)
+                                    for a in report.get("artifacts", [])]}
     return [c.to_dict() for c in budget_checks(view, budget, machine=machine)]
 
 
@@ -95,14 +99,16 @@ def pareto(candidates: Sequence[Mapping[str, Any]]) -> list[int]:
 def winner(candidates: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any] | None, str]:
     """The most accurate feasible candidate (ties: faster, then smaller) and a sentence why."""
     feasible = [c for c in candidates if c["state"] == FEASIBLE and _measured(c)]
+    failed = [c for c in candidates if c["state"] == FAILED]
     if not feasible:
         stopped = sum(c["state"] == STOPPED for c in candidates)
-        rest = len(candidates) - stopped
+        rest = len(candidates) - stopped - len(failed)
         return None, ("no candidate is within the budget: "
                       + "; ".join(p for p in (
                           f"{stopped} of {len(candidates)} were over a latency, size or memory "
                           "budget untrained" if stopped else "",
-                          f"{rest} broke a budget once trained or failed" if rest else "")
+                          f"{rest} broke a budget once trained" if rest else "",
+                          _failed(failed))
                           if p) + " (see each candidate's checks)")
     best = min(feasible, key=lambda c: (-c["figures"]["accuracy"], c["figures"]["p50_ms"],
                                         c["figures"]["size_bytes"]))
@@ -119,11 +125,22 @@ def winner(candidates: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any] |
     stopped = [c for c in candidates if c["state"] == STOPPED]
     if stopped:
         why += (f"; {len(stopped)} candidate{'s' if len(stopped) != 1 else ''} "
-                f"({', '.join(c['label'] for c in stopped)}) "
+                f"({'; '.join(c['label'] for c in stopped)}) "
                 f"{'were' if len(stopped) != 1 else 'was'} over "
                 f"{' and '.join(sorted({b for c in stopped for b in c['broken']}))} "
                 "untrained and never trained")
+    if failed:
+        why += "; " + _failed(failed)
     return best, why
+
+
+def _failed(failed: Sequence[Mapping[str, Any]]) -> str:
+    """``2 candidates (width=4, …; width=8, …) failed to build: <the first one's error>``."""
+    if not failed:
+        return ""
+    n = len(failed)
+    return (f"{n} candidate{'s' if n != 1 else ''} ({'; '.join(c['label'] for c in failed)}) "
+            f"failed to build (#{failed[0]['number']}: {failed[0].get('error', '')})")
 
 
 def section(candidates: list[dict[str, Any]], *, study: str, storage: str,
@@ -136,7 +153,11 @@ def section(candidates: list[dict[str, Any]], *, study: str, storage: str,
         "study": study, "storage": storage, "space": dict(space),
         "budget": ({"source": budget_source or "", "limits": budget.to_dict()}
                    if budget is not None else None),
-        "candidates": candidates,
+        # The failed candidates apart: they have no figures (report.json's schema lists
+        # the states of measured candidates only).
+        "candidates": [c for c in candidates if c["state"] != FAILED],
+        "failed": [{k: c.get(k) for k in ("number", "label", "params", "error", "seconds")}
+                   for c in candidates if c["state"] == FAILED],
         "pareto": pareto(candidates),
         "winner": best["number"] if best else None,
         "why": why,

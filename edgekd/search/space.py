@@ -102,12 +102,24 @@ def candidate_project(project: Project, candidate: Candidate) -> Project:
     return replace(base, build=replace(build, baseline=False, robustness=robust))
 
 
+def ship_policy(precision: str, policy: str | None) -> str | None:
+    """The ``ship`` policy that ships ``precision`` (``policy``: the project's): ``int8``
+    ships INT8 whatever the timing says; FP32 ships under a ``fp32`` policy where the
+    pipeline has one, else the project's policy stays (the search measures and checks the
+    FP32 files all the same, and its summary says which file ships)."""
+    from edgekd.settings.config import SHIP_POLICIES
+
+    return precision if precision in SHIP_POLICIES else policy
+
+
 def winner_project(project: Project, candidate: Candidate) -> Project:
-    """``project`` with the candidate's factory arguments and structured pruning ratio."""
+    """``project`` with the candidate's factory arguments, structured pruning ratio and the
+    ship policy of its precision (:func:`ship_policy`)."""
     assert project.model is not None  # check_space refused projects without a model
     model = replace(project.model,
                     student_args={**project.model.student_args, **candidate.student_args})
     build: BuildConfig = project.build
     prune = replace(build.prune, method="structured", schedule="oneshot",
                     sparsity=candidate.sparsity)
-    return replace(project, model=model, build=replace(build, prune=prune))
+    return replace(project, model=model, build=replace(
+        build, prune=prune, ship=ship_policy(candidate.precision, build.ship)))

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.common.progress import emit, reporting
-from edgekd.errors import BuildError, UsageError
+from edgekd.errors import EdgekdError, UsageError
 from edgekd.search.outcome import FEASIBLE
 from edgekd.search.space import Candidate, from_params, suggest
-from edgekd.search.trial import SEARCH_DIR, Run, evaluate, overshoot
+from edgekd.search.trial import SEARCH_DIR, Run, evaluate, failed, overshoot
 from edgekd.settings.search import EXAMPLE, SearchSpace
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,11 @@ def study_name(run: Run, space: SearchSpace) -> str:
     return f"{run.target.name}-{digest.hexdigest()[:10]}"
 
 
-def default_storage(out: Path, study: str) -> str:
+def default_storage(out: Path, study: str, *, create: bool = True) -> str:
+    """``sqlite:///OUT/.cache/search/<study>.db`` (``create``: its folder made)."""
     folder = out / ".cache" / "search"
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / f'{study}.db').resolve()}"
 
 
@@ -84,13 +86,48 @@ def open_study(storage: str, name: str, seed: int) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # edgekd reports the trials
     sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints,
                                          n_startup_trials=4)
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                    directions=["maximize", "minimize", "minimize"],
                                    load_if_exists=True)
-    except (ImportError, ValueError) as exc:  # an unknown URL scheme, a missing driver
-        raise UsageError(f"--storage {storage}: {exc}: give a database URL, e.g. "
-                         "sqlite:///search.db or postgresql://user@host/db") from exc
+    except (ImportError, ValueError, SQLAlchemyError) as exc:
+        raise UsageError(storage_problem(storage, exc)) from exc
+
+
+# The driver each database needs (what Optuna's "Failed to import DB access module" means).
+_DRIVERS = {"postgresql": "psycopg2 (pip install psycopg2-binary)",
+            "mysql": "a MySQL driver (pip install pymysql, then a mysql+pymysql:// URL)"}
+_EXAMPLES = ("sqlite:///path/to/search.db (a SQLite file), postgresql://user@host/db or "
+             "mysql+pymysql://user@host/db")
+
+
+def storage_problem(storage: str, exc: BaseException) -> str:
+    """One line: what is wrong with ``--storage`` and how to fix it."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    scheme, sep, rest = storage.partition("://")
+    dialect, _, driver = scheme.partition("+")
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if not sep or (isinstance(exc, ArgumentError) and not isinstance(exc, NoSuchModuleError)):
+        mine = f" (for this file: sqlite:///{Path(storage).resolve()})" if not sep else ""
+        return f"--storage {storage} is not a database URL: give one like {_EXAMPLES}{mine}"
+    if isinstance(exc, ImportError):  # a known database whose driver is missing
+        need = _DRIVERS.get(dialect, f"the Python driver for {scheme}")
+        return f"--storage {storage}: the database driver is not installed: install {need}"
+    if isinstance(exc, NoSuchModuleError):
+        what = f"driver {driver!r} for {dialect}" if driver else f"database {dialect!r}"
+        return f"--storage {storage}: unknown {what}: give a URL like {_EXAMPLES}"
+    if isinstance(exc, OperationalError) and dialect == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        return (f"--storage {storage}: cannot open the SQLite file {path}: its folder must "
+                "exist and be writable (e.g. sqlite:///path/to/search.db)")
+    if isinstance(exc, OperationalError):
+        return (f"--storage {storage}: cannot open the database ({first}): check that the "
+                "server is reachable, the database exists and the user may write to it")
+    return f"--storage {storage}: {first}: give a URL like {_EXAMPLES}"
 
 
 def _alive(pid: int) -> bool:
@@ -134,19 +171,23 @@ def records(study: Any) -> dict[str, dict[str, Any]]:
 def run_search(run: Run, space: SearchSpace, storage: str, *, trials: int | None = None,
                on_candidate: CandidateCallback | None = None) -> list[dict[str, Any]]:
     """Measure up to ``trials`` (default the space's) distinct candidates; returns every
-    candidate's record, in trial order, the ones of earlier runs included."""
+    candidate's record, in trial order, the ones of earlier runs included. A candidate
+    whose build fails is recorded ``failed`` once, with its message, and never measured
+    again in this study."""
     study = open_study(storage, run.study, space.seed)
     stale = recover(study)
     if stale:
         log.info("search %s: retrying trial(s) %s, interrupted earlier", run.study, stale)
     wanted = min(trials or space.trials, space.size)
     done = records(study)
-    started = time.perf_counter()
+    # The rate and time left count only what this run measures, not what it read back.
+    before, started = len(done), time.perf_counter()
+    todo = max(wanted - before, 0)
     with reporting(run.on_progress, "search"):
         proposals = 0
         while len(done) < wanted and proposals < _MAX_PROPOSALS * wanted:
             proposals += 1
-            emit("candidates", len(done), wanted, "candidate",
+            emit("candidates", len(done) - before, todo, "candidate",
                  seconds=time.perf_counter() - started)
             trial = study.ask()
             trial.set_user_attr("host", socket.gethostname())
@@ -156,38 +197,35 @@ def run_search(run: Run, space: SearchSpace, storage: str, *, trials: int | None
                 _tell(study, trial, done[candidate.key], duplicate=True)
                 continue
             record = _evaluate(study, trial, run, candidate)
-            if record is None:
-                continue
             done[candidate.key] = record
             if on_candidate:
                 on_candidate(record)
-        emit("candidates", len(done), wanted, "candidate", seconds=time.perf_counter() - started)
+        emit("candidates", len(done) - before, todo, "candidate",
+             seconds=time.perf_counter() - started)
     return sorted(records(study).values(), key=lambda r: r["number"])
 
 
-def _evaluate(study: Any, trial: Any, run: Run, candidate: Candidate
-              ) -> dict[str, Any] | None:
-    """One candidate measured and told to the study; a candidate whose build fails is
-    recorded FAIL (its message logged) and the search goes on."""
-    from optuna.trial import TrialState
-
+def _evaluate(study: Any, trial: Any, run: Run, candidate: Candidate) -> dict[str, Any]:
+    """One candidate measured and told to the study. A candidate whose build fails (a
+    build step, a check of its settings) is a result too: recorded ``failed`` with its
+    one-line message, told to the sampler as over every constraint so that it proposes
+    fewer like it; the search goes on."""
+    started = time.perf_counter()
     try:
         record = evaluate(run, candidate, trial.number)
-    except BuildError as exc:
-        log.warning("search candidate #%d (%s) failed: %s", trial.number, candidate.label,
-                    exc)
-        trial.set_user_attr("error", str(exc))
-        study.tell(trial, state=TrialState.FAIL)
-        return None
+    except EdgekdError as exc:
+        log.info("search candidate #%d (%s) failed: %s", trial.number, candidate.label, exc)
+        record = failed(candidate, trial.number, str(exc),
+                        seconds=time.perf_counter() - started)
     _tell(study, trial, record)
     return record
 
 
 def _tell(study: Any, trial: Any, record: dict[str, Any], *, duplicate: bool = False) -> None:
-    f = record["figures"]
-    values = [f["accuracy"] if f["accuracy"] is not None else 0.0,
-              f["p50_ms"] if f["p50_ms"] is not None else float("inf"),
-              float(f["size_bytes"] if f["size_bytes"] is not None else float("inf"))]
+    f = record.get("figures") or {}
+    values = [f["accuracy"] if f.get("accuracy") is not None else 0.0,
+              f["p50_ms"] if f.get("p50_ms") is not None else float("inf"),
+              float(f["size_bytes"] if f.get("size_bytes") is not None else float("inf"))]
     trial.set_user_attr(CONSTRAINTS, [overshoot(record)])
     trial.set_user_attr(RECORD, record)
     if duplicate:

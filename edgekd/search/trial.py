@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.common.progress import ProgressCallback
-from edgekd.search.outcome import FEASIBLE, INFEASIBLE, STOPPED, broken, checks, figures
+from edgekd.search.outcome import (
+    FAILED,
+    FEASIBLE,
+    INFEASIBLE,
+    STOPPED,
+    broken,
+    checks,
+    figures,
+)
 from edgekd.search.space import Candidate, candidate_project
 from edgekd.settings.budgets import Budget
 from edgekd.settings.project import Project
@@ -112,16 +120,27 @@ def train(run: Run, candidate: Candidate, folder: Path) -> dict[str, Any]:
     return _build(run, candidate_project(run.project, candidate), where)
 
 
+def _params(candidate: Candidate) -> dict[str, Any]:
+    return {"student_args": candidate.student_args, "prune_sparsity": candidate.sparsity,
+            "precision": candidate.precision}
+
+
+def failed(candidate: Candidate, number: int, error: str, *, seconds: float
+           ) -> dict[str, Any]:
+    """The record of a candidate whose build failed: its one-line message, no figures."""
+    return {"number": number, "label": candidate.label, "params": _params(candidate),
+            "trained": False, "state": FAILED, "error": error,
+            "figures": {"accuracy": None, "p50_ms": None, "size_bytes": None},
+            "checks": [], "broken": [], "seconds": round(seconds, 1)}
+
+
 def evaluate(run: Run, candidate: Candidate, number: int) -> dict[str, Any]:
     """One candidate's record: state (feasible, infeasible, stopped early), figures of the
     untrained and (if trained) trained model, budget checks, where its build is."""
     started = time.perf_counter()
     folder = run.folder(number)
     record: dict[str, Any] = {"number": number, "label": candidate.label,
-                              "params": {"student_args": candidate.student_args,
-                                         "prune_sparsity": candidate.sparsity,
-                                         "precision": candidate.precision},
-                              "trained": False}
+                              "params": _params(candidate), "trained": False}
     machine = run.target.machine
     untrained = probe(run, candidate, folder)
     record["untrained"] = {k: v for k, v in figures(untrained, candidate.precision).items()
@@ -145,6 +164,8 @@ def evaluate(run: Run, candidate: Candidate, number: int) -> dict[str, Any]:
 def overshoot(record: dict[str, Any]) -> float:
     """How far over its budgets a record is, as one Optuna constraint (<= 0: feasible): the
     sum of each broken check's excess relative to its limit."""
+    if record["state"] == FAILED:  # no figures: as far over as a candidate can be told
+        return 1.0
     total = 0.0
     for c in record.get("checks", []):
         if c["budget"] in record.get("broken", []) and c.get("margin", 0) < 0:

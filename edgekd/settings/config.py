@@ -35,8 +35,9 @@ STUDENT_MODELS = ("student_cnn", "student_convnet", "student_tiny")
 PRUNE_METHODS = ("unstructured", "structured")
 PRUNE_SCHEDULES = ("oneshot", "gradual")
 StudentModel = Annotated[str, OneOf(STUDENT_MODELS, "student model")]
-# What ships per runtime when INT8 is not faster than FP32 (edgekd.pipeline.choosing).
-SHIP_POLICIES = ("int8", "fastest", "smallest")
+# What ships per runtime when INT8 is not faster than FP32 (edgekd.pipeline.choosing);
+# "fp32" ships FP32 whatever the timing (what edgekd search sets for an FP32 candidate).
+SHIP_POLICIES = ("int8", "fastest", "smallest", "fp32")
 ShipPolicy = Annotated[str, OneOf(SHIP_POLICIES, "ship policy")]
 PruneMethod = Annotated[str, OneOf(PRUNE_METHODS, "prune method")]
 PruneSchedule = Annotated[str, OneOf(("auto", *PRUNE_SCHEDULES), "prune schedule")]
