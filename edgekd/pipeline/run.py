@@ -132,7 +132,8 @@ def _builtin(project: Project) -> Inputs:
                          "student": f"edgekd.train.models:{config.student_model}"})
 
 
-def _target(target: str | Target, project: Project) -> Target:
+def target_for(target: str | Target, project: Project) -> Target:
+    """The target by name (or as given), cut to the project's ``runtimes`` when it names some."""
     target = load_target(target) if isinstance(target, str) else target
     if project.runtimes:  # a subset of the target's runtimes, in the target's order
         extra = [r for r in project.runtimes if r not in target.runtimes]
@@ -173,7 +174,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
     project = project or Project(root=Path.cwd(), source="built-in")
     if config is not None:
         project = replace(project, build=config)
-    target = _target(target, project)
+    target = target_for(target, project)
     for runtime in target.runtimes:  # fail now, not after minutes of training
         get_backend(runtime).check(target)
     for remote in remotes:

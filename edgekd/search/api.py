@@ -34,7 +34,7 @@ from edgekd.search.trial import SEARCH_DIR, Run
 from edgekd.settings.budgets import Budget
 from edgekd.settings.project import Project
 from edgekd.settings.search import SearchSpace
-from edgekd.settings.targets import Target, load_target
+from edgekd.settings.targets import Target
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,6 @@ class SearchResult:
     out_dir: Path  # OUT/<target>: the winner's build
     section: dict[str, Any]  # what search.json holds
     report: dict[str, Any]  # the winner's report.json
-
-
-def _target(name: str | Target, project: Project) -> Target:
-    target = load_target(name) if isinstance(name, str) else name
-    if project.runtimes:
-        extra = [r for r in project.runtimes if r not in target.runtimes]
-        if extra:
-            raise UsageError(f"runtimes: {extra[0]!r} is not a runtime of target "
-                             f"{target.name!r} ({', '.join(target.runtimes)}): choose from those")
-        target = replace(target, runtimes=tuple(r for r in target.runtimes
-                                                if r in project.runtimes))
-    return target
 
 
 def search(target: str | Target, *, project: Project, out: Path, trials: int | None = None,
@@ -69,7 +57,9 @@ def search(target: str | Target, *, project: Project, out: Path, trials: int | N
     space = need_space(project.search, project.source)
     if trials is not None and trials < 1:
         raise UsageError(f"--trials must be >= 1, got {trials}")
-    target = _target(target, project)
+    from edgekd.pipeline.run import target_for  # lazy: torch only once a search runs
+
+    target = target_for(target, project)
     check_space(project, space)
     budget = budget if budget is not None else (project.budget_for(target.name)
                                                 or target.budget)
