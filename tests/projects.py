@@ -82,6 +82,27 @@ def broken():
 '''
 
 
+# The residual block of the 3-channel teachers (not an nn.Sequential) that tests write into
+# their models.py: a stride-2 conv pair with a 1x1 projection as the skip connection.
+RESIDUAL_BLOCK = '''
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Conv2d(cin, cout, 1, 2, bias=False)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+'''
+
+
 def digits(n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Raw digits [N, 1, 8, 8] (0..16) and labels, as a user's own .npz would hold them."""
     from sklearn.datasets import load_digits

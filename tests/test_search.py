@@ -14,26 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.projects import QUICK
+from tests.projects import QUICK, RESIDUAL_BLOCK
 from tests.rgb_data import shapes, write_npz
 
 MODELS = '''
 """A residual teacher and a student whose width is a factory argument."""
-import torch.nn.functional as F
-from torch import nn
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = nn.Conv2d(cin, cout, 1, 2, bias=False)
-
-    def forward(self, x):
-        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+''' + RESIDUAL_BLOCK + '''
 
 
 class Teacher(nn.Module):

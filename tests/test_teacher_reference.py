@@ -21,27 +21,13 @@ from edgekd.cli.commands import app
 from edgekd.measure.headline import headline
 from edgekd.measure.payoff import compared, flags
 from edgekd.report.schema import validate_report
-from tests.projects import QUICK
+from tests.projects import QUICK, RESIDUAL_BLOCK
 from tests.rgb_data import shapes
 from tests.test_bad_input import finished
 
 MODELS = '''
 """A residual teacher (not an nn.Sequential) and a small student, 3-channel images."""
-import torch.nn.functional as F
-from torch import nn
-
-
-class Block(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = nn.Conv2d(cin, cout, 1, 2, bias=False)
-
-    def forward(self, x):
-        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + self.skip(x))
+''' + RESIDUAL_BLOCK + '''
 
 
 class Teacher(nn.Module):
