@@ -40,6 +40,9 @@ from edgekd.common.progress import EVERY_S, active, emit
 from edgekd.inputs.dataset import Split
 from edgekd.train.augment import augment_batch
 
+# What a trained model predicts lives beside the loop; importers of the loop keep them here.
+from edgekd.train.inference import accuracy, logits_of, predict, predictor  # noqa: F401
+
 StepHook = Callable[[int, int], None]  # (optimizer steps done, total steps) after each step
 OPTIMIZERS = ("adamw", "sgd")
 # Batch progress events (edgekd.common.progress) only in epochs that take longer than this:
@@ -381,24 +384,3 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     trainable.to("cpu")
     model.eval()
     return model
-
-
-@torch.no_grad()
-def logits_of(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> torch.Tensor:
-    model.eval()
-    xs = torch.from_numpy(x)
-    return torch.cat([model(xs[i:i + batch_size]) for i in range(0, len(xs), batch_size)])
-
-
-def predict(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    return logits_of(model, x).argmax(1).numpy()
-
-
-def accuracy(model: nn.Module, data: Split) -> float:
-    return float((predict(model, data.x) == data.y).mean())
-
-
-def predictor(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    """A PyTorch model as a function of NumPy inputs to NumPy logits (what the torch-free
-    measurements in :mod:`edgekd.measure` take)."""
-    return lambda x: logits_of(model, x).numpy()
