@@ -2,9 +2,10 @@
 
 Why Optuna, and not a home-made grid or another tuner:
 
-- **Constraints**: its TPE and NSGA-II samplers take a ``constraints_func``; a candidate
-  over a budget is a constraint violation the sampler learns from (it proposes fewer
-  candidates like it), not a made-up bad score. A grid would train every combination.
+- **Constraints**: each trial carries its budget overshoot (``Trial.set_constraint``,
+  read by the TPE and NSGA-II samplers); a candidate over a budget is a constraint
+  violation the sampler learns from (it proposes fewer candidates like it), not a made-up
+  bad score. A grid would train every combination.
 - **Several objectives**: accuracy up, p50 latency and size down, in one study; the
   Pareto front comes out of the same records.
 - **Storage several machines share**: the study lives in a database (SQLite here by
@@ -45,7 +46,7 @@ from edgekd.settings.search import EXAMPLE, SearchSpace
 log = logging.getLogger(__name__)
 
 CandidateCallback = Callable[[dict[str, Any]], None]
-RECORD, CONSTRAINTS, DUPLICATE = "record", "constraints", "duplicate_of"
+RECORD, DUPLICATE = "record", "duplicate_of"
 # A sampler may keep proposing candidates already measured; past this many proposals per
 # trial asked for, the search stops with what it has.
 _MAX_PROPOSALS = 20
@@ -76,16 +77,13 @@ def default_storage(out: Path, study: str, *, create: bool = True) -> str:
     return f"sqlite:///{(folder / f'{study}.db').resolve()}"
 
 
-def _constraints(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get(CONSTRAINTS, [1.0]))
-
-
 def open_study(storage: str, name: str, seed: int) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # edgekd reports the trials
-    sampler = optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints,
-                                         n_startup_trials=4)
+    # The constraint is set on each trial (Trial.set_constraint, Optuna 5's core API, which
+    # the sampler reads); the sampler-specific constraints_func is deprecated there.
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
@@ -226,7 +224,7 @@ def _tell(study: Any, trial: Any, record: dict[str, Any], *, duplicate: bool = F
     values = [f["accuracy"] if f.get("accuracy") is not None else 0.0,
               f["p50_ms"] if f.get("p50_ms") is not None else float("inf"),
               float(f["size_bytes"] if f.get("size_bytes") is not None else float("inf"))]
-    trial.set_user_attr(CONSTRAINTS, [overshoot(record)])
+    trial.set_constraint("budgets", overshoot(record))
     trial.set_user_attr(RECORD, record)
     if duplicate:
         trial.set_user_attr(DUPLICATE, record["number"])
