@@ -21,7 +21,7 @@ layer and in total, never copied from the setting.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,8 +29,9 @@ from torch import nn
 from torch.nn.utils import parametrize, prune
 
 from edgekd.compress.structured import kept_whole, macs, prune_channels
-from edgekd.inputs.dataset import Split
+from edgekd.inputs.dataset import InputSpec, Split
 from edgekd.settings.config import PruneConfig
+from edgekd.train.inference import Batch
 from edgekd.train.loop import Objective, Schedule, train
 
 ObjectiveFor = Callable[[nn.Module], Objective]  # the fine-tune's loss, built for the model
@@ -281,12 +282,12 @@ def shortfall(info: dict[str, Any]) -> str | None:
 
 
 def _finetune(model: nn.Module, data: Split, config: PruneConfig, objective_for: ObjectiveFor,
-              *, seed: int, batch_size: int, on_step: Callable[[int, int], None] | None = None
-              ) -> None:
+              *, seed: int, batch_size: int, on_step: Callable[[int, int], None] | None = None,
+              specs: Sequence[InputSpec] = ()) -> None:
     objective = objective_for(model)
     try:
         train(model, data, Schedule(config.finetune_epochs, config.lr, batch_size), seed=seed,
-              objective=objective, on_step=on_step)
+              objective=objective, on_step=on_step, specs=specs)
     finally:
         close = getattr(objective, "close", None)  # feature objectives hook the model
         if close:
@@ -294,12 +295,14 @@ def _finetune(model: nn.Module, data: Split, config: PruneConfig, objective_for:
 
 
 def prune_model(model: nn.Module, config: PruneConfig, data: Split, *,
-                objective_for: ObjectiveFor, example: torch.Tensor, seed: int,
-                batch_size: int) -> tuple[nn.Module, dict[str, Any]]:
+                objective_for: ObjectiveFor, example: Batch, seed: int,
+                batch_size: int, specs: Sequence[InputSpec] = ()
+                ) -> tuple[nn.Module, dict[str, Any]]:
     """Prune a copy of ``model`` as ``config`` says and fine-tune it on ``data`` with the
     objective ``objective_for(pruned_model)`` (built after pruning: a feature-distillation
     objective depends on the student's widths). Returns the pruned model (eval mode, masks
-    baked in) and what the report records about it."""
+    baked in) and what the report records about it. ``example`` is one call's inputs (every
+    input by name for a model fed by name, as ``specs`` say; see :func:`train`)."""
     info: dict[str, Any] = {"method": config.method, "schedule": config.schedule,
                             "target_sparsity": config.sparsity}
     if config.method == "structured":
@@ -308,7 +311,8 @@ def prune_model(model: nn.Module, config: PruneConfig, data: Split, *,
         info["macs_after"] = macs(pruned, example)
         info["kept_whole"] = kept_whole(model, pruned, example)
         if config.finetune_epochs:
-            _finetune(pruned, data, config, objective_for, seed=seed, batch_size=batch_size)
+            _finetune(pruned, data, config, objective_for, seed=seed, batch_size=batch_size,
+                      specs=specs)
     else:
         pruned = copy.deepcopy(model)
         hook = None
@@ -318,7 +322,7 @@ def prune_model(model: nn.Module, config: PruneConfig, data: Split, *,
             apply_masks(pruned, config.sparsity)
         if config.finetune_epochs:
             _finetune(pruned, data, config, objective_for, seed=seed, batch_size=batch_size,
-                      on_step=hook)
+                      on_step=hook, specs=specs)
         if hook:
             mask_to(pruned, config.sparsity)  # a no-op unless the fine-tune had < 1 ramp
             info["mask_updates"] = len(hook.history)

@@ -29,6 +29,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgekd.errors import BuildError
+from edgekd.train.inference import Batch, call
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -37,6 +38,9 @@ M = TypeVar("M", bound=nn.Module)
 _WHY_OUTPUT = "produces the model's output: its channels/units are the outputs"
 _WHY_ATTENTION = ("nn.MultiheadAttention: removing channels would need its head count, which "
                   "torch-pruning is not given here")
+_WHY_BLOCK_ATTENTION = ("attention block of a transformer: its query/key/value widths are tied "
+                        "to its head count and head size, which torch-pruning is not given "
+                        "here (its feed-forward channels are pruned)")
 _WHY_RNN = "recurrent layer: its gates' channels are coupled in ways torch-pruning cannot follow"
 _WHY_COUPLED = ("no channel could be removed: its channels are tied to the model's input or "
                 "output, to a reshape, or to an op torch-pruning cannot trace, or it is too "
@@ -44,7 +48,7 @@ _WHY_COUPLED = ("no channel could be removed: its channels are tied to the model
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
+def _output_layers(model: nn.Module, example: Batch) -> list[nn.Module]:
     """The last conv or linear layer that runs: its outputs are the model's (the classes of a
     classifier, or the maps of a fully convolutional head) and must stay."""
     ran: list[nn.Module] = []
@@ -52,19 +56,36 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
              for m in model.modules() if isinstance(m, _PRUNABLE)]
     try:
         with torch.no_grad():
-            model.eval()(example)
+            call(model.eval(), example)
     finally:
         for hook in hooks:
             hook.remove()
     return ran[-1:]
 
 
-def _kept(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, str]:
+def _attention_block(m: nn.Module) -> bool:
+    """A transformer's attention block written as a module of its own (a Hugging Face
+    ``BertAttention``, ``BertSelfAttention``...): its linear layers reshape their outputs
+    into heads of a fixed size."""
+    return type(m).__name__.endswith(("Attention", "SelfAttention")) and any(
+        isinstance(c, nn.Linear) for c in m.modules())
+
+
+def _parents(model: nn.Module, m: nn.Module) -> list[nn.Module]:
+    """The modules that contain ``m`` (itself not included)."""
+    names = {id(v): k for k, v in model.named_modules()}
+    name = names.get(id(m), "")
+    return [v for k, v in model.named_modules() if k and name.startswith(k + ".")]
+
+
+def _kept(model: nn.Module, example: Batch) -> dict[nn.Module, str]:
     """The layers torch-pruning is told to leave whole, with the reason."""
     kept = {m: _WHY_OUTPUT for m in _output_layers(model, example)}
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention):
             kept[m] = _WHY_ATTENTION
+        elif _attention_block(m) and not any(_attention_block(p) for p in _parents(model, m)):
+            kept[m] = _WHY_BLOCK_ATTENTION
         elif isinstance(m, nn.RNNBase):
             kept[m] = _WHY_RNN
     return kept
@@ -76,7 +97,7 @@ def _out(m: nn.Module) -> int:
     return m.out_features if isinstance(m, nn.Linear) else 0
 
 
-def kept_whole(dense: nn.Module, pruned: nn.Module, example: torch.Tensor
+def kept_whole(dense: nn.Module, pruned: nn.Module, example: Batch
                ) -> list[dict[str, Any]]:
     """The layers of ``pruned`` that kept every channel of ``dense``, with the reason: the
     output layer, layers torch-pruning is not given, and convs/linears whose channels it
@@ -96,7 +117,7 @@ def kept_whole(dense: nn.Module, pruned: nn.Module, example: torch.Tensor
     return rows
 
 
-def prune_channels(model: M, example: torch.Tensor, ratio: float) -> M:
+def prune_channels(model: M, example: Batch, ratio: float) -> M:
     """A copy of ``model`` with ``ratio`` of the channels of every prunable layer removed
     (filters with the smallest L1 norm first), dependencies kept consistent.
 
@@ -111,14 +132,14 @@ def prune_channels(model: M, example: torch.Tensor, ratio: float) -> M:
     if ratio == 0:
         return pruned
     with torch.no_grad():
-        expected = tuple(pruned(example).shape)
+        expected = tuple(call(pruned, example).shape)
     pruner = tp.pruner.BasePruner(
         pruned, example, importance=tp.importance.MagnitudeImportance(p=1),
         pruning_ratio=ratio, ignored_layers=list(_kept(pruned, example)))
     pruner.step()
     try:
         with torch.no_grad():
-            got: tuple[int, ...] | str = tuple(pruned.eval()(example).shape)
+            got: tuple[int, ...] | str = tuple(call(pruned.eval(), example).shape)
     except Exception as exc:  # a coupling torch-pruning missed: the model no longer runs
         got = f"{type(exc).__name__}: {exc}"
     if got != expected:
@@ -127,7 +148,7 @@ def prune_channels(model: M, example: torch.Tensor, ratio: float) -> M:
     return pruned
 
 
-def macs(model: nn.Module, example: torch.Tensor) -> int:
+def macs(model: nn.Module, example: Batch) -> int:
     """Multiply-accumulates of one forward pass (torch-pruning's counter)."""
     count, _ = tp.utils.count_ops_and_params(model.eval(), example)
     return int(count)

@@ -284,10 +284,6 @@ def _torch_inputs(project: Project, source: DataSource, student: ModelSource,
             raise UsageError(f"{teacher.what} has {t_classes} outputs and {student.what} "
                              f"{classes}: give both the same number of classes")
         info["teacher"] = t_info
-    if data.several_inputs and trains:
-        raise UsageError("distillation trains on one float input today, and this model takes "
-                         f"{', '.join(f'{s.name} ({s.dtype})' for s in data.input_specs)}: "
-                         "give a trained student without a teacher to deploy it")
     data = dataclasses.replace(data, outputs=outputs)
     if classes is not None:
         if data.num_classes is not None and data.num_classes != classes:

@@ -20,16 +20,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from edgekd.compress import prune as pruning
 from edgekd.compress.structured import prune_channels
 from edgekd.errors import UsageError
-from edgekd.inputs.dataset import Dataset, Split
+from edgekd.inputs.dataset import Dataset, InputSpec, Split
 from edgekd.settings.config import BuildConfig, DistillConfig, TrainConfig
 from edgekd.train.augment import SoftTargets, training_views
 from edgekd.train.distill import Distillation, LayerPair, auto_pairs
+from edgekd.train.inference import Batch, example, model_input
 from edgekd.train.loop import (
     EpochReport,
     Schedule,
@@ -90,7 +90,7 @@ class Trained:
 
 
 def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
-           example: torch.Tensor) -> list[LayerPair]:
+           example: Batch) -> list[LayerPair]:
     """The configured layer pairs, else the automatic default; none when neither the feature
     nor the attention term is on."""
     if not (d.feature_weight or d.attention_weight):
@@ -119,7 +119,8 @@ def _teacher(make: Factory, trains: bool, data: Dataset, config: BuildConfig,
         return model.eval(), {"cached": False, "trained": False}
     if cache.load("teacher", key, model) is not None:
         return model.eval(), {"cached": True, "trained": True}
-    train(model, data.train, _schedule(config.teacher, _images(data)), seed=config.seed)
+    train(model, data.train, _schedule(config.teacher, _images(data)), seed=config.seed,
+          specs=data.inputs)
     cache.save("teacher", key, model, {})
     return model.eval(), {"cached": False, "trained": True}
 
@@ -142,7 +143,7 @@ class _Run:
     def entry(self, name: str, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """The stage's report entry, appended: test accuracy, the threads it trained with
         (when it trained here) and a warning when it is near chance."""
-        acc = accuracy(model, self.data.test)
+        acc = accuracy(model, self.data.test, self.data.inputs)
         if not extra.get("cached", True) and extra.get("trained", True):
             extra["threads"] = self.threads
         warning = near_chance(name, acc, self.data.num_classes)
@@ -183,7 +184,7 @@ class _Objectives:
     def __init__(self, run: _Run, teacher: nn.Module, pairs: list[LayerPair],
                  cache_dir: Path) -> None:
         self.run, self.teacher, self.pairs, self.cache_dir = run, teacher, pairs, cache_dir
-        self.example = torch.from_numpy(run.data.train.x[:1])
+        self.example = example(model_input(run.data.train, run.data.inputs))
         self.outputs: Any = None
 
     def __call__(self, model: nn.Module) -> Distillation:
@@ -191,7 +192,8 @@ class _Objectives:
         if self.outputs is None:
             with run.step("teacher outputs") as s:
                 self.outputs, hit = teacher_outputs(
-                    self.teacher, run.split.x, [p.teacher for p in self.pairs],
+                    self.teacher, model_input(run.split, run.data.inputs),
+                    [p.teacher for p in self.pairs],
                     self.cache_dir, fresh=run.cache.fresh)
                 s["detail"] = (f"{len(run.split)} samples, logits + {len(self.pairs)} "
                                "layer(s), memory-mapped" + (" (cached)" if hit else ""))
@@ -232,6 +234,11 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
         raise UsageError("distillation needs labeled training samples of a classifier: set "
                          "data.train to a labeled source")
     d = config.distill
+    if d.views and data.several_inputs:
+        raise UsageError(f"distill.views = {d.views}: augmented views (shifts and mixup) are "
+                         "made of one image input, and this model is fed "
+                         f"{', '.join(f'{s.name} ({s.dtype})' for s in data.input_specs)} "
+                         "(a mixup of token ids means nothing): set distill.views = 0")
     # Scratch and distilled students train on the same inputs: the training split, plus
     # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
     split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
@@ -240,7 +247,7 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                split, soft_labels, threads, student_key)
     teacher_model, t_key = _teacher_stage(run, teacher, teacher_trains, teacher_key)
     scratch = _scratch_stage(run, student) if config.baseline else None
-    pairs = _pairs(d, student(), teacher_model, torch.from_numpy(data.train.x[:1]))
+    pairs = _pairs(d, student(), teacher_model, example(model_input(data.train, data.inputs)))
     objectives = _Objectives(run, teacher_model, pairs, cache_dir)
     distilled, kd_key = _distilled_stage(run, student, t_key, objectives)
     pruned, key = _pruned_stage(run, distilled, kd_key, objectives)
@@ -266,7 +273,8 @@ def _scratch_stage(run: _Run, student: Factory) -> nn.Module:
         hit = run.cache.load("student_scratch", key, scratch) is not None
         if not hit:
             train(scratch, run.split, _schedule(st, _images(run.data)), seed=seed,
-                  objective=SoftTargets(run.soft_labels) if d.views else None)
+                  objective=SoftTargets(run.soft_labels) if d.views else None,
+                  specs=run.data.inputs)
             run.cache.save("student_scratch", key, scratch, {})
         run.record("student_scratch", scratch.eval(), hit, s)
     return scratch
@@ -284,7 +292,7 @@ def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objec
         if not hit:
             kd = objectives(distilled)
             train(distilled, run.split, _schedule(d, _images(run.data)),
-                  seed=run.config.seed, objective=kd)
+                  seed=run.config.seed, objective=kd, specs=run.data.inputs)
             kd.close()
             run.cache.save("student_distilled", key, distilled, {})
         note = ({"note": "logits only: no automatic layer pairs (the models share no 1-D or "
@@ -306,7 +314,9 @@ def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Obj
         pruned, info, hit = _pruned(distilled, p, run.data.train, objectives, key, run.cache,
                                     seed=run.config.seed + 1,
                                     batch_size=run.config.distill.batch_size,
-                                    example=torch.from_numpy(run.data.test.x[:1]))
+                                    example=example(model_input(run.data.test,
+                                                                run.data.inputs)),
+                                    specs=run.data.inputs)
         short = pruning.shortfall(info)  # measured in the weights, compared with the setting
         if short:
             log.warning("%s", short)
@@ -325,7 +335,7 @@ def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Obj
 
 def _pruned(distilled: nn.Module, p: Any, train_split: Split,
             objective_for: Callable[[nn.Module], Distillation], key: str, cache: StageCache,
-            *, seed: int, batch_size: int, example: torch.Tensor
+            *, seed: int, batch_size: int, example: Batch, specs: tuple[InputSpec, ...]
             ) -> tuple[nn.Module, dict[str, Any], bool]:
     # Structured pruning changes the layers' shapes: rebuild them by removing the same
     # channels from the distilled weights (deterministic, L1 norms), then load the entry.
@@ -335,7 +345,8 @@ def _pruned(distilled: nn.Module, p: Any, train_split: Split,
     if meta is not None:  # the figures are counted again in the weights just loaded
         return shell.eval(), {**meta, **pruning.measure(distilled, shell)}, True
     pruned, info = pruning.prune_model(distilled, p, train_split, objective_for=objective_for,
-                                       example=example, seed=seed, batch_size=batch_size)
+                                       example=example, seed=seed, batch_size=batch_size,
+                                       specs=specs)
     cache.save("student_pruned", key, pruned, info)
     return pruned, info, False
 

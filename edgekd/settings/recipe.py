@@ -19,6 +19,11 @@ def _check(cond: bool, message: str) -> None:
 # The same names as edgekd.train.loop.OPTIMIZERS (settings may not import torch).
 OPTIMIZERS = ("adamw", "sgd")
 Optimizer = Annotated[str, OneOf(OPTIMIZERS, "optimizer")]
+# The same names as edgekd.train.transformer_kd.ATTENTION_LOSSES / EMBEDDING_LOSSES.
+ATTENTION_LOSSES = ("kl", "value_relation")
+AttentionLoss = Annotated[str, OneOf(ATTENTION_LOSSES, "attention loss")]
+EMBEDDING_LOSSES = ("cosine", "mse")
+EmbeddingLoss = Annotated[str, OneOf(EMBEDDING_LOSSES, "embedding loss")]
 
 
 def _check_recipe(c: TrainConfig | DistillConfig) -> None:
@@ -105,6 +110,16 @@ class DistillConfig:
     pairs: tuple[tuple[str, ...], ...] = ()
     views: int = 0
     mixup: float = 1.0
+    # Transformer encoders (edgekd.train.transformer_kd): [[student_layer, teacher_layer]]
+    # 0-based (empty: uniform), hidden-state MSE and attention ("kl" | "value_relation")
+    # weights, relation heads (0: automatic), and the output loss of non-classifiers.
+    layer_map: tuple[tuple[int, ...], ...] = ()
+    hidden_weight: float = 1.0
+    attention_loss: AttentionLoss = "kl"
+    transformer_attention_weight: float = 1.0
+    relation_heads: int = 0
+    embedding_loss: EmbeddingLoss = "cosine"
+    embedding_projection: bool = False
     # The training recipe, as in TrainConfig (no label smoothing: the soft targets are the
     # teacher's). The shifts move the student's input away from the one the teacher's
     # cached outputs are for; small shifts keep the class and still help (rgb_recipe.py).
@@ -130,4 +145,21 @@ class DistillConfig:
         object.__setattr__(self, "pairs", pairs)
         _check(self.views >= 0, f"views must be >= 0, got {self.views}")
         _check(self.mixup >= 0, f"mixup must be >= 0 (0 = shifts only), got {self.mixup}")
+        layer_map = tuple(tuple(p) for p in self.layer_map)
+        _check(all(len(p) == 2 and all(isinstance(n, int) and not isinstance(n, bool)
+                                       and n >= 0 for n in p) for p in layer_map),
+               "layer_map must be [[student_layer, teacher_layer], ...] with 0-based layer "
+               f"numbers, got {self.layer_map!r}")
+        object.__setattr__(self, "layer_map", layer_map)
+        _check(self.hidden_weight >= 0, f"hidden_weight must be >= 0, got {self.hidden_weight}")
+        _check(self.attention_loss in ATTENTION_LOSSES,
+               f"unknown attention_loss {self.attention_loss!r}; allowed: "
+               f"{', '.join(ATTENTION_LOSSES)}")
+        _check(self.transformer_attention_weight >= 0, "transformer_attention_weight must be "
+               f">= 0, got {self.transformer_attention_weight}")
+        _check(self.relation_heads >= 0,
+               f"relation_heads must be >= 0 (0 = automatic), got {self.relation_heads}")
+        _check(self.embedding_loss in EMBEDDING_LOSSES,
+               f"unknown embedding_loss {self.embedding_loss!r}; allowed: "
+               f"{', '.join(EMBEDDING_LOSSES)}")
         _check_recipe(self)

@@ -63,6 +63,18 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, *, shift: float, flip: 
              rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def augment_inputs(batch: torch.Tensor | dict[str, torch.Tensor], images: set[str],
+                   gen: torch.Generator, *, shift: float, flip: bool
+                   ) -> torch.Tensor | dict[str, torch.Tensor]:
+    """:func:`augment_batch` on one call's inputs: the batch of a one-input model, or only
+    the ``images`` of a model fed by name (token ids, masks and other inputs as they are:
+    a shifted sentence or mask means nothing)."""
+    if not isinstance(batch, dict):
+        return augment_batch(batch, gen, shift=shift, flip=flip)
+    return {k: augment_batch(v, gen, shift=shift, flip=flip) if k in images else v
+            for k, v in batch.items()}
+
+
 def training_views(split: Split, views: int, *, mixup: float, num_classes: int,
                    seed: int) -> tuple[Split, np.ndarray]:
     """The split followed by ``views`` augmented copies, and soft labels (rows sum to 1).
@@ -72,6 +84,11 @@ def training_views(split: Split, views: int, *, mixup: float, num_classes: int,
     """
     rng = np.random.default_rng(seed)
     onehot = np.eye(num_classes, dtype=np.float32)[split.y]
+    if views == 0:  # the split itself, every input of it
+        return split, onehot
+    if split.extra:
+        raise ValueError("augmented views (shifts and mixup) are made of one image input, and "
+                         f"this model takes {len(split.extra)} ({', '.join(split.extra)})")
     xs, labels = [split.x], [onehot]
     for _ in range(views):
         x = random_shift(split.x, rng)
@@ -98,7 +115,7 @@ class SoftTargets:
         self.soft_labels = torch.from_numpy(soft_labels)
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
+                 labels: torch.Tensor | None) -> torch.Tensor:
         return F.cross_entropy(logits, self.soft_labels[index].to(logits.device))
 
     def parameters(self) -> Iterable[nn.Parameter]:

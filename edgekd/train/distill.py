@@ -27,14 +27,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.train.inference import Batch, call
 from edgekd.train.teacher_cache import OnlineTeacher, TeacherOutputs, tap
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            *, temperature: float, alpha: float) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            labels: torch.Tensor | None, *, temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton's loss; on unlabeled samples (``labels`` None) the soft term alone, at full
+    weight (``alpha`` = 1)."""
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1),
                     reduction="batchmean", log_target=True)
+    if labels is None:
+        return temperature**2 * soft
     hard = F.cross_entropy(student_logits, labels)
     return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
@@ -48,7 +53,7 @@ class LogitDistillation:
         self.alpha = alpha
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
+                 labels: torch.Tensor | None) -> torch.Tensor:
         return kd_loss(logits, self.teacher_logits[index].to(logits.device), labels,
                        temperature=self.temperature, alpha=self.alpha)
 
@@ -74,17 +79,17 @@ _HOW = ('name the pairs in the config (distill.pairs = [["student.layer", "teach
         "with layers whose outputs are [N, C, T] or [N, C, H, W] feature maps")
 
 
-def _shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
+def _shapes(model: nn.Module, example: Batch) -> dict[str, tuple[int, ...]]:
     """Output shape (without the batch axis) of each top-level layer, in the order forward
     calls them (an ``nn.Sequential``'s order; any other model's own, e.g. a ResNet's stem,
     stages and head, whatever order its ``__init__`` defines them in)."""
     names = [name for name, _ in model.named_children()]
     with torch.no_grad(), tap(model, names) as seen:
-        model.eval()(example)
+        call(model.eval(), example)
     return {n: tuple(v.shape[1:]) for n, v in seen.items() if isinstance(v, torch.Tensor)}
 
 
-def _feature_maps(model: nn.Module, example: torch.Tensor, who: str
+def _feature_maps(model: nn.Module, example: Batch, who: str
                   ) -> dict[tuple[int, ...], str]:
     """The last top-level layer at each feature-map resolution (``(T,)`` or ``(H, W)``),
     counting outputs from the first conv layer on (an embedding's [N, T, C] before it is not
@@ -110,7 +115,7 @@ def _feature_maps(model: nn.Module, example: torch.Tensor, who: str
     return out
 
 
-def auto_pairs(student: nn.Module, teacher: nn.Module, example: torch.Tensor) -> list[LayerPair]:
+def auto_pairs(student: nn.Module, teacher: nn.Module, example: Batch) -> list[LayerPair]:
     """The default pairing for CNNs, 1-D ([N, C, T]) or 2-D ([N, C, H, W]), sequential or
     not (residual): at every resolution that both models compute, the *last* top-level layer
     (in forward's call order) with a feature map at that resolution (the most processed
@@ -178,7 +183,7 @@ class Distillation:
     """
 
     def __init__(self, student: nn.Module, teacher: TeacherOutputs | OnlineTeacher,
-                 pairs: Sequence[LayerPair], example: torch.Tensor, *, temperature: float,
+                 pairs: Sequence[LayerPair], example: Batch, *, temperature: float,
                  alpha: float, feature_weight: float = 0.0, attention_weight: float = 0.0) -> None:
         self.teacher = teacher
         self.temperature, self.alpha = temperature, alpha
@@ -190,7 +195,7 @@ class Distillation:
         if self.pairs:
             with torch.no_grad():  # one forward pass to learn the student's feature shapes
                 training = student.training
-                student.eval()(example)
+                call(student.eval(), example)
                 student.train(training)
             for i, p in enumerate(self.pairs):
                 shapes = (tuple(self._seen[p.student].shape[1:]),
@@ -200,7 +205,7 @@ class Distillation:
                     self.projections[str(i)] = _projection(*shapes)
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
+                 labels: torch.Tensor | None) -> torch.Tensor:
         loss = kd_loss(logits, self.teacher.logits_for(index).to(logits.device), labels,
                        temperature=self.temperature, alpha=self.alpha)
         if not self.pairs:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -37,17 +37,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.common.progress import EVERY_S, active, emit
-from edgekd.inputs.dataset import Split
-from edgekd.train.augment import augment_batch
+from edgekd.inputs.dataset import InputSpec, Split
+from edgekd.train.augment import augment_inputs
 
 # What a trained model predicts lives beside the loop; importers of the loop keep them here.
-from edgekd.train.inference import accuracy, logits_of, predict, predictor  # noqa: F401
+from edgekd.train.inference import (  # noqa: F401
+    Batch,
+    accuracy,
+    call,
+    logits_of,
+    model_input,
+    predict,
+    predictor,
+    rows,
+    to_device,
+)
 
 StepHook = Callable[[int, int], None]  # (optimizer steps done, total steps) after each step
 OPTIMIZERS = ("adamw", "sgd")
 # Batch progress events (edgekd.common.progress) only in epochs that take longer than this:
 # a short epoch's own event comes soon enough.
 LONG_EPOCH_S = 2.0
+NEEDS_LABELS = ("training on hard labels needs labeled samples, and the training split has "
+                "none: give the data labels (y), or train with an objective that needs none")
 
 
 @dataclass(frozen=True)
@@ -108,11 +120,12 @@ def reporting_epochs(hook: EpochHook | None) -> Iterator[None]:
 
 class Objective(Protocol):
     """The loss of one batch, given the student's logits, the batch's sample indices into the
-    training split and its labels. ``parameters`` are extra trainable tensors (e.g. FitNets
-    projections) that the optimiser must update with the model."""
+    training split and its labels (None when the split is unlabeled: an objective that
+    needs labels raises ``ValueError`` saying so). ``parameters`` are extra trainable
+    tensors (e.g. FitNets projections) that the optimiser must update with the model."""
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor: ...
+                 labels: torch.Tensor | None) -> torch.Tensor: ...
 
     def parameters(self) -> Iterable[nn.Parameter]: ...
 
@@ -125,7 +138,9 @@ class CrossEntropy:
         self.label_smoothing = label_smoothing
 
     def __call__(self, logits: torch.Tensor, index: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
+                 labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError(NEEDS_LABELS)
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     def parameters(self) -> Iterable[nn.Parameter]:
@@ -259,8 +274,8 @@ class _Trainable(nn.Module):
         self.model = model
         self.extra = nn.ParameterList(list(extra))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return call(self.model, batch)
 
 
 class _Tally:
@@ -270,10 +285,11 @@ class _Tally:
         self.loss = self.correct = 0.0
         self.seen = 0
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        n = len(labels)
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None
+            ) -> None:
+        n = len(logits)
         self.loss += float(loss.detach()) * n
-        if labels.dtype == torch.int64 and logits.dim() == 2:
+        if labels is not None and labels.dtype == torch.int64 and logits.dim() == 2:
             self.correct += float((logits.detach().argmax(1) == labels).sum())
         self.seen += n
 
@@ -317,10 +333,22 @@ class _BatchEvents:
              now - self.start)
 
 
+def _image_inputs(specs: Sequence[InputSpec]) -> set[str]:
+    """The inputs fed by name that shifts and flips may touch: the image inputs (a one-input
+    model's batch is augmented when it is an NCHW batch)."""
+    return {s.name for s in specs if s.role == "data" and s.kind == "image"}
+
+
 def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
           objective: Objective | None = None, on_step: StepHook | None = None,
-          on_epoch: EpochHook | None = None) -> nn.Module:
+          on_epoch: EpochHook | None = None, specs: Sequence[InputSpec] = ()) -> nn.Module:
     """Train ``model`` in place as ``schedule`` says (see :class:`Schedule`).
+
+    ``specs``: the model's inputs when it is fed by name (several inputs, token ids; see
+    :mod:`edgekd.train.inference`): every batch feeds each data input's rows, fixed inputs
+    at their value and state inputs at zeros; ``()``: one float input, ``model(x)``.
+    Shifts and flips apply to image inputs only, never to token ids, masks or signals.
+    ``data.y`` may be None (unlabeled) when the objective needs no labels.
 
     ``on_epoch`` (default: the hook of :func:`reporting_epochs`) is called after each epoch
     with an :class:`EpochReport`. Progress events (:mod:`edgekd.common.progress`, task
@@ -337,10 +365,15 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     dev = device()
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + 1)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    x = model_input(data, specs)
+    y = None if data.y is None else torch.from_numpy(data.y)
+    n = len(data)
+    if y is None and isinstance(objective, CrossEntropy):
+        raise ValueError(NEEDS_LABELS)
+    images = _image_inputs(specs)
     trainable = _Trainable(model, objective.parameters()).to(dev)
     opt = _optimizer(trainable, schedule)
-    steps = schedule.epochs * -(-len(y) // schedule.batch_size)
+    steps = schedule.epochs * -(-n // schedule.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: lr_factor(i, max(steps, 1), schedule.warmup))
     net: nn.Module = trainable
@@ -349,20 +382,21 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
             trainable, device_ids=[dev] if dev.type == "cuda" else None)
     model.train()
     done, start = 0, time.perf_counter()
-    classes = y.dtype == torch.int64
-    per_epoch = -(-len(y) // schedule.batch_size)
+    classes = y is not None and y.dtype == torch.int64
+    per_epoch = -(-n // schedule.batch_size)
     events = _BatchEvents(schedule.epochs, per_epoch, classes, start)
     emit("train", 0, schedule.epochs, "epoch")
     for epoch in range(schedule.epochs):
         tally = _Tally()
         events.epoch(epoch + 1)
-        for b, batch in enumerate(_batches(len(y), schedule.batch_size, gen), 1):
+        for b, batch in enumerate(_batches(n, schedule.batch_size, gen), 1):
             idx = batch[rank::size] if size > 1 else batch
             if len(idx) == 0:  # a last batch smaller than the world: nothing for this rank
                 idx = batch[:1]
-            xb = augment_batch(x[idx], aug_gen, shift=schedule.shift, flip=schedule.flip)
-            logits = net(xb.to(dev))
-            labels = y[idx].to(dev)
+            xb = augment_inputs(rows(x, idx), images, aug_gen, shift=schedule.shift,
+                                flip=schedule.flip)
+            logits = net(to_device(xb, dev))
+            labels = None if y is None else y[idx].to(dev)
             loss = objective(logits, idx, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()

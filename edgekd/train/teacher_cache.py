@@ -26,6 +26,8 @@ from torch import nn
 
 from edgekd.common.cache import CacheDir, Digest
 from edgekd.common.progress import tracking
+from edgekd.inputs.dataset import Feeds
+from edgekd.train.inference import ModelInput, call, rows
 
 log = logging.getLogger(__name__)
 
@@ -63,27 +65,29 @@ class TeacherOutputs:
         return torch.from_numpy(np.ascontiguousarray(self.features[name][index.numpy()]))
 
 
-def cache_key(teacher: nn.Module, x: np.ndarray, layers: Sequence[str]) -> str:
-    """A short digest of the teacher's weights, the inputs and the tapped layers."""
+def cache_key(teacher: nn.Module, x: ModelInput, layers: Sequence[str]) -> str:
+    """A short digest of the teacher's weights, the inputs (every one the model is fed) and
+    the tapped layers."""
     d = Digest()
     for name, tensor in sorted(teacher.state_dict().items()):
         # As raw bytes, with the torch dtype named: numpy has no bfloat16.
         t = tensor.detach().cpu().contiguous()
         d.update(name, str(t.dtype), list(t.shape), t.reshape(-1).view(torch.uint8).numpy())
-    return d.update(x, list(layers)).hexdigest(16)
+    parts = x.digest_parts() if isinstance(x, Feeds) else (x,)
+    return d.update(*parts, list(layers)).hexdigest(16)
 
 
 @torch.no_grad()
-def _compute(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], folder: Path,
+def _compute(teacher: nn.Module, x: ModelInput, layers: Sequence[str], folder: Path,
              batch_size: int) -> None:
     teacher.eval()
     arrays: dict[str, np.ndarray] = {}
     with tap(teacher, layers) as seen, tracking("forward", len(x), "sample") as t:
         for start in range(0, len(x), batch_size):
-            logits = teacher(torch.from_numpy(x[start:start + batch_size]))
+            logits = call(teacher, rows(x, slice(start, start + batch_size)))
             t.advance(len(logits))
-            for name, value in [("logits", logits), *((n, seen[n]) for n in layers)]:
-                value = value.float().numpy()
+            for name, tensor in [("logits", logits), *((n, seen[n]) for n in layers)]:
+                value = tensor.float().numpy()
                 if name not in arrays:
                     arrays[name] = np.lib.format.open_memmap(
                         folder / f"{len(arrays)}.npy", mode="w+", dtype=np.float32,
@@ -112,7 +116,7 @@ def _load(folder: Path | None) -> TeacherOutputs | None:
         return None
 
 
-def teacher_outputs(teacher: nn.Module, x: np.ndarray, layers: Sequence[str], cache_dir: Path,
+def teacher_outputs(teacher: nn.Module, x: ModelInput, layers: Sequence[str], cache_dir: Path,
                     *, batch_size: int = 256, fresh: bool = False
                     ) -> tuple[TeacherOutputs, bool]:
     """The teacher's logits and ``layers`` outputs for every row of ``x``; (outputs, cached).
@@ -143,12 +147,12 @@ class OnlineTeacher:
     """The same interface as :class:`TeacherOutputs`, but runs the teacher on every batch:
     what training costs without the cache (``benchmarks/teacher_cache.py`` compares them)."""
 
-    def __init__(self, teacher: nn.Module, x: np.ndarray, layers: Sequence[str]) -> None:
-        self.teacher, self.x, self.layers = teacher.eval(), torch.from_numpy(x), list(layers)
+    def __init__(self, teacher: nn.Module, x: ModelInput, layers: Sequence[str]) -> None:
+        self.teacher, self.x, self.layers = teacher.eval(), x, list(layers)
         self._index: torch.Tensor | None = None
         self._out: dict[str, torch.Tensor] = {}
         with torch.no_grad(), tap(self.teacher, self.layers) as seen:
-            self.teacher(self.x[:1])
+            call(self.teacher, rows(self.x, slice(0, 1)))
             self.features = {n: np.empty((0, *seen[n].shape[1:]), np.float32)
                              for n in self.layers}  # shapes only, for projections
 
@@ -156,7 +160,7 @@ class OnlineTeacher:
     def _run(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._index is None or not torch.equal(self._index, index):
             with tap(self.teacher, self.layers) as seen:
-                logits = self.teacher(self.x[index])
+                logits = call(self.teacher, rows(self.x, index))
             self._index, self._out = index, {"logits": logits, **seen}
         return self._out
 
