@@ -11,6 +11,12 @@ The INT8 model is full-integer: weights per-channel INT8, activations INT8, and 
 input and output tensors INT8 too (XNNPACK runs it end to end in integer). The runner
 quantizes inputs and dequantizes outputs with the tensors' own scale and zero point, so
 callers always pass and get float32.
+
+Token-id encoders: integer inputs (ids, masks) are never observed or quantized (see
+:func:`edgekd.backends.from_torch.to_tflite`): they stay integer inputs of both files, which
+LiteRT-Torch declares int32 for int64 ids; the runner casts int64 feeds to them (values out
+of range are an error, never wrapped), as the device worker does (``edgekd.device.feeds``).
+Ops computed from them (position ids, the additive attention mask) run in float.
 """
 
 from __future__ import annotations
@@ -124,6 +130,13 @@ class TfliteRunner:
         if dtype != np.float32 and np.issubdtype(dtype, np.integer) and scale:
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        elif np.issubdtype(dtype, np.integer) and np.asarray(x).dtype.kind in "iu":
+            # Token ids and masks: LiteRT-Torch makes int64 inputs int32; cast, never wrap.
+            info, x = np.iinfo(dtype), np.asarray(x)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                raise BuildError(f"input {detail['name']} takes {np.dtype(dtype).name} and "
+                                 f"is given values in {x.min()}..{x.max()}: keep token ids "
+                                 f"within {info.min}..{info.max}")
         return np.asarray(x).astype(dtype)
 
     @staticmethod

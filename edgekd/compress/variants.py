@@ -39,9 +39,12 @@ import numpy as np
 from edgekd.compress.quantize import (
     CALIBRATION_CHUNK,
     LAYER_OPS,
+    WEIGHT_MATMULS,
     CalibrationReader,
     activation_type,
+    is_transformer,
     preprocess,
+    recipe_for,
     reduce_range,
 )
 from edgekd.errors import BuildError
@@ -60,19 +63,29 @@ class Variant:
     path: Path
 
 
-def build_settings(config: QuantConfig, *, tensorrt: bool = False) -> dict[str, Any]:
-    """The settings of the build's own INT8 model (:func:`edgekd.compress.quantize.quantize`),
-    in the form every variant records."""
+def build_settings(config: QuantConfig, *, tensorrt: bool = False,
+                   recipe: str = "static") -> dict[str, Any]:
+    """The settings of the build's own INT8 model (:func:`edgekd.compress.quantize.quantize`,
+    made with ``recipe``), in the form every variant records."""
     act = activation_type(config, tensorrt=tensorrt)
+    if recipe == "dynamic":
+        return {"format": "dynamic", "activation_type": "uint8", "weight_type": "int8",
+                "per_channel": config.per_channel, "reduce_range": reduce_range(config, "uint8"),
+                "op_types": "weight-matmuls"}
     return {"format": "QDQ", "activation_type": act, "weight_type": config.weight_type,
             "per_channel": config.per_channel, "reduce_range": reduce_range(config, act),
-            "op_types": "all"}
+            "op_types": "weight-matmuls" if recipe == "transformer" else "all"}
 
 
-def candidates(config: QuantConfig, *, tensorrt: bool = False) -> list[tuple[str, dict[str, Any]]]:
+def candidates(config: QuantConfig, *, tensorrt: bool = False,
+               recipe: str = "static") -> list[tuple[str, dict[str, Any]]]:
     """(name, settings) of each alternative to the build's INT8 settings, in the order they
-    are worth trying; a variant with the build's own settings is left out."""
-    own = build_settings(config, tensorrt=tensorrt)
+    are worth trying; a variant with the build's own settings is left out. A dynamic INT8
+    build has none: its static forms are what the accuracy-aware search already rejected;
+    a transformer build's variants keep its recipe (the weight MatMuls only)."""
+    if recipe == "dynamic":
+        return []
+    own = build_settings(config, tensorrt=tensorrt, recipe=recipe)
     other_act = "int8" if own["activation_type"] == "uint8" else "uint8"
     act = {"uint8": "u8s8", "int8": "s8s8"}
     tried: list[tuple[str, dict[str, Any]]] = [
@@ -85,6 +98,8 @@ def candidates(config: QuantConfig, *, tensorrt: bool = False) -> list[tuple[str
     ]
     out = []
     for name, change in tried:
+        if recipe == "transformer" and "op_types" in change:
+            continue  # the transformer recipe already quantizes the weight MatMuls only
         settings = {**own, **change}
         if settings != own:
             suffix = f"-{act[settings['activation_type']]}" if "activation_type" not in change \
@@ -95,16 +110,20 @@ def candidates(config: QuantConfig, *, tensorrt: bool = False) -> list[tuple[str
 
 def make_variants(fp32: Path, out_dir: Path, calibration: np.ndarray | Feeds,
                   config: QuantConfig, *, float_layers: Sequence[str] = (),
-                  tensorrt: bool = False, only: Sequence[str] | None = None) -> list[Variant]:
+                  tensorrt: bool = False, only: Sequence[str] | None = None,
+                  recipe: str | None = None) -> list[Variant]:
     """Write each alternative INT8 model of ``fp32`` into ``out_dir`` (``<name>.onnx``),
     calibrated once on ``calibration`` with ``config.method``; ``float_layers`` stay in float
-    as in the build's model. ``only``: just these variant names."""
+    as in the build's model. ``only``: just these variant names. ``recipe``: the build's
+    (``Quantized.recipe``); None: the one :func:`recipe_for` picks for this model."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    chosen = [(n, s) for n, s in candidates(config, tensorrt=tensorrt)
-              if only is None or n in only]
-    variants = []
+    variants: list[Variant] = []
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
+        if recipe is None:
+            recipe = recipe_for(config, is_transformer(pre), tensorrt)[0]
+        chosen = [(n, s) for n, s in candidates(config, tensorrt=tensorrt, recipe=recipe)
+                  if only is None or n in only]
         ranges = Path(tmp) / "ranges.json"  # the first call calibrates, the rest reuse
         for name, settings in chosen:
             path = out_dir / f"{name}.onnx"
@@ -136,20 +155,22 @@ def _write(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantC
                 quant_format=QuantFormat.QOperator if settings["format"] == "QOperator"
                 else QuantFormat.QDQ,
                 op_types_to_quantize=list(LAYER_OPS) if settings["op_types"] == "layers"
-                else None,
+                else list(WEIGHT_MATMULS) if settings["op_types"] == "weight-matmuls" else None,
                 per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
                 activation_type=types[settings["activation_type"]],
                 weight_type=types[settings["weight_type"]], calibrate_method=method,
                 nodes_to_exclude=exclude, calibration_cache_path=ranges,
                 extra_options={"CalibStridedMinMax": chunk,
                                "CalibPercentile": config.percentile,
-                               "ActivationSymmetric": symmetric})
+                               "ActivationSymmetric": symmetric,
+                               "MatMulConstBOnly": settings["op_types"] == "weight-matmuls"})
     except (MemoryError, OSError):
         raise
     except Exception as exc:  # noqa: BLE001 - ORT's quantizer fails in its own types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise BuildError(f"INT8 variant {out.stem} failed inside ONNX Runtime's quantizer "
-                         f"({type(exc).__name__}: {first}) (--debug shows the trace)") from exc
+        raise BuildError(f"INT8 variant {out.stem} (quant.method = \"{config.method}\") failed "
+                         f"inside ONNX Runtime's quantizer ({type(exc).__name__}: {first}): "
+                         "try another quant.method (--debug shows the trace)") from exc
     model = onnx.load(str(out))
     model.graph.ClearField("value_info")  # as quantize.py: runtimes re-derive shapes
     onnx.save_model(model, str(out))

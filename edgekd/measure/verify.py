@@ -307,10 +307,24 @@ def _advice(precision: str, setting: str) -> str:
     if precision != "int8":
         return ("a float artifact should match its model: check the export (opset, "
                 f"converter version) and report this with --debug output; or {relax}")
+    if "min_cosine" in setting:
+        # An embedding off in direction is a different embedding: a lower limit would ship a
+        # useless model (issue 16: worst cosine 0.10, 31 % retrieval agreement), so the
+        # first steps keep more of the model in float or skip INT8, never the limit.
+        return ("first try more or more representative calibration data "
+                "(quant.calibration_samples, data.calibration), then keep the sensitive "
+                "layers in float (quant.keep_float = [\"node\", ...], or quant.min_cosine "
+                "above the worst cosine here so the search keeps more), "
+                "then dynamic INT8 (quant.recipe = \"dynamic\") or another quant.method "
+                "(percentile, entropy), then quantization-aware training, or ship FP32 for "
+                "that runtime (quant.skip_int8 = [\"runtime\"]); never lower the limit to "
+                f"ship: {relax} only if you measured that this worst sample still does its "
+                "job (retrieval, nearest neighbours)")
     return ("first try more or more representative calibration data (quant.calibration_samples, "
             "data.calibration), then keeping the sensitive layers in float (lower "
-            "quant.max_accuracy_drop so the search keeps more), then another quant.method "
-            f"(percentile, entropy); only if that difference is acceptable, {relax}")
+            "quant.max_accuracy_drop so the search keeps more, or quant.keep_float), then "
+            "another quant.method (percentile, entropy), or ship FP32 for that runtime "
+            f"(quant.skip_int8); only if that difference is acceptable, {relax}")
 
 
 BUILD_TRAIN = "train it further first (the stage warnings say what to try)"

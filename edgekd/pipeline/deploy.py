@@ -22,7 +22,7 @@ import logging
 import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from edgekd.backends import ExportSource, get_backend, quantizers
 from edgekd.backends.from_torch import OPSET, to_onnx
 from edgekd.backends.onnxruntime import provider_options, to_fp16
 from edgekd.compress.equalize import equalize
-from edgekd.compress.quantize import Quantized, activation_type, quantize_cached, reduce_range
+from edgekd.compress.quantize import (
+    Judge,
+    Quantized,
+    activation_type,
+    quantize_cached,
+    reduce_range,
+)
 from edgekd.errors import BuildError, UsageError
 from edgekd.inputs.calls import torch_call
 from edgekd.inputs.dataset import Dataset, Feeds, OutputSpec, Split
@@ -173,12 +179,21 @@ def output_specs(ctx: Deploy) -> tuple[OutputSpec, ...]:
 
 
 def _validation(inputs: Inputs) -> tuple[np.ndarray | Feeds, np.ndarray | None] | None:
-    """Where accuracy-aware INT8 is judged: the validation split, else the calibration
-    split, never the test split; without labels, top-1 agreement with FP32."""
-    if inputs.task != "classification":
-        return None
+    """Where accuracy-aware INT8 is judged, for every task: the validation split, else the
+    calibration split, never the test split; labels only for a classifier (without them,
+    top-1 agreement with FP32)."""
     v = inputs.data.validation or inputs.data.calibration
-    return samples(inputs.data, v), v.y
+    return samples(inputs.data, v), v.y if inputs.task == "classification" else None
+
+
+def _judge(ctx: Deploy) -> Judge | None:
+    """The task's own figure and budget for the INT8 search (see :class:`Judge`)."""
+    c = ctx.config
+    if c.quant.max_accuracy_drop is None:
+        return None
+    return Judge(classifier=ctx.classifier, max_drop=c.quant.max_accuracy_drop,
+                 min_cosine=c.min_cosine if c.quant.min_cosine is None else c.quant.min_cosine,
+                 max_error=c.max_output_error)
 
 
 def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
@@ -207,12 +222,12 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
                                                [o.name for o in output_specs(ctx)])
         quantized = quantize_cached(
             ctx.cache, model.key, fp32, ctx.work / "student_int8.onnx", calibration, q,
-            validation=_validation(ctx.inputs),
+            validation=_validation(ctx.inputs), judge=_judge(ctx),
             tensorrt="TensorrtExecutionProvider" in ctx.target.providers, fresh=ctx.fresh)
         onnx = {"fp32": fp32, "int8": quantized.path}
         if ctx.target.needs_gpu:  # GPUs also get FP16 (Tensor Cores)
             onnx["fp16"] = to_fp16(fp32, ctx.work / "student_fp16.onnx")
-        s["detail"] = (f"INT8 static ({q.method}, "
+        s["detail"] = (f"INT8 {quantized.recipe} ({q.method}, "
                        f"{'per-channel' if q.per_channel else 'per-tensor'}), "
                        f"{len(calibration)} calibration samples"
                        + (f", kept in float: {', '.join(quantized.float_layers)}"
@@ -252,7 +267,10 @@ def export(ctx: Deploy, q: QuantizedModel) -> Exported:
     references: list[Artifact] = []
     for runtime in ctx.target.runtimes:
         with ctx.step(f"export {runtime}") as s:
-            paths = _export(runtime, source, ctx.stage)
+            fp32_only = runtime in ctx.config.quant.skip_int8  # the project ships FP32 only
+            paths = _export(runtime, replace(source, onnx={
+                k: v for k, v in source.onnx.items() if k != "int8"}) if fp32_only else source,
+                ctx.stage)
             artifacts += [Artifact(runtime, prec, path) for prec, path in paths.items()]
             for role, ref in sources.items():
                 refs = _export(runtime, ref, ctx.stage / "reference")
@@ -314,7 +332,8 @@ def quant_settings(ctx: Deploy, q: QuantizedModel) -> dict[str, Any]:
             "activation_type": activations, "weight_type": config.weight_type,
             "reduce_range": reduce_range(config, activations), "percentile": config.percentile,
             "equalize": config.equalize and q.model.student is not None,
-            "max_accuracy_drop": config.max_accuracy_drop if checked else None}
+            "max_accuracy_drop": config.max_accuracy_drop if checked else None,
+            **q.quantized.recipe_dict(), "skip_int8": list(config.skip_int8)}
 
 
 def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,

@@ -85,6 +85,9 @@ class PruneConfig:
 
 
 QUANT_METHODS = ("minmax", "percentile", "entropy")
+QUANT_RECIPES = ("auto", "static", "transformer", "dynamic")
+# The same names as edgekd.settings.targets.RUNTIMES (quant.skip_int8).
+INT8_RUNTIMES = ("onnxruntime", "openvino", "tflite")
 QuantMethod = Annotated[str, OneOf(QUANT_METHODS, "quant method")]
 
 
@@ -114,8 +117,27 @@ class QuantConfig:
     equalize: bool = False
     max_accuracy_drop: float | None = 1.0
     reduce_range: bool | None = None
+    # Transformer INT8 (see edgekd.compress.quantize): ``recipe`` auto | static |
+    # transformer | dynamic; ``keep_float``: ONNX node names kept in float; ``min_cosine``:
+    # the search's worst-sample cosine for embedding-like outputs (None: the build's
+    # min_cosine); ``skip_int8``: runtimes that ship FP32 only (no INT8 artifact).
+    recipe: str = "auto"
+    keep_float: tuple[str, ...] = ()
+    min_cosine: float | None = None
+    skip_int8: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _check(self.recipe in QUANT_RECIPES, f"quant.recipe must be one of "
+               f"{', '.join(QUANT_RECIPES)}, got {self.recipe!r}")
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))  # TOML gives lists
+        object.__setattr__(self, "skip_int8", tuple(self.skip_int8))
+        _check(all(isinstance(n, str) and n for n in self.keep_float),
+               f"quant.keep_float must be a list of ONNX node names, got {self.keep_float!r}")
+        _check(all(r in INT8_RUNTIMES for r in self.skip_int8),
+               f"quant.skip_int8 must list runtimes among {', '.join(INT8_RUNTIMES)}, got "
+               f"{list(self.skip_int8)!r}")
+        _check(self.min_cosine is None or -1.0 <= self.min_cosine <= 1.0,
+               f"quant.min_cosine must be in [-1, 1] or unset, got {self.min_cosine}")
         _check(self.calibration_samples >= 1,
                f"calibration_samples must be >= 1, got {self.calibration_samples}")
         _check(self.method in QUANT_METHODS,
