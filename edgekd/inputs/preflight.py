@@ -110,7 +110,10 @@ def _file(value: str, root: Path, what: str, kind: str, empty: str) -> None:
 
 def _data(spec: DataSpec, root: Path, model: ModelSpec | None,
           check: Callable[[Callable[[], object]], bool]) -> None:
-    labeled = model is not None and model.trains
+    trains = model is not None and model.trains
+    # Labels are needed where a teacher trains; a given teacher's outputs are what a student
+    # distilled on unlabeled text learns from.
+    labeled = model is not None and model.teacher_trains
     headers: dict[str, Header] = {}
 
     def one(name: str, value: str) -> None:
@@ -118,9 +121,9 @@ def _data(spec: DataSpec, root: Path, model: ModelSpec | None,
         if header is not None:
             headers[name] = header
 
-    if labeled and not spec.train:
-        check(lambda: _raise("distillation trains the student: set data.train to labeled "
-                             "samples"))
+    if trains and not spec.train:
+        check(lambda: _raise("distillation trains the student: set data.train to "
+                             + ("labeled samples" if labeled else "training samples")))
     for name in SPLITS:
         value = getattr(spec, name)
         if value:

@@ -198,7 +198,8 @@ def _object_models(objects: InMemory) -> tuple[ModelSource, ModelSource | None]:
     return student, teacher
 
 
-def _data_source(project: Project, objects: InMemory | None, trains: bool) -> DataSource:
+def _data_source(project: Project, objects: InMemory | None, trains: bool,
+                 labels: bool | None = None) -> DataSource:
     if objects is not None and objects.data is not None:
         given = data_objects(objects.data, trains=trains)
         named = {n: s.source for n, s in given.found.items()}  # no file: what was given
@@ -210,7 +211,7 @@ def _data_source(project: Project, objects: InMemory | None, trains: bool) -> Da
         raise UsageError("no data to build on: pass data= (arrays (x, y), an edgekd Dataset, "
                          "a torch Dataset or DataLoader) or a project file with [data]")
     return DataSource(project.data, project.root,
-                      load_splits(project.data, project.root, trains=trains))
+                      load_splits(project.data, project.root, trains=trains, labels=labels))
 
 
 def _read(source: DataSource, *, trains: bool, calibration_samples: int, seed: int,
@@ -240,7 +241,7 @@ def resolve(project: Project, *, trust_pickle: bool = False,
     else:
         spec: ModelSpec = project.model  # type: ignore[assignment]
         task, trains, teacher_trains = spec.task, spec.trains, spec.teacher_trains
-        source = _data_source(project, objects, trains)
+        source = _data_source(project, objects, trains, labels=teacher_trains)
         if spec.onnx:
             return _onnx_inputs(spec, project, source)
         student, teacher = _file_models(spec, project, trust_pickle)

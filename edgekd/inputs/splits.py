@@ -111,11 +111,14 @@ def _split(x: dict[str, np.ndarray], y: np.ndarray | None, idx: np.ndarray) -> S
                  extra={k: v[idx] for k, v in x.items()} if len(x) > 1 else {})
 
 
-def load_splits(spec: DataSpec, root: Path, *, trains: bool) -> dict[str, Any]:
+def load_splits(spec: DataSpec, root: Path, *, trains: bool,
+                labels: bool | None = None) -> dict[str, Any]:
     """Every split the project names, read (:func:`edgekd.inputs.sources.load_samples`)."""
     if trains and not spec.train:
         raise UsageError("distillation trains the student: set data.train to labeled samples")
-    return _load_splits(spec, root, need_train_labels=trains)
+    # ``labels``: whether training needs them (a teacher that trains does; a given teacher's
+    # outputs are all a student distilled on unlabeled text learns from). Default: trains.
+    return _load_splits(spec, root, need_train_labels=trains if labels is None else labels)
 
 
 def integer_data(found: dict[str, Any], name: str) -> bool:

@@ -29,7 +29,7 @@ from edgekd.inputs.dataset import Dataset, InputSpec, Split
 from edgekd.settings.config import BuildConfig, DistillConfig, TrainConfig
 from edgekd.train.augment import SoftTargets, training_views
 from edgekd.train.distill import Distillation, LayerPair, auto_pairs
-from edgekd.train.inference import Batch, example, model_input
+from edgekd.train.inference import Batch, example, logits_of, model_input
 from edgekd.train.loop import (
     EpochReport,
     Schedule,
@@ -41,6 +41,12 @@ from edgekd.train.loop import (
 )
 from edgekd.train.stage_cache import StageCache, digest, stage_entry
 from edgekd.train.teacher_cache import teacher_outputs
+from edgekd.train.transformer_kd import (
+    TransformerDistillation,
+    find_encoder,
+    layer_map,
+    transformer_objective,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +145,30 @@ class _Run:
     threads: int = 1  # intra-op threads the stages train with
     student_key: str = ""  # what identifies the student: part of its stages' keys
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # A model that is not a labeled classifier (a sentence encoder) is judged by the mean
+    # cosine of its outputs with the teacher's on the test split, not by accuracy.
+    teacher_out: Any = None
+
+    @property
+    def classifier(self) -> bool:
+        return self.data.num_classes is not None and self.data.test.y is not None
+
+    def cosine(self, model: nn.Module) -> float:
+        import torch.nn.functional as F
+
+        out = logits_of(model, model_input(self.data.test, self.data.inputs)).flatten(1)
+        teacher = self.teacher_out
+        if out.shape[1] != teacher.shape[1]:  # a width the projection bridged in training
+            return float("nan")
+        return round(float(F.cosine_similarity(out, teacher, dim=1).mean()), 6)
 
     def entry(self, name: str, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """The stage's report entry, appended: test accuracy, the threads it trained with
         (when it trained here) and a warning when it is near chance."""
-        acc = accuracy(model, self.data.test, self.data.inputs)
+        acc = (accuracy(model, self.data.test, self.data.inputs) if self.classifier
+               else None)
+        if not self.classifier and self.teacher_out is not None and name != "teacher":
+            extra["teacher_cosine"] = self.cosine(model)
         if not extra.get("cached", True) and extra.get("trained", True):
             extra["threads"] = self.threads
         warning = near_chance(name, acc, self.data.num_classes)
@@ -159,9 +184,20 @@ class _Run:
         s["detail"] = _detail(self.stages[-1])
 
 
+def _figure(entry: dict[str, Any]) -> str:
+    """A stage's accuracy, or for a model that is not a classifier its cosine with the
+    teacher."""
+    if entry.get("accuracy") is not None:
+        return f"{entry['accuracy']:.2%}"
+    if entry.get("teacher_cosine") is not None:
+        return f"cosine with the teacher {entry['teacher_cosine']:.4f}"
+    return "trained"
+
+
 def _detail(entry: dict[str, Any]) -> str:
-    """A stage's line in the progress display: its accuracy, cached, near chance."""
-    return (f"{entry['accuracy']:.2%}" + (" (cached)" if entry.get("cached") else "")
+    """A stage's line in the progress display: its accuracy (or cosine with the teacher),
+    cached, near chance."""
+    return (_figure(entry) + (" (cached)" if entry.get("cached") else "")
             + (" — near chance, see the warning" if entry.get("warning") else ""))
 
 
@@ -187,8 +223,16 @@ class _Objectives:
         self.example = example(model_input(run.data.train, run.data.inputs))
         self.outputs: Any = None
 
-    def __call__(self, model: nn.Module) -> Distillation:
+    def __call__(self, model: nn.Module) -> Distillation | TransformerDistillation:
         run, d = self.run, self.run.config.distill
+        try:  # both models transformers encoders: TinyBERT / MiniLM distillation
+            kd = transformer_objective(
+                model, self.teacher, run.split, d, specs=run.data.inputs,
+                task="classification" if run.data.num_classes is not None else "embedding")
+        except ValueError as exc:  # a layer_map or relation_heads that does not fit them
+            raise UsageError(f"distill: {exc}") from exc
+        if kd is not None:
+            return kd
         if self.outputs is None:
             with run.step("teacher outputs") as s:
                 self.outputs, hit = teacher_outputs(
@@ -230,10 +274,19 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                   teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
                   cache_dir: Path, step: Callable[[str], Any], threads: int,
                   student_key: str) -> Trained:
-    if data.num_classes is None or data.train.y is None or len(data.train) == 0:
-        raise UsageError("distillation needs labeled training samples of a classifier: set "
-                         "data.train to a labeled source")
+    if len(data.train) == 0:
+        raise UsageError("distillation needs training samples: set data.train")
+    classifier, labeled = data.num_classes is not None, data.train.y is not None
+    if not (classifier and labeled) and teacher_trains:
+        raise UsageError("the teacher would train on labels, and "
+                         + ("data.train has none" if classifier else "this model is not a "
+                            "classifier") + ": give a trained teacher (model.teacher_weights, "
+                         "or a Hugging Face folder) whose outputs the student learns, or "
+                         "labeled data of a classifier")
     d = config.distill
+    if d.views and not classifier:
+        raise UsageError(f"distill.views = {d.views}: augmented views mix class labels, and "
+                         "this model is not a classifier: set distill.views = 0")
     if d.views and data.several_inputs:
         raise UsageError(f"distill.views = {d.views}: augmented views (shifts and mixup) are "
                          "made of one image input, and this model is fed "
@@ -241,13 +294,29 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                          "(a mixup of token ids means nothing): set distill.views = 0")
     # Scratch and distilled students train on the same inputs: the training split, plus
     # augmented views when asked (their labels mixed for scratch, the teacher's for KD).
-    split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
-                                        num_classes=data.num_classes, seed=config.seed)
+    split, soft_labels = data.train, None
+    if data.num_classes is not None and labeled:
+        split, soft_labels = training_views(data.train, d.views, mixup=d.mixup,
+                                            num_classes=data.num_classes, seed=config.seed)
     run = _Run(data, config, cache, step, digest("data", data.fingerprint(), config.seed),
                split, soft_labels, threads, student_key)
     teacher_model, t_key = _teacher_stage(run, teacher, teacher_trains, teacher_key)
-    scratch = _scratch_stage(run, student) if config.baseline else None
-    pairs = _pairs(d, student(), teacher_model, example(model_input(data.train, data.inputs)))
+    transformers = find_encoder(student()) is not None and find_encoder(teacher_model) is not None
+    if not classifier:
+        if not transformers:
+            raise UsageError("distilling a model that is not a classifier needs a teacher and "
+                             "a student that are both transformers encoders (embedding "
+                             "distillation: the student learns the teacher's output vectors); "
+                             "give a trained student without a teacher to deploy this model")
+        run.teacher_out = logits_of(teacher_model,
+                                    model_input(data.test, data.inputs)).flatten(1)
+    # The scratch baseline learns from labels: none to learn from without them.
+    scratch = (_scratch_stage(run, student) if config.baseline and classifier and labeled
+               else None)
+    # A transformer pair is distilled layer by layer from its configs (transformer_kd), not
+    # through the CNN feature pairs.
+    pairs = ([] if transformers else
+             _pairs(d, student(), teacher_model, example(model_input(data.train, data.inputs))))
     objectives = _Objectives(run, teacher_model, pairs, cache_dir)
     distilled, kd_key = _distilled_stage(run, student, t_key, objectives)
     pruned, key = _pruned_stage(run, distilled, kd_key, objectives)
@@ -295,7 +364,10 @@ def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objec
                   seed=run.config.seed, objective=kd, specs=run.data.inputs)
             kd.close()
             run.cache.save("student_distilled", key, distilled, {})
-        note = ({"note": "logits only: no automatic layer pairs (the models share no 1-D or "
+        layers = _transformer_layers(distilled, objectives.teacher, d,
+                                     run.data.num_classes is not None)
+        note = ({"transformer": layers} if layers else
+                {"note": "logits only: no automatic layer pairs (the models share no 1-D or "
                          "2-D feature-map resolution, the build log says why); name them in "
                          "distill.pairs for feature and attention terms"}
                 if not pairs and (d.feature_weight or d.attention_weight) else {})
@@ -304,6 +376,20 @@ def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objec
                    attention_weight=d.attention_weight,
                    pairs=[[p.student, p.teacher] for p in pairs], views=d.views, **note)
     return distilled, key
+
+
+def _transformer_layers(student: nn.Module, teacher: nn.Module, d: DistillConfig,
+                       classifier: bool) -> dict[str, Any] | None:
+    """What a transformer pair was distilled with (the report's ``transformer``), else
+    None."""
+    s, t = find_encoder(student), find_encoder(teacher)
+    if s is None or t is None:
+        return None
+    return {"layer_map": [list(p) for p in layer_map(s.depth, t.depth, d.layer_map)],
+            "hidden_weight": d.hidden_weight, "attention_loss": d.attention_loss,
+            "attention_weight": d.transformer_attention_weight,
+            "output_loss": "logits (KD)" if classifier else d.embedding_loss,
+            "student_layers": s.depth, "teacher_layers": t.depth}
 
 
 def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Objectives
@@ -328,13 +414,14 @@ def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Obj
         else:  # both figures counted in the final weights, not taken from prune.sparsity
             amount = (f"{info['weight_sparsity']:.1%} of conv/linear weights zero, "
                       f"{info['param_sparsity']:.1%} of all parameters")
-        s["detail"] = (f"{run.stages[-1]['accuracy']:.2%}, {p.method} {p.schedule}, {amount}"
+        s["detail"] = (f"{_figure(run.stages[-1])}, {p.method} {p.schedule}, {amount}"
                        + (" (cached)" if hit else ""))
     return pruned, key
 
 
 def _pruned(distilled: nn.Module, p: Any, train_split: Split,
-            objective_for: Callable[[nn.Module], Distillation], key: str, cache: StageCache,
+            objective_for: Callable[[nn.Module], Distillation | TransformerDistillation],
+            key: str, cache: StageCache,
             *, seed: int, batch_size: int, example: Batch, specs: tuple[InputSpec, ...]
             ) -> tuple[nn.Module, dict[str, Any], bool]:
     # Structured pruning changes the layers' shapes: rebuild them by removing the same

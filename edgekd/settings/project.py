@@ -77,9 +77,11 @@ class ModelSpec:
                "model.teacher_weights without model.teacher: name the teacher's factory")
         _check(not (self.student_weights and not self.student),
                "model.student_weights without model.student: name the student's factory")
-        _check(not (self.teacher and self.task != "classification"),
-               "distillation needs a classifier (model.task = \"classification\"); for other "
-               "models give a trained student (model.student_weights) without a teacher")
+        _check(not (self.teacher and self.task != "classification" and self.teacher_trains),
+               "a teacher that is not a classifier cannot be trained here: give its weights "
+               "(model.teacher_weights, or a Hugging Face folder) so the student learns its "
+               "outputs (embedding distillation), or give a trained student "
+               "(model.student_weights) without a teacher")
         _check(not (self.student and not self.teacher and not self.student_weights
                     and not checkpoint_folder(self.student)),
                "model.student has no weights and no teacher to learn from: set "

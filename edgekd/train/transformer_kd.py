@@ -57,15 +57,32 @@ class TransformerKDSettings(Protocol):
     """The ``[distill]`` keys this module reads (:class:`edgekd.settings.recipe.DistillConfig`
     has them)."""
 
-    temperature: float
-    alpha: float
-    layer_map: tuple[tuple[int, ...], ...]
-    hidden_weight: float
-    attention_loss: str
-    transformer_attention_weight: float
-    relation_heads: int
-    embedding_loss: str
-    embedding_projection: bool
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def alpha(self) -> float: ...
+
+    @property
+    def layer_map(self) -> tuple[tuple[int, ...], ...]: ...
+
+    @property
+    def hidden_weight(self) -> float: ...
+
+    @property
+    def attention_loss(self) -> str: ...
+
+    @property
+    def transformer_attention_weight(self) -> float: ...
+
+    @property
+    def relation_heads(self) -> int: ...
+
+    @property
+    def embedding_loss(self) -> str: ...
+
+    @property
+    def embedding_projection(self) -> bool: ...
 
 
 @dataclass(frozen=True)
