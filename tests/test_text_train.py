@@ -158,8 +158,9 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bert_teacher_trained_distilled_pruned_int8_verified(bert: Path) -> None:
     """A `transformers` teacher and a smaller student on token ids + mask: the teacher
-    trains, the student is distilled (logits; no automatic layer pairs, and the report
-    says so) and pruned, and the INT8 artifact passes verification in ONNX Runtime."""
+    trains, the student is distilled layer by layer (TinyBERT: the layer map found from the
+    two configs, recorded in the report) and pruned, and the INT8 artifact passes
+    verification in ONNX Runtime."""
     code, out = _build(bert, FAST + textwrap.dedent('''
         [model]
         teacher = "models.py:teacher"
@@ -174,15 +175,18 @@ def test_bert_teacher_trained_distilled_pruned_int8_verified(bert: Path) -> None
     stages = _stages(report)
     assert list(stages) == ["teacher", "student_scratch", "student_distilled", "student_pruned"]
     assert stages["teacher"]["accuracy"] > 0.6, stages["teacher"]  # chance: 1/3
-    assert "logits only" in stages["student_distilled"]["note"]
+    kd = stages["student_distilled"]["transformer"]
+    assert kd["layer_map"] == [[0, 1]] and (kd["student_layers"], kd["teacher_layers"]) == (1, 2)
+    assert "note" not in stages["student_distilled"]
     assert stages["student_pruned"]["weight_sparsity"] > 0.3
     assert [s["name"] for s in report["inputs"]] == ["input_ids", "attention_mask"]
     _int8_verified(report)
 
 
-def test_bert_structured_prunes_feed_forward_channels(bert: Path) -> None:
+def test_bert_structured_prunes_heads_and_feed_forward_channels(bert: Path) -> None:
     """Structured pruning of a BERT student (cached teacher and distilled stages reused):
-    the attention blocks stay whole (head sizes), the feed-forward channels go."""
+    whole attention heads and feed-forward channels go (compress/transformer_prune.py), the
+    matrices really shrink."""
     code, out = _build(bert, FAST + textwrap.dedent('''
         [model]
         teacher = "models.py:teacher"
@@ -198,7 +202,7 @@ def test_bert_structured_prunes_feed_forward_channels(bert: Path) -> None:
     pruned = _stages(report)["student_pruned"]
     assert pruned["macs_after"] < pruned["macs_before"]
     assert pruned["params"] < _stages(report)["student_distilled"]["params"]
-    assert any(k["type"] == "BertAttention" for k in pruned["kept_whole"])
+    assert not any(k["type"].endswith("Attention") for k in pruned["kept_whole"])
     _int8_verified(report)
 
 
@@ -326,3 +330,109 @@ def test_loop_trains_unlabeled_data_with_an_objective_that_needs_no_labels() -> 
     assert accuracy(student, test, specs) > 0.7
     with pytest.raises(ValueError, match="needs labeled samples"):
         train(_TwoInputs(), unlabeled, Schedule(1, 1e-2, 32), seed=0, specs=specs)
+
+
+EMBEDDER = '''
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+
+class Encoder(nn.Module):
+    """A sentence encoder: the masked mean of BERT's last hidden state."""
+    def __init__(self, hidden=32, layers=2):
+        super().__init__()
+        config = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=2, intermediate_size=2 * hidden,
+                            max_position_embeddings=32, initializer_range=0.2,
+                            attn_implementation="eager")
+        self.bert = BertModel(config, add_pooling_layer=False)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def teacher():
+    torch.manual_seed(0)
+    return Encoder(32, 2)
+'''
+
+
+def test_sentence_encoder_distilled_on_unlabeled_text_from_teacher_layers(
+        tmp_path: Path) -> None:
+    """A sentence encoder without labels: the student is the teacher's every 2nd layer
+    (DistilBERT's initialisation), learns the teacher's embeddings (cosine) with hidden-state
+    and attention terms on unlabeled token data, loses half its heads and FFN channels, and
+    its INT8 artifact holds the cosine limit in ONNX Runtime."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "models.py").write_text(EMBEDDER)
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import models  # type: ignore[import-not-found]
+        save_file(models.teacher().state_dict(), str(tmp_path / "teacher.safetensors"))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("models", None)
+    for name, n, seed in (("train", 400, 0), ("test", 100, 1)):
+        ids, mask, _ = _tokens(n, seed)
+        np.savez(tmp_path / f"{name}.npz", input_ids=ids, attention_mask=mask)  # no y
+    code, out = _build(tmp_path, FAST + textwrap.dedent('''
+        [model]
+        teacher = "models.py:teacher"
+        teacher_weights = "teacher.safetensors"
+        student_from_teacher = { every = 2 }
+        task = "regression"
+        [data]
+        train = "train.npz"
+        test = "test.npz"
+        [distill]
+        epochs = 4
+        lr = 3e-3
+        [prune]
+        method = "structured"
+        sparsity = 0.5
+        finetune_epochs = 1
+        [bench]
+        warmup = 2
+        runs = 10
+        seconds = 0
+        '''))
+    assert code == 0, out
+    report = _report(tmp_path)
+    stages = _stages(report)
+    assert list(stages) == ["teacher", "student_distilled", "student_pruned"]  # no scratch
+    kd = stages["student_distilled"]
+    assert kd["accuracy"] is None and kd["teacher_cosine"] > 0.8, kd
+    assert kd["transformer"]["layer_map"] == [[0, 1]]
+    assert kd["transformer"]["output_loss"] == "cosine"
+    assert stages["student_pruned"]["params"] < kd["params"]
+    int8 = [a for a in report["artifacts"] if a["precision"] == "int8"]
+    assert int8 and all(o["cosine_min"] >= 0.99 for a in int8 for o in a["outputs"]), int8
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ('teacher = "models.py:teacher"\nteacher_weights = "teacher.safetensors"\n'
+     'student = "models.py:teacher"\nstudent_from_teacher = { every = 2 }',
+     "remove model.student"),
+    ('teacher = "models.py:teacher"\nteacher_weights = "teacher.safetensors"\n'
+     'student_from_teacher = { every = 5 }', "every"),
+    ('teacher = "models.py:teacher"\nstudent_from_teacher = { every = 2 }\n'
+     'task = "regression"', "cannot be trained here"),
+])
+def test_students_from_teachers_bad_settings_are_one_line(tmp_path: Path, model: str,
+                                                          message: str) -> None:
+    from safetensors.torch import save_file
+
+    (tmp_path / "models.py").write_text(EMBEDDER)
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "teacher.safetensors"))
+    ids, mask, _ = _tokens(20, 0)
+    np.savez(tmp_path / "train.npz", input_ids=ids, attention_mask=mask)
+    code, out = _build(tmp_path, f"[model]\n{model}\n[data]\ntrain = \"train.npz\"\n"
+                                 "test = \"train.npz\"\n")
+    lines = out.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), out
+    assert message in lines[0], out

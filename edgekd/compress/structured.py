@@ -16,7 +16,9 @@ Importance is the L1 norm of each channel group (``MagnitudeImportance(p=1)``: L
 "Pruning Filters for Efficient ConvNets"), summed over the coupled layers. The output layer (the
 last conv or linear that runs: a classifier's classes) keeps its outputs; attention and
 recurrent layers are left whole (:func:`kept_whole` says which layers kept every channel and
-why). Checked on 1-D conv nets too (``tests/test_prune_layers.py``).
+why). A ``transformers`` encoder loses whole attention heads and FFN channels instead
+(:mod:`edgekd.compress.transformer_prune`). Checked on 1-D conv nets too
+(``tests/test_prune_layers.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import nn
 
 from edgekd.errors import BuildError
 from edgekd.train.inference import Batch, call
+from edgekd.train.transformer_kd import find_encoder
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -128,6 +131,13 @@ def prune_channels(model: M, example: Batch, ratio: float) -> M:
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"channel ratio must be in [0, 1), got {ratio}")
+    if ratio and find_encoder(model) is not None:
+        # A transformers encoder: whole attention heads and FFN channels go, by weight
+        # magnitude (compress/transformer_prune.py, which says why not torch-pruning's trace).
+        from edgekd.compress.transformer_prune import prune_transformer
+
+        pruned_encoder = prune_transformer(model, heads=ratio, ffn=ratio)[0]
+        return pruned_encoder.eval()  # type: ignore[return-value]
     pruned = copy.deepcopy(model).eval()
     if ratio == 0:
         return pruned

@@ -56,6 +56,7 @@ from edgekd.settings.resources import default_calibration_file
 from edgekd.settings.targets import Target, load_target
 from edgekd.train.loop import distributed
 from edgekd.train.stage_cache import StageCache, save_weights
+from edgekd.train.students import student_from_teacher
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def build(target: str | Target = "raspberrypi", *, out: Path | str = "build",
                     data=inputs.data, config=project.build,
                     cache=StageCache(out / ".cache" / "stages", fresh=fresh),
                     cache_dir=out / ".cache", step=step, on_epoch=on_epoch,
-                    student_key=inputs.student_key)
+                    student_key=inputs.student_key, derive=inputs.derive)
             if rank != 0:  # the other ranks only helped train; rank 0 does the rest
                 return BuildResult(out / target.name, {})
         with staged_dir(out / target.name) as stage:
@@ -234,7 +235,8 @@ def _inputs(project: Project, target: Target, step: _Steps, trust_pickle: bool,
     """The project's data and models, checked against each other and against the target."""
     with step("data") as s:
         inputs = (_builtin(project) if project.builtin and objects is None
-                  else resolve(project, trust_pickle=trust_pickle, objects=objects))
+                  else resolve(project, trust_pickle=trust_pickle, objects=objects,
+                               derive=student_from_teacher))
         data = inputs.data
         s["detail"] = (f"{data.name}: train {len(data.train)}, test {len(data.test)}, "
                        f"calibration {len(data.calibration)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -191,7 +192,7 @@ def _figure(entry: dict[str, Any]) -> str:
         return f"{entry['accuracy']:.2%}"
     if entry.get("teacher_cosine") is not None:
         return f"cosine with the teacher {entry['teacher_cosine']:.4f}"
-    return "trained"
+    return "trained" if entry.get("trained", True) else "given (its weights loaded)"
 
 
 def _detail(entry: dict[str, Any]) -> str:
@@ -253,7 +254,8 @@ class _Objectives:
 def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                  teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
                  cache_dir: Path, step: Callable[[str], Any],
-                 on_epoch: EpochCallback | None = None, student_key: str = "") -> Trained:
+                 on_epoch: EpochCallback | None = None, student_key: str = "",
+                 derive: Callable[[nn.Module], nn.Module] | None = None) -> Trained:
     """Teacher -> student from scratch (the baseline) -> distilled -> pruned + fine-tuned.
 
     ``teacher_key`` identifies the teacher (its factory and weights, or what trains it),
@@ -267,13 +269,14 @@ def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
         return _run_training(teacher=teacher, student=student, teacher_trains=teacher_trains,
                              teacher_key=teacher_key, data=data, config=config, cache=cache,
                              cache_dir=cache_dir, step=_reporting(step, on_epoch),
-                             threads=threads, student_key=student_key)
+                             threads=threads, student_key=student_key, derive=derive)
 
 
 def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                   teacher_key: str, data: Dataset, config: BuildConfig, cache: StageCache,
                   cache_dir: Path, step: Callable[[str], Any], threads: int,
-                  student_key: str) -> Trained:
+                  student_key: str, derive: Callable[[nn.Module], nn.Module] | None
+                  ) -> Trained:
     if len(data.train) == 0:
         raise UsageError("distillation needs training samples: set data.train")
     classifier, labeled = data.num_classes is not None, data.train.y is not None
@@ -301,6 +304,9 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
     run = _Run(data, config, cache, step, digest("data", data.fingerprint(), config.seed),
                split, soft_labels, threads, student_key)
     teacher_model, t_key = _teacher_stage(run, teacher, teacher_trains, teacher_key)
+    if derive is not None:  # the student is made from the teacher just trained or loaded
+        student = functools.partial(derive, teacher_model)
+        run.student_key = digest("derived", student_key, t_key)
     transformers = find_encoder(student()) is not None and find_encoder(teacher_model) is not None
     if not classifier:
         if not transformers:

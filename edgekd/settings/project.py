@@ -63,6 +63,10 @@ class ModelSpec:
     teacher_weights: str | None = None
     onnx: str | None = None
     task: Task = "classification"
+    # A student made from the teacher (edgekd.train.students): every = k or layers = [...]
+    # (DistilBERT's initialisation: the teacher's layers, weight for weight), or config
+    # overrides (hidden_size = 128, ...: a narrower, randomly initialised encoder).
+    student_from_teacher: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check(self.task in TASKS, f"model.task must be one of {', '.join(TASKS)}, "
@@ -70,7 +74,10 @@ class ModelSpec:
         _check(not (self.onnx and (self.student or self.teacher)),
                "model.onnx is a finished model: remove model.student and model.teacher, or "
                "remove model.onnx")
-        _check(bool(self.onnx or self.student),
+        _check(not (self.student_from_teacher and (self.student or not self.teacher)),
+               "model.student_from_teacher makes the student from model.teacher: set "
+               "model.teacher and remove model.student (or remove student_from_teacher)")
+        _check(bool(self.onnx or self.student or self.student_from_teacher),
                "[model] names nothing to build: set model.student (module:factory) or "
                "model.onnx")
         _check(not (self.teacher_weights and not self.teacher),
@@ -82,6 +89,9 @@ class ModelSpec:
                "(model.teacher_weights, or a Hugging Face folder) so the student learns its "
                "outputs (embedding distillation), or give a trained student "
                "(model.student_weights) without a teacher")
+        _check(not (self.student_weights and self.student_from_teacher),
+               "model.student_weights with model.student_from_teacher: the student is made "
+               "from the teacher; remove one")
         _check(not (self.student and not self.teacher and not self.student_weights
                     and not checkpoint_folder(self.student)),
                "model.student has no weights and no teacher to learn from: set "
