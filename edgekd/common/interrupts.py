@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -60,6 +61,19 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """The signal handler's KeyboardInterrupt, raised while Python ran a finalizer (a weakref
+    callback, ``__del__``), where it cannot propagate: Python would print "Exception ignored
+    in ..." with a traceback. It is kept in ``_received`` and raised again at the next
+    :func:`raise_if_interrupted` (between build steps), so it is dropped here quietly."""
+    if isinstance(args.exc_value, KeyboardInterrupt) and _received:
+        return
+    _saved_unraisable[0](args)
+
+
+_saved_unraisable = [sys.unraisablehook]
+
+
 def raise_if_interrupted() -> None:
     """Raise KeyboardInterrupt again if a signal came and something swallowed the first one;
     put edgekd's handler back if a library replaced it. Called between build steps."""
@@ -89,6 +103,8 @@ def catch_interrupts() -> Iterator[None]:
         return
     saved = {sig: signal.getsignal(sig) for sig in CAUGHT}
     _received.clear()
+    _saved_unraisable[0] = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     for sig, handler in saved.items():
         nohup = handler is signal.SIG_IGN and sig == getattr(signal, "SIGHUP", None)
         if handler is not None and not nohup:
@@ -101,6 +117,7 @@ def catch_interrupts() -> Iterator[None]:
         raise
     finally:
         _ours.clear()
+        sys.unraisablehook = _saved_unraisable[0]
         for sig, handler in saved.items():
             if handler is not None:  # None: a handler set outside Python, left as it was
                 signal.signal(sig, handler)

@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.common.interrupts import raise_if_interrupted
 from edgekd.common.progress import EVERY_S, active, emit
 from edgekd.inputs.dataset import InputSpec, Split
 from edgekd.train.augment import augment_inputs
@@ -405,6 +406,7 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
             done += 1
             tally.add(loss, logits, labels)
             events.batch(b, tally)
+            raise_if_interrupted()  # a Ctrl-C a finalizer swallowed stops training here
             if on_step:
                 on_step(done, steps)
         report = tally.report(epoch + 1, schedule.epochs, classes, start)
