@@ -47,12 +47,19 @@ def to_onnx(model: Any, example: np.ndarray | Feeds, path: Path,
     input of a model with several, named as the model names them."""
     import onnx
 
+    from edgekd.inputs.calls import by_name
+
     args, names, dynamic = _args(example)
+    kwargs: dict[str, Any] | None = None
+    if by_name(model, names):  # fed as the pipeline calls it: a mask never lands elsewhere
+        kwargs, args = dict(zip(names, args, strict=True)), ()
+        dynamic = dict(zip(names, dynamic, strict=True))  # type: ignore[assignment]
     outputs = output_names or [OUTPUT_NAME]
     with quiet("torch.onnx.export"), tracking(f"convert {path.name}", 1, "model"):
-        program = torch.onnx.export(model, args, dynamo=True, opset_version=OPSET,
-                                    input_names=names, output_names=outputs,
-                                    dynamic_shapes=dynamic, verbose=False)
+        program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True,
+                                    opset_version=OPSET, input_names=names,
+                                    output_names=outputs, dynamic_shapes=dynamic,
+                                    verbose=False)
     if program is None:
         raise BuildError("torch.onnx.export returned no program")
     proto = program.model_proto
@@ -82,11 +89,16 @@ def to_tflite(model: nn.Module, example_input: np.ndarray | Feeds, fp32: Path,
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from edgekd.common.quiet import quiet
+    from edgekd.inputs.calls import by_name
 
     first = Feeds.of(example_input).head(1)
-    example = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in first.batch().values())
+    feed = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in first.batch().items()}
+    # Several inputs go in by name, as every other step calls the model: a forward
+    # (input_ids, token_type_ids=None, attention_mask=None) must get the mask as the mask.
+    named = isinstance(example_input, Feeds) and by_name(model, list(feed))
+    example, kwargs = ((), feed) if named else (tuple(feed.values()), None)
     with quiet("litert_torch.convert fp32"), tracking(f"convert {fp32.name}", 1, "model"):
-        litert_torch.convert(model.eval(), example).export(str(fp32))
+        litert_torch.convert(model.eval(), example, kwargs).export(str(fp32))
     if int8 is None:  # FP32 only (the dense reference for pruning's payoff)
         return
 
@@ -99,15 +111,16 @@ def to_tflite(model: nn.Module, example_input: np.ndarray | Feeds, fp32: Path,
     with quiet("litert_torch.convert int8"), torch.no_grad():
         samples = Feeds.of(calibration)
         with tracking("calibrate tflite", len(samples), "sample") as t:
-            graph = torch.export.export(model.eval(), example).module()
+            graph = torch.export.export(model.eval(), example, kwargs).module()
             prepared = prepare_pt2e(graph, quantizer)
             for i in range(len(samples)):  # the exported graph has a static batch of 1
-                prepared(*(torch.from_numpy(np.ascontiguousarray(v))
-                           for v in samples.batch(i, i + 1).values()))
+                batch = {k: torch.from_numpy(np.ascontiguousarray(v))
+                         for k, v in samples.batch(i, i + 1).items()}
+                _ = prepared(**batch) if named else prepared(*batch.values())
                 t.advance()
         with tracking(f"convert {int8.name}", 1, "model"):
             converted = convert_pt2e(prepared, fold_quantize=False)
-            litert_torch.convert(converted, example, quant_config=QuantConfig(
+            litert_torch.convert(converted, example, kwargs, quant_config=QuantConfig(
                 pt2e_quantizer=quantizer)).export(str(int8))
 
 

@@ -101,18 +101,22 @@ class TfliteRunner:
             raise BuildError(f"{path}: the TFLite interpreter cannot load it ({exc}); re-export "
                              "the model or check the file is complete") from exc
         self.threads = threads
-        # LiteRT-Torch names a model's inputs args_0, args_1, ... in forward's order and its
-        # outputs output_0, ...; the signature lists them so; tensor indices need not follow.
+        # LiteRT-Torch names a model's positional inputs args_0, args_1, ... in forward's
+        # order, inputs given by name (several inputs: edgekd.backends.from_torch) by their
+        # names, in the signature's alphabetical order, and its outputs output_0, ...;
+        # tensor indices need not follow either.
         by_name = {d["name"]: d for d in self.interpreter.get_input_details()}
         out_by_name = {d["name"]: d for d in self.interpreter.get_output_details()}
         signature = next(iter(self.interpreter.get_signature_list().values()), None)
         runner = (self.interpreter.get_signature_runner() if signature else None)
         if runner is not None and signature is not None:
             ins, outs = runner.get_input_details(), runner.get_output_details()
-            self._inputs = [ins[n] for n in signature["inputs"]]
+            self._names = sorted(signature["inputs"], key=_arg_order)
+            self._inputs = [ins[n] for n in self._names]
             self._outputs = [outs[n] for n in sorted(signature["outputs"], key=_arg_order)]
         else:
             self._inputs = list(by_name.values())
+            self._names = list(by_name)
             self._outputs = list(out_by_name.values())
         self.input_names = [str(d["name"]) for d in self._inputs]
         self.output_names = [str(d["name"]) for d in self._outputs]
@@ -165,8 +169,10 @@ class TfliteRunner:
                                for i in range(0, len(x), self.batch)])
 
     def run_all(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Inputs in forward's order: ``feed`` in its own order (the model's input names are
-        not the TFLite tensors' names)."""
+        """``feed`` by name where the signature names the inputs as the model does (inputs
+        exported by name), else in its own order (forward's: args_0, args_1, ...)."""
+        if set(feed) == set(self._names):
+            feed = {n: feed[n] for n in self._names}
         xs = [np.asarray(v) for v in feed.values()]
         batched = [x for x, d in zip(xs, self._inputs, strict=True) if len(d["shape"])]
         n = len(batched[0]) if batched else self.batch

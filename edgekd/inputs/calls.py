@@ -1,6 +1,6 @@
-"""Calling a user's PyTorch model the way it is written: several named inputs in forward's
-order (float, int64 token ids, bool masks; fixed and state inputs fed alongside), and one
-output or several (a tuple, a list, a dict or a Hugging Face ``ModelOutput``).
+"""Calling a user's PyTorch model the way it is written: several inputs by name (float,
+int64 token ids, bool masks; fixed and state inputs fed alongside), and one output or several
+(a tuple, a list, a dict or a Hugging Face ``ModelOutput``).
 
 The deploy steps compare every output, so they need them as a flat list in a fixed order
 with names; this is the one place that flattens them.
@@ -46,6 +46,34 @@ def tensors(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> tuple
     return tuple(torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs)
 
 
+def by_name(model: nn.Module, names: Sequence[str]) -> bool:
+    """Whether ``model`` takes these inputs by name: several inputs, each a parameter of
+    forward that a keyword reaches (or forward takes ``**kwargs``). Positional order is not
+    enough: for ``forward(input_ids, token_type_ids=None, attention_mask=None)`` a mask fed
+    second lands in ``token_type_ids``. One input stays positional (the data's ``input``
+    is whatever forward calls it)."""
+    if len(names) < 2:
+        return False
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return all(params[n].kind in keyword if n in params else var_kw for n in names)
+
+
+def call_model(model: nn.Module, feed: Mapping[str, np.ndarray],
+               specs: Sequence[InputSpec]) -> Any:
+    """``model`` on one call's inputs: ``model(**feed)`` when it takes them by name
+    (:func:`by_name`), else in forward's order."""
+    args = tensors(feed, specs)
+    names = [s.name for s in specs]
+    if by_name(model, names):
+        return model(**dict(zip(names, args, strict=True)))
+    return model(*args)
+
+
 @torch.no_grad()
 def model_outputs(model: nn.Module, feeds: Feeds, batch_size: int = 256,
                   outputs: Sequence[OutputSpec] | None = None) -> list[np.ndarray]:
@@ -54,7 +82,7 @@ def model_outputs(model: nn.Module, feeds: Feeds, batch_size: int = 256,
     model.eval()
     parts: list[list[np.ndarray]] = []
     for i in range(0, len(feeds), batch_size):
-        out = flat_outputs(model(*tensors(feeds.batch(i, i + batch_size), feeds.specs)))
+        out = flat_outputs(call_model(model, feeds.batch(i, i + batch_size), feeds.specs))
         parts.append([t.detach().float().numpy() if t.is_floating_point()
                       else t.detach().numpy() for _, t in out])
     return join_batches(parts, outputs)
@@ -68,7 +96,7 @@ def torch_call(model: nn.Module, specs: Sequence[InputSpec]
     @torch.no_grad()
     def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [t.detach().float().numpy() if t.is_floating_point() else t.detach().numpy()
-                for _, t in flat_outputs(model(*tensors(feed, specs)))]
+                for _, t in flat_outputs(call_model(model, feed, specs))]
     return call
 
 

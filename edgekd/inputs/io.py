@@ -83,6 +83,39 @@ def torch_io(model: Any, available: Sequence[str], decls: Mapping[str, InputDecl
     return out
 
 
+# Names of 0/1 integer inputs that are not masks: segment (token type) ids.
+_SEGMENT_WORDS = ("type", "segment")
+
+
+def data_kind(name: str, splits: Sequence[np.ndarray], inputs: Mapping[str, np.ndarray], *,
+              images: bool) -> str:
+    """What a data input's values are, from its dtype, shape and values (``splits``: its
+    samples in every split; ``inputs``: every data input's test samples, by name).
+
+    An integer input is a ``mask`` (fed clean by robustness, never corrupted like ids) when
+    its values are only 0 and 1 in every split and either its name says so (``*mask*``) or
+    it sits beside a companion token input: another integer input of the same per-sample
+    shape whose values go past 1. Neither can take token ids for a mask: ids named
+    ``masked_ids`` take values past 1, and ids of a vocabulary of two are not a real case.
+    Segment ids (``token_type_ids``: 0/1 beside the ids too) are named as such and stay
+    ``tokens``. Any other integer input is ``tokens``; bool is ``mask``."""
+    x = splits[0] if splits else next(iter(inputs.values()))
+    if x.dtype == np.bool_:
+        return "mask"
+    if x.dtype.kind in "iu":
+        binary = all(v.size == 0 or (int(v.min()) >= 0 and int(v.max()) <= 1) for v in splits)
+        lower = name.lower()
+        companion = any(other is not x and other.dtype.kind in "iu" and other.size
+                        and other.shape[1:] == x.shape[1:] and int(other.max()) > 1
+                        for n, other in inputs.items() if n != name)
+        segment = any(word in lower for word in _SEGMENT_WORDS)
+        if binary and ("mask" in lower or (companion and not segment)):
+            return "mask"
+        return "tokens"
+    return ("image" if images and x.ndim == 4 else
+            "signal" if x.ndim in (2, 3) else "values")
+
+
 def _batch_axis(dims: tuple[int | str | None, ...] | None) -> int | None:
     if dims is None:
         return None

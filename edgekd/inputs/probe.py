@@ -35,11 +35,11 @@ def _call(model: Any, feed: dict[str, np.ndarray], specs: tuple[InputSpec, ...],
           what: str, batch: int) -> list[tuple[str, Any]]:
     import torch
 
-    from edgekd.inputs.calls import flat_outputs, tensors
+    from edgekd.inputs.calls import call_model, flat_outputs
 
     with torch.no_grad():
         try:
-            result = model(*tensors(feed, specs))
+            result = call_model(model, feed, specs)
         except Exception as exc:  # noqa: BLE001 - the user's forward
             cause = f"({type(exc).__name__}: {first_line(exc)})"
             if batch > 1:

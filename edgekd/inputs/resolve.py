@@ -9,6 +9,7 @@ pipeline, which may import training code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from edgekd.inputs.io import (
     Declared,
     check_declarations,
     constant_spec,
+    data_kind,
     onnx_io,
     output_specs,
     session_feed,
@@ -57,6 +59,8 @@ class Inputs:
     student_key: str = ""  # what identifies the student (factory code and weights, or object)
     onnx: Path | None = None
     model: dict[str, Any] = field(default_factory=dict)  # for the report and the manifest
+    # model.student_from_teacher: the student is made from the (trained) teacher this way.
+    derive: Callable[[Any], Any] | None = None
 
     @property
     def trains(self) -> bool:
@@ -113,6 +117,11 @@ def _specs(declared: list[Declared], decls: dict[str, InputDecl], data: Dataset,
             out.append(constant_spec(d, decl, what))
             continue
         x = arrays[d.name] if d.name in arrays else next(iter(arrays.values()))
+        if decl is not None and decl.shape is not None and tuple(decl.shape) != x.shape[1:]:
+            want, got = list(decl.shape), list(x.shape[1:])
+            raise UsageError(f"inputs.{d.name}.shape = {want} but the data's {d.name} has "
+                             f"{got} per sample: pad or truncate the data to {want} (the "
+                             "sequence length deployed), or leave shape out")
         dtype = str(x.dtype)
         first_float = x.dtype.kind == "f" and x is next(
             (a for a in arrays.values() if a.dtype.kind == "f"), None)
@@ -121,11 +130,17 @@ def _specs(declared: list[Declared], decls: dict[str, InputDecl], data: Dataset,
                 "as stored (integers, not preprocessed)" if x.dtype.kind != "f" else
                 "as stored (float32, not preprocessed)")
         kind = (decl.kind if decl is not None and decl.kind != "auto" else
-                "tokens" if x.dtype.kind in "iu" else "mask" if x.dtype == np.bool_ else
-                "image" if images and x.ndim == 4 else
-                "signal" if x.ndim in (2, 3) else "values")
+                data_kind(d.name, _every_split(data, d.name) or [x], arrays,
+                          images=images))
         out.append(InputSpec(d.name, dtype, tuple(x.shape[1:]), kind=kind, preprocessing=prep))
     return tuple(out)
+
+
+def _every_split(data: Dataset, name: str) -> list[np.ndarray]:
+    """Input ``name``'s samples in every split (what its kind is inferred from)."""
+    splits = [data.test, data.train, data.calibration, data.validation]
+    return [s.extra[name] if s.extra else s.x for s in splits
+            if s is not None and len(s) and (name in s.extra or not s.extra)]
 
 
 def _with_io(data: Dataset, declared: list[Declared], project: Project, what: str,
@@ -167,8 +182,8 @@ class DataSource:
     name: str | None = None
 
 
-def _file_models(spec: ModelSpec, project: Project, trust_pickle: bool
-                 ) -> tuple[ModelSource, ModelSource | None]:
+def _file_models(spec: ModelSpec, project: Project, trust_pickle: bool,
+                 derive: Derive | None = None) -> tuple[ModelSource, ModelSource | None]:
     from edgekd.inputs.model_files import make_model
 
     def source(what: str, factory: str, args: dict[str, Any], weights: str | None,
@@ -178,11 +193,46 @@ def _file_models(spec: ModelSpec, project: Project, trust_pickle: bool
             lambda fit: _factory(factory, args, weights, project.root, what, trust_pickle,
                                  fit), finished)
 
-    student = source("model.student", spec.student, spec.student_args,  # type: ignore[arg-type]
-                     spec.student_weights, bool(spec.student_weights) or not spec.trains)
     teacher = (source("model.teacher", spec.teacher, spec.teacher_args, spec.teacher_weights,
                       not spec.teacher_trains) if spec.teacher else None)
+    if spec.student_from_teacher and teacher is not None:
+        if derive is None:
+            raise UsageError("model.student_from_teacher: this entry point cannot make "
+                             "students from teachers; run edgekd build")
+        return _derived(teacher, spec.student_from_teacher, derive), teacher
+    student = source("model.student", spec.student, spec.student_args,  # type: ignore[arg-type]
+                     spec.student_weights, bool(spec.student_weights) or not spec.trains)
     return student, teacher
+
+
+# ``(teacher, **how) -> student``: edgekd.train.students.student_from_teacher, passed in by
+# the pipeline (this room sits below train and does not import it).
+Derive = Callable[..., Any]
+
+
+def _apply(make: Derive, how: dict[str, Any], teacher: Any) -> Any:
+    try:
+        return make(teacher, **how)
+    except UsageError as exc:
+        raise UsageError(f"model.student_from_teacher: {exc}") from exc
+    except TypeError as exc:  # a key student_from_teacher does not take
+        raise UsageError(f"model.student_from_teacher: {exc}: use every, layers or config "
+                         "fields such as hidden_size") from exc
+
+
+def _derived(teacher: ModelSource, how: dict[str, Any], make: Derive) -> ModelSource:
+    """The student made from the teacher: probed from the teacher's factory here; training
+    makes it again from the teacher it trained or loaded (:attr:`Inputs.derive`)."""
+    def derive(model: Any) -> Any:
+        return _apply(make, how, model)
+
+    def bind(fit: Callable[[Any, str], None]) -> tuple[Factory, dict[str, Any]]:
+        make_teacher, info = teacher.bind(fit)
+        return (lambda: derive(make_teacher()),
+                {"from_teacher": dict(sorted(how.items())), "teacher": info})
+
+    return ModelSource("model.student_from_teacher", f"{teacher.label} ({how})",
+                       lambda: derive(teacher.instance()), bind, False)
 
 
 def _object_models(objects: InMemory) -> tuple[ModelSource, ModelSource | None]:
@@ -228,7 +278,7 @@ def _read(source: DataSource, *, trains: bool, calibration_samples: int, seed: i
 
 
 def resolve(project: Project, *, trust_pickle: bool = False,
-            objects: InMemory | None = None) -> Inputs:
+            objects: InMemory | None = None, derive: Derive | None = None) -> Inputs:
     """Data and models of ``project`` (or the ``objects`` given in memory instead of its
     ``[model]`` / ``[data]``), checked against each other."""
     if objects is not None and objects.student is not None:
@@ -244,9 +294,13 @@ def resolve(project: Project, *, trust_pickle: bool = False,
         source = _data_source(project, objects, trains, labels=teacher_trains)
         if spec.onnx:
             return _onnx_inputs(spec, project, source)
-        student, teacher = _file_models(spec, project, trust_pickle)
-    return _torch_inputs(project, source, student, teacher, task=task, trains=trains,
-                         teacher_trains=teacher_trains)
+        student, teacher = _file_models(spec, project, trust_pickle, derive)
+    inputs = _torch_inputs(project, source, student, teacher, task=task, trains=trains,
+                           teacher_trains=teacher_trains)
+    how = project.model.student_from_teacher if project.model and objects is None else {}
+    if how and derive is not None:
+        inputs = dataclasses.replace(inputs, derive=functools.partial(_apply, derive, how))
+    return inputs
 
 
 def _torch_inputs(project: Project, source: DataSource, student: ModelSource,
