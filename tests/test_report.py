@@ -123,7 +123,7 @@ def validator(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_assemble_computes_summary_payoff_flags_and_budget(report: Report) -> None:
-    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.3"
+    assert list(report) == ORDER and report["schema_version"] == SCHEMA_VERSION == "1.4"
     assert report["summary"] == {"compression": 28.51, "scratch_accuracy": 0.7125,
                                  "distilled_accuracy": 0.875, "distillation_gain_points": 16.25}
     int8 = next(p for p in report["payoff"] if p["step"] == "int8")
@@ -422,7 +422,7 @@ def test_a_build_records_its_quant_settings_resolved(tmp_path: Path) -> None:
     written = json.loads((out / "manifest.json").read_text())["config"]["quant"]
     assert written["activation_type"] == "auto" and written["reduce_range"] is None
     calibrated = min(written["calibration_samples"], report["dataset"]["splits"]["calibration"])
-    assert report["schema_version"] == "1.3"
+    assert report["schema_version"] == "1.4"
     assert report["quantization"]["settings"] == {
         "calibration_samples": calibrated, "per_channel": True, "activation_type": "uint8",
         "weight_type": "int8", "reduce_range": True, "percentile": written["percentile"],
@@ -433,3 +433,53 @@ def test_a_build_records_its_quant_settings_resolved(tmp_path: Path) -> None:
     assert said in (out / "report.md").read_text()
     assert said in (out / "report.html").read_text()
     assert "manifest.json (config.quant)" not in (out / "report.md").read_text()
+
+
+def test_reports_say_the_int8_recipe_and_what_ships_fp32(report: Report) -> None:
+    """Schema 1.4: the recipe, why, the search's trials and quant.keep_float / skip_int8 sit
+    at the top of the quantization section, and report.md / report.html say them in a line."""
+    r = _compression(report)
+    r["quantization"] |= {
+        "recipe": "transformer", "recipe_reason": "transformer graph (MatMul + Softmax)",
+        "search_figure": "cosine", "keep_float": [], "skip_int8": ["openvino"],
+        "search": [{"recipe": "transformer", "float_layers": [], "figure": "cosine",
+                    "value": 0.97, "mean": 0.99, "holds": False},
+                   {"recipe": "dynamic", "float_layers": [], "figure": "cosine",
+                    "value": 0.995, "mean": 0.999, "holds": True}]}
+    assert schema.validate_report(r) == []
+    said = ("INT8 recipe: transformer (transformer graph (MatMul + Softmax)); shipped FP32 "
+            "only: openvino.")
+    md = render_markdown(r)
+    assert said in md[md.index("## Quantization"):md.index("## Latency")]
+    assert said in render_html(r)
+    bad = copy.deepcopy(r)
+    bad["quantization"]["recipe"] = "int4"
+    assert any("recipe" in e for e in schema.validate_report(bad))
+    bad["quantization"] |= {"recipe": "static", "search": [{"recipe": "static"}]}
+    assert schema.validate_report(bad)  # a trial names its figure, value and verdict
+    assert "INT8 recipe:" not in render_markdown(dict(report))  # reports before 1.4
+
+
+@pytest.mark.slow
+def test_a_transformer_build_reports_its_int8_recipe(tmp_path: Path) -> None:
+    """A real build of a finished tiny BERT (random weights, token ids + mask): report.json
+    holds the recipe at the top of its quantization section and validates; report.md and
+    report.html say it in one line, with the runtime that ships FP32 only."""
+    pytest.importorskip("transformers")
+    from tests.test_transformer_int8 import _build, _project, _report
+
+    config = _project(tmp_path / "p", "encoder", labels=False,
+                      quant='skip_int8 = ["openvino"]\n')
+    done = _build(config, tmp_path / "out", "--set", "min_cosine=0.9")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(tmp_path / "out")
+    q = report["quantization"]
+    assert report["schema_version"] == "1.4" and schema.validate_report(report) == []
+    assert q["recipe"] in ("transformer", "dynamic") and q["search_figure"] == "cosine"
+    assert q["skip_int8"] == ["openvino"] and "recipe" not in q["settings"]
+    assert q["search"] and q["search"][-1]["holds"]
+    md = (tmp_path / "out" / "x86-cpu" / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("INT8 recipe: "))
+    assert line.startswith(f"INT8 recipe: {q['recipe']} (")
+    assert line.endswith("; shipped FP32 only: openvino.")
+    assert "INT8 recipe: " in (tmp_path / "out" / "x86-cpu" / "report.html").read_text()

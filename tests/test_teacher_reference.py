@@ -100,7 +100,7 @@ std = [64.0, 64.0, 64.0]
 def test_teacher_artifacts_are_exported_verified_and_benched(built: Built) -> None:
     for target, runtime in TARGETS.items():
         out, report, _ = built[target]
-        assert report["schema_version"] == "1.3"
+        assert report["schema_version"] == "1.4"
         assert validate_report(report) == []
         (t,) = [r for r in report["references"] if r["role"] == "teacher"]
         suffix = {"onnxruntime": ".onnx", "openvino": ".xml"}[runtime]

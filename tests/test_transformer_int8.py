@@ -187,7 +187,7 @@ def test_classifier_build_uses_the_transformer_recipe_and_keeps_named_layers(
     assert done.returncode == 0, done.stderr[-3000:]
     report = _report(tmp_path / "out")
     q = report["quantization"]
-    settings = q["settings"]
+    settings = q
     assert settings["recipe"] in ("transformer", "dynamic")
     assert "transformer graph" in settings["recipe_reason"]
     assert settings["keep_float"] == [chosen] and chosen in q["float_layers"]
@@ -212,7 +212,7 @@ def test_embedding_model_search_runs_on_cosine(tmp_path: Path) -> None:
     done = _build(config, tmp_path / "out", "--set", "min_cosine=0.99")
     assert done.returncode == 0, done.stderr[-3000:]
     q = _report(tmp_path / "out")["quantization"]
-    s = q["settings"]
+    s = q
     assert s["search_figure"] == "cosine"
     assert len(s["search"]) > 1 and not s["search"][0]["holds"]
     assert s["search"][-1]["holds"] and s["search"][-1]["value"] >= 0.99999
@@ -261,7 +261,7 @@ def test_skip_int8_ships_fp32_only_for_that_runtime(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = _report(tmp_path / "out")
     assert [a["precision"] for a in report["artifacts"]] == ["fp32"]
-    assert report["quantization"]["settings"]["skip_int8"] == ["onnxruntime"]
+    assert report["quantization"]["skip_int8"] == ["onnxruntime"]
     assert not list((tmp_path / "out" / "x86-cpu").glob("*int8*"))
 
 

@@ -1,13 +1,9 @@
-"""Static INT8 post-training quantization of ONNX models with ONNX Runtime's own tools, and
-the accuracy-aware mixed-precision search around it.
+"""Static (and dynamic) INT8 post-training quantization of ONNX models with ONNX Runtime's
+own tools; the accuracy-aware search around it is :mod:`edgekd.compress.int8_search`.
 
 ``quantize`` pre-processes the FP32 model (shape inference + graph optimisation, which folds
-BatchNorm), calibrates activation ranges once (min-max, percentile or entropy; ORT's
-calibrators), writes a QDQ model, and, given a validation split and a budget
-(``QuantConfig.max_accuracy_drop``), measures the INT8 model in ONNX Runtime. When it loses
-more than allowed, each quantizable layer is tried in float on its own (``nodes_to_exclude``),
-and the layers whose exclusion helps most are kept in float, one more at a time, until the
-model is within budget. OpenVINO converts the same QDQ file.
+BatchNorm), picks the recipe (:func:`recipe_for`), calibrates activation ranges once (ORT's
+calibrators) and writes a QDQ model, which the search then keeps within budget.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,8 @@ import numpy as np
 import edgekd
 from edgekd.common.cache import CacheDir, digest_of
 from edgekd.common.progress import Tracker, tracking
+from edgekd.compress.int8_search import Judge, first_output, resolve_keep_float, search
+from edgekd.compress.int8_search import judged as judged  # re-exported for older callers
 from edgekd.errors import BuildError
 from edgekd.inputs.dataset import Feeds
 from edgekd.settings.config import QuantConfig
@@ -76,24 +74,6 @@ class CalibrationReader:
 
 
 @dataclass(frozen=True)
-class Judge:
-    """How the accuracy-aware search judges an INT8 model on the validation split, by the
-    task's own figure: top-1 agreement (or accuracy with labels) for a classifier, within
-    ``max_drop`` points of FP32; the worst sample's cosine with FP32 for an output of at
-    least ``COSINE_ELEMENTS`` elements, at least ``min_cosine``; else the worst |error| as a
-    fraction of the FP32 output's range, at most ``max_error``."""
-
-    classifier: bool
-    max_drop: float = 1.0
-    min_cosine: float = 0.99
-    max_error: float = 0.2
-
-
-# As edgekd.measure.verify.MIN_COSINE_ELEMENTS: from 8 elements on, cosine measures a direction.
-COSINE_ELEMENTS = 8
-
-
-@dataclass(frozen=True)
 class Quantized:
     """An INT8 model and how it was made. Accuracies are fractions on the validation split
     (top-1 agreement with the FP32 model where no labels were given; None for a model
@@ -114,21 +94,23 @@ class Quantized:
     figure: str = ""  # top1_agreement | accuracy | cosine | output_error; "" unchecked
     trials: tuple[dict[str, Any], ...] = ()
     keep_float: tuple[str, ...] = ()  # the project's quant.keep_float (in float_layers too)
+    skip_int8: tuple[str, ...] = ()  # quant.skip_int8: runtimes that ship FP32 only
 
     def to_dict(self) -> dict[str, Any]:
-        """The report's ``quantization`` fields (schema 1.x); the recipe's data is in
-        :meth:`recipe_dict`."""
+        """The report's ``quantization`` fields (schema 1.4: with :meth:`recipe_dict`)."""
         return {"path": self.path.name, "method": self.method,
                 "float_layers": list(self.float_layers), "fp32_accuracy": self.fp32_accuracy,
                 "int8_accuracy": self.int8_accuracy, "steps": list(self.steps),
-                "cached": self.cached}
+                "cached": self.cached, **self.recipe_dict()}
 
     def recipe_dict(self) -> dict[str, Any]:
+        """How the recipe was chosen and searched (the report's quantization fields since 1.4)."""
         return {"recipe": self.recipe, "recipe_reason": self.why, "search_figure": self.figure,
-                "search": list(self.trials), "keep_float": list(self.keep_float)}
+                "search": list(self.trials), "keep_float": list(self.keep_float),
+                "skip_int8": list(self.skip_int8)}
 
     def meta(self) -> dict[str, Any]:  # what the stage cache keeps
-        return {**self.to_dict(), **self.recipe_dict()}
+        return self.to_dict()
 
 
 def activation_type(config: QuantConfig, *, tensorrt: bool = False) -> str:
@@ -300,26 +282,12 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: Qu
     return out
 
 
-def _first_output(model_path: Path, x: np.ndarray | Feeds, threads: int = 2) -> np.ndarray:
-    from edgekd.backends import predict_all
-    from edgekd.backends.onnxruntime import load
-
-    feeds = Feeds.of(x)
-    runner = load(model_path, threads)
-    if len(feeds) == 0:
-        return np.zeros((0,), np.float32)
-    if len(runner.input_names) == 1 and len(feeds.specs) == 1:  # the name as the file has it
-        feeds = Feeds((replace(feeds.specs[0], name=runner.input_names[0]),),
-                      {runner.input_names[0]: next(iter(feeds.arrays.values()))})
-    return predict_all(runner, feeds.specs, feeds.arrays)[0]
-
-
 def ort_accuracy(model_path: Path, x: np.ndarray | Feeds, y: np.ndarray | None,
              reference: np.ndarray | None = None, threads: int = 2
              ) -> tuple[float, np.ndarray]:
     """(accuracy, logits) in ONNX Runtime; without labels, accuracy is top-1 agreement with
     ``reference`` logits."""
-    logits = _first_output(model_path, x, threads)
+    logits = first_output(model_path, x, threads)
     if y is not None:
         truth = y
     else:  # no labels: agreement with the reference (the FP32 model: itself, 100 %)
@@ -333,72 +301,13 @@ def _require_finite(model_path: Path, calibration: np.ndarray | Feeds) -> None:
     bad_x = np.zeros(len(feeds), bool)
     for arr in feeds.arrays.values():
         bad_x |= ~np.isfinite(arr.astype(np.float64)).reshape(len(arr), -1).all(1)
-    outputs = _first_output(model_path, feeds.select(~bad_x))
+    outputs = first_output(model_path, feeds.select(~bad_x))
     bad = ~np.isfinite(outputs.astype(np.float64)).reshape(len(outputs), -1).all(1)
     if bad_x.any() or bad.any():
         what = ("samples" if bad_x.any() else "FP32 model's outputs on the calibration samples")
         raise BuildError(f"cannot calibrate INT8: the {what} are not finite (NaN or inf in "
                          f"{int(bad_x.sum() or bad.sum())} of {len(calibration)}): check the "
                          "model's weights, the training (did it diverge?) and the data")
-
-
-def judged(outputs: np.ndarray, reference: np.ndarray, y: np.ndarray | None, judge: Judge,
-           fp32_accuracy: float | None = None) -> dict[str, Any]:
-    """The task's figure for ``outputs`` against the FP32 ``reference`` (first output, all
-    validation samples): ``figure``, ``value``, ``holds`` (within the budget) and ``rank``
-    (higher is better: how the search orders its trials)."""
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    if judge.classifier:
-        truth = y if y is not None else b.argmax(1)
-        acc = float((a.argmax(1) == truth).mean())
-        base = fp32_accuracy if fp32_accuracy is not None else 1.0
-        return {"figure": "accuracy" if y is not None else "top1_agreement",
-                "value": round(acc, 6), "holds": base - acc <= judge.max_drop / 100 + 1e-9,
-                "rank": (acc, -float(np.mean((a - b) ** 2)))}
-    if a.shape[1] >= COSINE_ELEMENTS:
-        tiny = np.finfo(np.float64).tiny
-        na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-        cos = (a * b).sum(1) / np.maximum(na * nb, tiny)
-        cos[(na == 0) & (nb == 0)] = 1.0
-        worst, mean = float(cos.min()), float(cos.mean())
-        return {"figure": "cosine", "value": round(worst, 6), "mean": round(mean, 6),
-                "holds": worst >= judge.min_cosine, "rank": (worst, mean)}
-    finite = b[np.isfinite(b)]
-    spread = float(finite.max() - finite.min()) if finite.size else 0.0
-    scale = spread if spread > 0 else (float(np.abs(finite).max()) if finite.size else 0.0) or 1.0
-    rel = float(np.abs(a - b).max() / scale) if len(a) else 0.0
-    return {"figure": "output_error", "value": round(rel, 6), "holds": rel <= judge.max_error,
-            "rank": (-rel,)}
-
-
-def resolve_keep_float(model_path: Path, names: tuple[str, ...]) -> list[str]:
-    """``quant.keep_float`` as node names of the model: each name must be a node (or the
-    weight of one, e.g. a PyTorch parameter name); an unknown name is one error that lists
-    the closest node names."""
-    import difflib
-
-    import onnx
-
-    from edgekd.errors import UsageError
-
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    nodes = [n.name for n in graph.node if n.name]
-    by_weight = {i: n.name for n in graph.node for i in n.input[1:2] or n.input[:1]}
-    out: list[str] = []
-    for name in names:
-        if name in nodes:
-            out.append(name)
-        elif name in by_weight or name + ".weight" in by_weight:
-            out.append(by_weight.get(name) or by_weight[name + ".weight"])
-        else:
-            close = difflib.get_close_matches(name, nodes + list(by_weight), n=5, cutoff=0.5)
-            raise UsageError(f"quant.keep_float: no node {name!r} in the model"
-                             + (f"; close matches: {', '.join(close)}" if close else "")
-                             + f"; the quantizable layers are {', '.join(layers(model_path)[:8])}"
-                             + (", ..." if len(layers(model_path)) > 8 else "")
-                             + " (the report's quantization steps list node names)")
-    return list(dict.fromkeys(out))
 
 
 def quantize(fp32: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantConfig, *,
@@ -416,80 +325,28 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray | Feeds, config: Qua
         judge = Judge(classifier=True, max_drop=config.max_accuracy_drop)
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32, Path(tmp) / "pre.onnx")
-        keep = resolve_keep_float(pre, config.keep_float)
+        keep = resolve_keep_float(pre, config.keep_float,
+                                  layers(pre) if config.keep_float else [])
         recipe, why = recipe_for(config, is_transformer(pre), tensorrt)
         if recipe != "dynamic":
             _require_finite(pre, calibration)
         cache = Path(tmp) / "ranges.json"
-        made = partial(Quantized, method=config.method, keep_float=tuple(keep))
-        _write(recipe, pre, out, calibration, config, act, cache, keep)
+
+        def write(how: str, path: Path, exclude: list[str]) -> Path:
+            return _write(how, pre, path, calibration, config, act, cache, exclude)
+
+        write(recipe, out, keep)
+        made = partial(Quantized, out, config.method, keep_float=tuple(keep),
+                       skip_int8=config.skip_int8)
         if validation is None or judge is None:
-            return made(out, float_layers=tuple(keep), recipe=recipe, why=why)
-        x, y = validation
-        fp_out = _first_output(pre, x)
-        fp_acc = (float((fp_out.argmax(1) == y).mean()) if judge.classifier and y is not None
-                  else 1.0 if judge.classifier else None)
-
-        def trial(path: Path, how: str, kept: list[str]) -> dict[str, Any]:
-            got = judged(_first_output(path, x), fp_out, y, judge, fp_acc)
-            trials.append({"recipe": how, "float_layers": list(kept),
-                           **{k: v for k, v in got.items() if k != "rank"}})
-            return got
-
-        def done(how: str, kept: list[str], got: dict[str, Any], reason: str) -> Quantized:
-            acc = got["value"] if judge.classifier else None
-            return made(out, float_layers=tuple(kept), fp32_accuracy=fp_acc, int8_accuracy=acc,
-                        steps=tuple({"float_layers": t["float_layers"],
-                                     "accuracy": t["value"] if judge.classifier else None}
-                                    for t in trials), recipe=how, why=reason,
-                        figure=got["figure"], trials=tuple(trials))
-
-        trials: list[dict[str, Any]] = []
-        got = trial(out, recipe, keep)
-        if got["holds"]:
-            return done(recipe, keep, got, why)
-        missed = f"{recipe} INT8 missed the budget ({_said(got, judge)})"
-        if recipe == "transformer" and config.recipe == "auto":
-            dynamic = _write("dynamic", pre, Path(tmp) / "dynamic.onnx", calibration, config,
-                             act, cache, keep)
-            got = trial(dynamic, "dynamic", keep)
-            if got["holds"]:
-                shutil.copyfile(dynamic, out)
-                return done("dynamic", keep, got, f"{missed}; dynamic INT8 of the weight "
-                            f"MatMuls holds it ({_said(got, judge)})")
-        candidates = [n for n in layers(pre, recipe) if n not in keep]
-        probe = Path(tmp) / "trial.onnx"
-        score: dict[str, tuple[float, ...]] = {}
-        for name in candidates:  # sensitivity: this one layer in float, all others INT8
-            _write(recipe, pre, probe, calibration, config, act, cache, [*keep, name])
-            score[name] = judged(_first_output(probe, x), fp_out, y, judge, fp_acc)["rank"]
-        ranked = sorted(candidates, key=lambda n: score[n], reverse=True)
-        log.info("%s; layer sensitivity: %s", missed,
-                 json.dumps({n: [round(v, 4) for v in score[n]] for n in ranked}))
-        kept = list(keep)
-        for name in ranked:
-            kept.append(name)
-            _write(recipe, pre, out, calibration, config, act, cache, kept)
-            got = trial(out, recipe, kept)
-            if got["holds"]:
-                return done(recipe, kept, got, f"{missed}; {len(kept) - len(keep)} layer(s) "
-                            f"kept in float by the search ({_said(got, judge)})")
-    raise BuildError(
-        f"INT8 misses its budget on the validation split even with all {len(candidates)} "
-        f"quantizable layers in float ({_said(got, judge)}): keep the model FP32 for the "
-        "runtimes that fail (quant.skip_int8), try quant.recipe = \"dynamic\" or another "
-        "quant.method, or relax the budget (quant.max_accuracy_drop, quant.min_cosine)")
-
-
-def _said(got: dict[str, Any], judge: Judge) -> str:
-    """A trial's figure against its limit, in words."""
-    if got["figure"] == "cosine":
-        return (f"worst cosine {got['value']:.4f}, mean {got['mean']:.4f}, "
-                f"quant.min_cosine {judge.min_cosine}")
-    if got["figure"] == "output_error":
-        return f"output error {got['value']:.2%} of its range, max_output_error {judge.max_error}"
-    return (f"{got['figure'].replace('_', ' ')} {got['value']:.2%}, quant.max_accuracy_drop "
-            f"{judge.max_drop} points")
+            return made(float_layers=tuple(keep), recipe=recipe, why=why)
+        found = search(write, pre, out, Path(tmp), validation, judge, recipe=recipe, why=why,
+                       keep=keep, candidates=[n for n in layers(pre, recipe) if n not in keep],
+                       try_dynamic=recipe == "transformer" and config.recipe == "auto")
+        return made(float_layers=found.float_layers, fp32_accuracy=found.fp32_accuracy,
+                    int8_accuracy=found.int8_accuracy, steps=found.steps(),
+                    recipe=found.recipe, why=found.why, figure=found.figure,
+                    trials=found.trials)
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | Feeds, *,
@@ -531,7 +388,8 @@ def quantize_cached(cache: Path, key: str, fp32: Path, out: Path,
                              meta["fp32_accuracy"], meta["int8_accuracy"], tuple(meta["steps"]),
                              cached=True, recipe=meta["recipe"], why=meta["recipe_reason"],
                              figure=meta["search_figure"], trials=tuple(meta["search"]),
-                             keep_float=tuple(meta["keep_float"]))
+                             keep_float=tuple(meta["keep_float"]),
+                             skip_int8=tuple(meta["skip_int8"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:  # damaged: quantize again
             log.warning("ignoring unreadable INT8 cache entry %s: %s", entry, exc)
     q = quantize(fp32, out, calibration, config, validation=validation, judge=judge,

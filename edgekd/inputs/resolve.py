@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,15 @@ from edgekd.inputs.io import (
     session_feed,
     torch_io,
 )
-from edgekd.inputs.objects import InMemory, data_objects, describe_module, module_factory
+from edgekd.inputs.model_sources import (
+    Derive,
+    Factory,
+    ModelSource,
+    apply_derive,
+    file_models,
+    object_models,
+)
+from edgekd.inputs.objects import InMemory, data_objects
 from edgekd.inputs.paths import first_line
 from edgekd.inputs.probe import classes_of, fit_call, probe
 from edgekd.inputs.splits import (
@@ -44,8 +51,6 @@ from edgekd.inputs.splits import (
 )
 from edgekd.settings.declarations import InputDecl
 from edgekd.settings.project import DataSpec, ModelSpec, Project
-
-Factory = Callable[[], Any]  # () -> torch.nn.Module
 
 
 @dataclass(frozen=True)
@@ -65,43 +70,6 @@ class Inputs:
     @property
     def trains(self) -> bool:
         return self.teacher is not None
-
-
-# -- models ----------------------------------------------------------------------------
-
-
-def _code_digest(fn: Callable[..., Any]) -> str:
-    """The factory's source file: editing the model definition invalidates cached stages."""
-    try:
-        return sha256_file(Path(inspect.getfile(fn)))
-    except (TypeError, OSError):
-        return getattr(fn, "__qualname__", repr(fn))
-
-
-def _factory(spec: str, args: dict[str, Any], weights: str | None, root: Path, what: str,
-             trust_pickle: bool, fit: Callable[[Any, str], None]
-             ) -> tuple[Factory, dict[str, Any]]:
-    """``fit(model, what)`` runs the model once on the data (lazy layers take their shapes)."""
-    import torch
-
-    from edgekd.inputs.model_files import load_factory, load_weights, make_model, resolve_path
-
-    fn = load_factory(spec, root, what)
-    path = resolve_path(weights, root, f"{what}_weights") if weights else None
-
-    def make() -> Any:
-        model = make_model(spec, root, what, args)
-        lazy = torch.nn.modules.lazy.LazyModuleMixin
-        if any(isinstance(m, lazy) and m.has_uninitialized_params() for m in model.modules()):
-            fit(model, f"{what} ({spec})")  # lazy layers take their shapes
-            model.train()
-        if path is not None:
-            load_weights(model, path, f"{what}_weights", trust_pickle=trust_pickle)
-        return model.eval() if path is not None else model
-
-    info = {"factory": spec, "args": args, "code_sha256": _code_digest(fn),
-            "weights": weights, "weights_sha256": sha256_file(path) if path else None}
-    return make, info
 
 
 def _specs(declared: list[Declared], decls: dict[str, InputDecl], data: Dataset,
@@ -158,19 +126,6 @@ def _wanted(declared: list[Declared], decls: dict[str, InputDecl]) -> Wanted:
 
 
 @dataclass(frozen=True)
-class ModelSource:
-    """One model to resolve, named in a project file or given as an object: ``instance()``
-    a fresh module without weights (forward's parameters), ``bind(fit)`` its factory once
-    the data is known, with what identifies it (report, cache keys)."""
-
-    what: str  # how errors name it: model.student, student=
-    label: str  # what it is: the factory spec, the class
-    instance: Callable[[], Any]
-    bind: Callable[[Callable[[Any, str], None]], tuple[Factory, dict[str, Any]]]
-    finished: bool  # trained weights: its outputs must be finite from the start
-
-
-@dataclass(frozen=True)
 class DataSource:
     """Where the samples come from: the project's files or objects (``found`` read),
     how to split and preprocess them, and the preprocessing in-memory samples already had."""
@@ -180,72 +135,6 @@ class DataSource:
     found: dict[str, Any]
     preprocessing: Preprocessing | None = None  # None: ``spec``'s (applied here)
     name: str | None = None
-
-
-def _file_models(spec: ModelSpec, project: Project, trust_pickle: bool,
-                 derive: Derive | None = None) -> tuple[ModelSource, ModelSource | None]:
-    from edgekd.inputs.model_files import make_model
-
-    def source(what: str, factory: str, args: dict[str, Any], weights: str | None,
-               finished: bool) -> ModelSource:
-        return ModelSource(
-            what, factory, lambda: make_model(factory, project.root, what, args),
-            lambda fit: _factory(factory, args, weights, project.root, what, trust_pickle,
-                                 fit), finished)
-
-    teacher = (source("model.teacher", spec.teacher, spec.teacher_args, spec.teacher_weights,
-                      not spec.teacher_trains) if spec.teacher else None)
-    if spec.student_from_teacher and teacher is not None:
-        if derive is None:
-            raise UsageError("model.student_from_teacher: this entry point cannot make "
-                             "students from teachers; run edgekd build")
-        return _derived(teacher, spec.student_from_teacher, derive), teacher
-    student = source("model.student", spec.student, spec.student_args,  # type: ignore[arg-type]
-                     spec.student_weights, bool(spec.student_weights) or not spec.trains)
-    return student, teacher
-
-
-# ``(teacher, **how) -> student``: edgekd.train.students.student_from_teacher, passed in by
-# the pipeline (this room sits below train and does not import it).
-Derive = Callable[..., Any]
-
-
-def _apply(make: Derive, how: dict[str, Any], teacher: Any) -> Any:
-    try:
-        return make(teacher, **how)
-    except UsageError as exc:
-        raise UsageError(f"model.student_from_teacher: {exc}") from exc
-    except TypeError as exc:  # a key student_from_teacher does not take
-        raise UsageError(f"model.student_from_teacher: {exc}: use every, layers or config "
-                         "fields such as hidden_size") from exc
-
-
-def _derived(teacher: ModelSource, how: dict[str, Any], make: Derive) -> ModelSource:
-    """The student made from the teacher: probed from the teacher's factory here; training
-    makes it again from the teacher it trained or loaded (:attr:`Inputs.derive`)."""
-    def derive(model: Any) -> Any:
-        return _apply(make, how, model)
-
-    def bind(fit: Callable[[Any, str], None]) -> tuple[Factory, dict[str, Any]]:
-        make_teacher, info = teacher.bind(fit)
-        return (lambda: derive(make_teacher()),
-                {"from_teacher": dict(sorted(how.items())), "teacher": info})
-
-    return ModelSource("model.student_from_teacher", f"{teacher.label} ({how})",
-                       lambda: derive(teacher.instance()), bind, False)
-
-
-def _object_models(objects: InMemory) -> tuple[ModelSource, ModelSource | None]:
-    def source(what: str, module: Any, finished: bool) -> ModelSource:
-        def bind(fit: Callable[[Any, str], None]) -> tuple[Factory, dict[str, Any]]:
-            return (module_factory(module, what, fit, finished=finished),
-                    describe_module(module, trains=not finished))
-        return ModelSource(what, type(module).__qualname__, lambda: module, bind, finished)
-
-    student = source("student=", objects.student, not objects.trains)
-    teacher = (source("teacher=", objects.teacher, not objects.train_teacher)
-               if objects.teacher is not None else None)
-    return student, teacher
 
 
 def _data_source(project: Project, objects: InMemory | None, trains: bool,
@@ -283,7 +172,7 @@ def resolve(project: Project, *, trust_pickle: bool = False,
     ``[model]`` / ``[data]``), checked against each other."""
     if objects is not None and objects.student is not None:
         task = objects.task or (project.model.task if project.model else "classification")
-        student, teacher = _object_models(objects)
+        student, teacher = object_models(objects)
         trains, teacher_trains = objects.trains, objects.train_teacher
         source = _data_source(project, objects, trains)
     elif project.builtin:
@@ -294,12 +183,12 @@ def resolve(project: Project, *, trust_pickle: bool = False,
         source = _data_source(project, objects, trains, labels=teacher_trains)
         if spec.onnx:
             return _onnx_inputs(spec, project, source)
-        student, teacher = _file_models(spec, project, trust_pickle, derive)
+        student, teacher = file_models(spec, project, trust_pickle, derive)
     inputs = _torch_inputs(project, source, student, teacher, task=task, trains=trains,
                            teacher_trains=teacher_trains)
     how = project.model.student_from_teacher if project.model and objects is None else {}
     if how and derive is not None:
-        inputs = dataclasses.replace(inputs, derive=functools.partial(_apply, derive, how))
+        inputs = dataclasses.replace(inputs, derive=functools.partial(apply_derive, derive, how))
     return inputs
 
 

@@ -111,7 +111,8 @@ def _choose_runtime(ctx: Deploy, verified: Verified, runtime: str, fp32: dict[st
                     int8: dict[str, Any]) -> dict[str, Any]:
     policy, source = policy_of(ctx)
     tensorrt = "TensorrtExecutionProvider" in ctx.target.providers
-    own = Tried(BUILD_INT8, build_settings(ctx.config.quant, tensorrt=tensorrt)
+    recipe = verified.exported.quantized.quantized.recipe
+    own = Tried(BUILD_INT8, build_settings(ctx.config.quant, tensorrt=tensorrt, recipe=recipe)
                 if runtime == "onnxruntime" else {"quantizer": runtime},
                 int(int8["size_bytes"]), int8.get("accuracy"))
     tried = [own]
@@ -177,7 +178,8 @@ def _variants(ctx: Deploy, verified: Verified, fp32: dict[str, Any],
     with ctx.step("INT8 variants onnxruntime") as s:
         made = make_variants(q.onnx["fp32"], ctx.work / "variants", q.calibration,
                              ctx.config.quant, float_layers=q.quantized.float_layers,
-                             tensorrt="TensorrtExecutionProvider" in ctx.target.providers)
+                             tensorrt="TensorrtExecutionProvider" in ctx.target.providers,
+                             recipe=q.quantized.recipe)
         s["detail"] = ", ".join(v.name for v in made)
     out = []
     for v in made:

@@ -79,6 +79,18 @@ def how_int8_was_made(report: dict[str, Any], text: Escape, code: Escape) -> str
             + f".{replaced} {text(quant_settings(q, _obj(variant.get('settings'))))}")
 
 
+def recipe_line(q: dict[str, Any]) -> str:
+    """"INT8 recipe: <recipe> (<why>); shipped FP32 only: <runtimes>", from the report's
+    quantization fields (schema 1.4); "" for a report without a recipe."""
+    recipe = q.get("recipe")
+    if not recipe:
+        return ""
+    reason = q.get("recipe_reason")
+    fp32_only = [str(r) for r in q.get("skip_int8") or []]
+    return (f"INT8 recipe: {recipe}" + (f" ({reason})" if reason else "")
+            + (f"; shipped FP32 only: {', '.join(fp32_only)}" if fp32_only else "") + ".")
+
+
 def quant_settings(q: dict[str, Any], variant: dict[str, Any] | None = None) -> str:
     """The ``quant.*`` values this INT8 model was made with, when the report records them
     (``quantization.settings``, report schema 1.2; older reports point to manifest.json);

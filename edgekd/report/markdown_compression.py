@@ -117,6 +117,8 @@ def quantization_lines(report: dict[str, Any]) -> Lines:
     on = "validation" if "validation" in splits else "calibration"
     lines = ["## Quantization: static INT8", "",
              compression.how_int8_was_made(report, md, md_code), ""]
+    recipe = compression.recipe_line(q)
+    lines += [md(recipe), ""] if recipe else []
     steps = q.get("steps") or []
     if q.get("fp32_accuracy") is None or not steps:
         lines += ["Not checked against an accuracy budget (no labelled split, or "

@@ -14,11 +14,12 @@ from edgekd.report.nulls import NullNote
 
 # Major: a reader of 1.x can read every 1.y report. A new optional field is a minor bump; a
 # removed, renamed or retyped field is a major one (and edgekd check refuses the other major).
-SCHEMA_VERSION = "1.3"  # 1.1: inputs, outputs; per-output verification; stream
+SCHEMA_VERSION = "1.4"  # 1.1: inputs, outputs; per-output verification; stream
 # 1.2: quantization.settings (the quant.* settings as resolved); budget checks' measured_on
 # and on_target, budget.target_machine
 # 1.3: teacher references (references' role, verification), payoff step "teacher", headline;
 # artifacts' shipped, int8_choice and inference_precision; search
+# 1.4: quantization's recipe, recipe_reason, search_figure, search, keep_float, skip_int8
 
 __all__ = ["SCHEMA_VERSION", "Artifact", "Bench", "BudgetCheck", "BudgetSection", "Headline",
            "Host", "Input", "Latency", "Measurement", "Memory", "NullNote", "PayoffRow",
@@ -214,6 +215,12 @@ class _Quantization(TypedDict):
 class Quantization(_Quantization, total=False):
     by_runtime: dict[str, RuntimeQuantizer]
     settings: dict[str, Any]  # quant.* as resolved for the build (1.2)
+    recipe: Literal["static", "transformer", "dynamic"]  # (1.4, as the rest below)
+    recipe_reason: str
+    search_figure: str  # top1_agreement | accuracy | cosine | output_error; "" unchecked
+    search: list[dict[str, Any]]  # {"recipe", "float_layers", "figure", "value", "holds"}
+    keep_float: list[str]
+    skip_int8: list[str]
 
 
 class Bench(TypedDict):
