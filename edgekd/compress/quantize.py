@@ -22,55 +22,26 @@ import numpy as np
 
 import edgekd
 from edgekd.common.cache import CacheDir, digest_of
-from edgekd.common.progress import Tracker, tracking
+from edgekd.common.progress import tracking
 from edgekd.compress.int8_search import Judge, first_output, resolve_keep_float, search
 from edgekd.compress.int8_search import judged as judged  # re-exported for older callers
+from edgekd.compress.ort_calibration import (
+    Calibration,
+    CalibrationReader,
+    strip_shapes,
+)
 from edgekd.errors import BuildError
 from edgekd.inputs.dataset import Feeds
 from edgekd.settings.config import QuantConfig
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "input"
 # Ops whose weights ORT quantizes: the "layers" the mixed-precision search may keep in float
 # (and Gather from a weight table: an embedding).
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 WEIGHT_MATMULS = ("MatMul", "Gemm")
 ATTENTION_OPS = {"Attention", "MultiHeadAttention", "GroupQueryAttention"}
-# Calibration samples run per collect_data call: ORT's histogram calibrators (percentile,
-# entropy) otherwise hold every intermediate tensor of every sample in memory at once
-# (~10 GB for MobileNetV2 at 224x224 and 200 samples).
-CALIBRATION_CHUNK = 16
 
-
-class CalibrationReader:
-    """ORT's CalibrationDataReader over preprocessed samples, one sample per ``get_next``,
-    with the ``__len__`` / ``set_range`` that ORT's strided calibration (``CalibStridedMinMax``)
-    uses to collect a chunk at a time."""
-
-    def __init__(self, samples: np.ndarray | Feeds, input_name: str = INPUT_NAME,
-                 tracker: Tracker | None = None) -> None:
-        # Every input of the model, by name (fixed and state inputs with each sample).
-        self.samples = Feeds.of(samples, input_name)
-        self.tracker = tracker  # counts the samples read (progress events)
-        self.set_range(0, len(self.samples))
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self._next, self._end = start_index, end_index
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= self._end:
-            return None
-        self._next += 1
-        if self.tracker is not None:
-            self.tracker.advance()
-        return self.samples.batch(self._next - 1, self._next)
-
-    def rewind(self) -> None:
-        self.set_range(0, len(self.samples))
 
 
 @dataclass(frozen=True)
@@ -226,35 +197,30 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: Qu
     """One quantize_static call; ``act`` is (activation type, symmetric). The first call
     with ``cache`` calibrates and stores the ranges there; later calls (other layers kept in
     float) reuse them. ``recipe`` ``transformer``: only the MatMul/Gemm with a weight."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     from edgekd.common.quiet import quiet
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[config.method]
-    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    c = Calibration.of(pre, calibration, config)
     n = len(calibration)
-    chunk = max(d for d in range(1, min(CALIBRATION_CHUNK, n) + 1) if n % d == 0)
-    extra: dict[str, Any] = {"CalibStridedMinMax": chunk, "CalibPercentile": config.percentile,
+    extra: dict[str, Any] = {"CalibStridedMinMax": c.chunk,
+                             "CalibPercentile": config.percentile,
                              "ActivationSymmetric": act[1]}
     ops = None
     if recipe == "transformer":
         ops, extra["MatMulConstBOnly"] = list(WEIGHT_MATMULS), True
-    graph = onnx.load(str(pre), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    name = next(i.name for i in graph.input if i.name not in inits)  # a user's model: any name
     # Progress: calibration reads the samples once; later calls reuse the ranges in ``cache``.
     counting = (tracking("calibrate onnxruntime", n, "sample") if not cache.exists()
                 else contextlib.nullcontext())
     try:
         with quiet("onnxruntime.quantization"), counting as tracker:
-            quantize_static(str(pre), str(out), CalibrationReader(calibration, name, tracker),
+            quantize_static(str(pre), str(out),
+                            CalibrationReader(calibration, c.input_name, tracker),
                             quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                             op_types_to_quantize=ops,
                             reduce_range=reduce_range(config, act[0]),
-                            activation_type=types[act[0]],
-                            weight_type=types[config.weight_type], calibrate_method=method,
+                            activation_type=c.types[act[0]],
+                            weight_type=c.types[config.weight_type], calibrate_method=c.method,
                             nodes_to_exclude=exclude, extra_options=extra,
                             calibration_cache_path=cache)
     except (MemoryError, OSError):
@@ -275,11 +241,7 @@ def _write_qdq(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: Qu
                          f"inside ONNX Runtime ({type(exc).__name__}: {first}): set "
                          f"quant.method = {other}, or quant.recipe = \"dynamic\" (no "
                          "calibration) (--debug shows the trace)") from exc
-    # Shape annotations from pre-processing are re-derived by every runtime at load time.
-    model = onnx.load(str(out))
-    model.graph.ClearField("value_info")
-    onnx.save_model(model, str(out))
-    return out
+    return strip_shapes(out)
 
 
 def ort_accuracy(model_path: Path, x: np.ndarray | Feeds, y: np.ndarray | None,

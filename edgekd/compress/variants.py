@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from edgekd.compress.ort_calibration import Calibration, CalibrationReader, strip_shapes
 from edgekd.compress.quantize import (
-    CALIBRATION_CHUNK,
     LAYER_OPS,
     WEIGHT_MATMULS,
-    CalibrationReader,
     activation_type,
     is_transformer,
     preprocess,
@@ -134,35 +133,26 @@ def make_variants(fp32: Path, out_dir: Path, calibration: np.ndarray | Feeds,
 
 def _write(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantConfig,
            settings: dict[str, Any], ranges: Path, exclude: list[str]) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
     from edgekd.common.quiet import quiet
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[config.method]
-    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-    n = len(calibration)
-    chunk = max(d for d in range(1, min(CALIBRATION_CHUNK, n) + 1) if n % d == 0)
-    graph = onnx.load(str(pre), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    name = next(i.name for i in graph.input if i.name not in inits)
-    symmetric = settings["activation_type"] == "int8"
+    c = Calibration.of(pre, calibration, config)
     try:
         with quiet("onnxruntime.quantization"):
             quantize_static(
-                str(pre), str(out), CalibrationReader(calibration, name),
+                str(pre), str(out), CalibrationReader(calibration, c.input_name),
                 quant_format=QuantFormat.QOperator if settings["format"] == "QOperator"
                 else QuantFormat.QDQ,
                 op_types_to_quantize=list(LAYER_OPS) if settings["op_types"] == "layers"
                 else list(WEIGHT_MATMULS) if settings["op_types"] == "weight-matmuls" else None,
                 per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
-                activation_type=types[settings["activation_type"]],
-                weight_type=types[settings["weight_type"]], calibrate_method=method,
+                activation_type=c.types[settings["activation_type"]],
+                weight_type=c.types[settings["weight_type"]], calibrate_method=c.method,
                 nodes_to_exclude=exclude, calibration_cache_path=ranges,
-                extra_options={"CalibStridedMinMax": chunk,
+                extra_options={"CalibStridedMinMax": c.chunk,
                                "CalibPercentile": config.percentile,
-                               "ActivationSymmetric": symmetric,
+                               "ActivationSymmetric": settings["activation_type"] == "int8",
                                "MatMulConstBOnly": settings["op_types"] == "weight-matmuls"})
     except (MemoryError, OSError):
         raise
@@ -171,6 +161,4 @@ def _write(pre: Path, out: Path, calibration: np.ndarray | Feeds, config: QuantC
         raise BuildError(f"INT8 variant {out.stem} (quant.method = \"{config.method}\") failed "
                          f"inside ONNX Runtime's quantizer ({type(exc).__name__}: {first}): "
                          "try another quant.method (--debug shows the trace)") from exc
-    model = onnx.load(str(out))
-    model.graph.ClearField("value_info")  # as quantize.py: runtimes re-derive shapes
-    onnx.save_model(model, str(out))
+    strip_shapes(out)
