@@ -32,6 +32,8 @@ from edgekd.backends import ExportSource, get_backend, quantizers
 from edgekd.backends.from_torch import OPSET, to_onnx
 from edgekd.backends.onnxruntime import provider_options, to_fp16
 from edgekd.compress.equalize import equalize
+from edgekd.compress.qat import recover as recover_int8
+from edgekd.compress.qat import wanted as qat_wanted
 from edgekd.compress.quantize import (
     Judge,
     Quantized,
@@ -50,6 +52,7 @@ from edgekd.report.model import assemble as assemble_report
 from edgekd.settings.config import BuildConfig
 from edgekd.settings.project import Project
 from edgekd.settings.targets import Target
+from edgekd.train.inference import model_input
 from edgekd.train.stage_cache import digest
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,7 @@ class QuantizedModel:
     onnx: dict[str, Path]  # precision -> ONNX file (fp32, int8 QDQ, fp16 for GPUs)
     quantized: Quantized
     calibration: np.ndarray | Feeds  # the samples INT8 was calibrated on (states streamed)
+    qat: dict[str, Any] | None = None  # what QAT + KD bought (edgekd.compress.qat); None: not run
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,19 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
                        + (f", kept in float: {', '.join(quantized.float_layers)}"
                           if quantized.float_layers else "")
                        + (" (cached)" if quantized.cached else ""))
-    return QuantizedModel(model, deployed, onnx, quantized, calibration)
+    judge, validation, qat = _judge(ctx), _validation(ctx.inputs), None
+    if deployed is not None and judge and validation and qat_wanted(q, quantized):
+        with ctx.step("quantization-aware distillation") as s:
+            got = recover_int8(
+                deployed, quantized, fp32=fp32, work=ctx.work, cache=ctx.cache, key=model.key,
+                train=model_input(data.train, data.inputs), calibration=calibration,
+                validation=validation, judge=judge, config=q,
+                example=samples(data, data.test, 2), output_names=_output_names(data),
+                threads=ctx.config.train.threads,
+                tensorrt="TensorrtExecutionProvider" in ctx.target.providers, fresh=ctx.fresh)
+            quantized, qat = got.quantized, got.summary
+            s["detail"] = qat["bought"]
+    return QuantizedModel(model, deployed, onnx, quantized, calibration, qat)
 
 
 # -- export --------------------------------------------------------------------------------
@@ -332,8 +348,7 @@ def quant_settings(ctx: Deploy, q: QuantizedModel) -> dict[str, Any]:
             "activation_type": activations, "weight_type": config.weight_type,
             "reduce_range": reduce_range(config, activations), "percentile": config.percentile,
             "equalize": config.equalize and q.model.student is not None,
-            "max_accuracy_drop": config.max_accuracy_drop if checked else None,
-            **q.quantized.recipe_dict(), "skip_int8": list(config.skip_int8)}
+            "max_accuracy_drop": config.max_accuracy_drop if checked else None}
 
 
 def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,
@@ -348,7 +363,8 @@ def assemble(ctx: Deploy, measured: Measured, *, build_seconds: float,
         references=verified.references,
         quantization={**quantized.quantized.to_dict(),
                       "by_runtime": quantizers(ctx.target.runtimes, ctx.config.quant),
-                      "settings": quant_settings(ctx, quantized)},
+                      "settings": quant_settings(ctx, quantized),
+                      **({"qat": quantized.qat} if quantized.qat else {})},
         robustness=measured.robustness, threads=ctx.threads,
         output_shapes=[_one_sample(e, o) for e, o in zip(verified.expected,
                                                           output_specs(ctx), strict=False)],

@@ -125,8 +125,18 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     min_cosine: float | None = None
     skip_int8: tuple[str, ...] = ()
+    # Quantization-aware distillation (edgekd.compress.qat): ``qat`` "auto" fine-tunes the
+    # fake-quantized student against its FP32 self when all-INT8 misses the budget, true
+    # always, false never; ``qat_epochs`` epochs over the training split at ``qat_lr``.
+    qat: bool | str = "auto"
+    qat_epochs: int = 3
+    qat_lr: float = 1e-4
 
     def __post_init__(self) -> None:
+        _check(self.qat in (True, False, "auto"),
+               f"quant.qat must be true, false or \"auto\", got {self.qat!r}")
+        _check(self.qat_epochs >= 1, f"quant.qat_epochs must be >= 1, got {self.qat_epochs}")
+        _check(0 < self.qat_lr <= 1, f"quant.qat_lr must be in (0, 1], got {self.qat_lr}")
         _check(self.recipe in QUANT_RECIPES, f"quant.recipe must be one of "
                f"{', '.join(QUANT_RECIPES)}, got {self.recipe!r}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))  # TOML gives lists
