@@ -224,3 +224,117 @@ def test_cli_missing_config_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     assert not list((tmp_path / "out").rglob("*.onnx")) and not list(
         (tmp_path / "out").rglob("report.json"))
+
+
+def _sentence_folder(folder: Path, pooling: dict[str, object], *,
+                     normalize: bool = False, extra: str | None = None) -> torch.nn.Module:
+    """A tiny head-less BertModel laid out as sentence-transformers saves one."""
+    config = transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    model.save_pretrained(folder)
+    st = "sentence_transformers.models."
+    modules = [{"idx": 0, "name": "0", "path": "", "type": st + "Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": st + "Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": st + "Normalize"})
+    if extra:
+        modules.append({"idx": len(modules), "name": "x", "path": "x", "type": st + extra})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, **pooling}))
+    return model
+
+
+def _tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1, 100, (4, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    mask[3, 2:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_sentence_encoder_folder_returns_the_masked_mean(tmp_path: Path,
+                                                         normalize: bool) -> None:
+    ref = _sentence_folder(tmp_path / "enc", {"pooling_mode_mean_tokens": True,
+                                              "pooling_mode_cls_token": False},
+                           normalize=normalize)
+    model = make_model("enc", tmp_path, WHAT)
+    ids, mask = _tokens()
+    with torch.no_grad():
+        got = model(ids, mask)
+        hidden = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    want = torch.stack([hidden[i, :int(mask[i].sum())].mean(0) for i in range(len(ids))])
+    if normalize:
+        want = want / want.norm(dim=1, keepdim=True)
+    assert got.shape == (4, 32)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert torch.allclose(got.norm(dim=1), torch.ones(4)) == normalize
+    # Padding beyond the mask does not move a sentence's embedding.
+    padded = ids.clone()
+    padded[1, 5:] = 7
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, mask), got, rtol=0, atol=1e-5)
+
+
+def test_sentence_encoder_cls_and_max_concatenate(tmp_path: Path) -> None:
+    ref = _sentence_folder(tmp_path / "enc", {"pooling_mode_cls_token": True,
+                                              "pooling_mode_max_tokens": True})
+    model = make_model("enc", tmp_path, WHAT)
+    ids, mask = _tokens()
+    with torch.no_grad():
+        got = model(ids, mask)
+        hidden = ref(input_ids=ids, attention_mask=mask).last_hidden_state
+    most = torch.stack([hidden[i, :int(mask[i].sum())].amax(0) for i in range(len(ids))])
+    torch.testing.assert_close(got, torch.cat([hidden[:, 0], most], dim=1), rtol=0, atol=1e-6)
+
+
+def test_sentence_encoder_exports_to_onnx_runtime(tmp_path: Path) -> None:
+    """The pooling is plain ops: the ONNX file ONNX Runtime runs gives the same embedding."""
+    from edgekd.backends import get_backend
+
+    _sentence_folder(tmp_path / "enc", {"pooling_mode_mean_tokens": True}, normalize=True)
+    model = make_model("enc", tmp_path, WHAT)
+    ids, mask = _tokens()
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids",
+                      "attention_mask"], output_names=["embedding"], dynamo=False)
+    runner = get_backend("onnxruntime").load(path, 1)
+    got = runner.run_all({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(ids, mask).numpy(), rtol=0, atol=1e-5)
+
+
+def test_bad_sentence_encoder_folders_are_one_line(tmp_path: Path) -> None:
+    _sentence_folder(tmp_path / "enc", {"pooling_mode_weightedmean_tokens": True})
+    config = tmp_path / "enc" / "1_Pooling" / "config.json"
+    assert _err("enc", tmp_path) == (
+        f"{WHAT}: {config} sets the pooling mode 'weightedmean_tokens': set one of "
+        "pooling_mode_cls_token, pooling_mode_max_tokens, pooling_mode_mean_tokens, "
+        "pooling_mode_mean_sqrt_len_tokens to true, or export the model to ONNX (model.onnx)")
+    config.write_text(json.dumps({"pooling_mode_mean_tokens": False}))
+    assert f"{config} sets no pooling mode: set one of" in _err("enc", tmp_path)
+    config.write_text("[1, 2")
+    assert f"{config} is not valid JSON" in _err("enc", tmp_path)
+    config.unlink()
+    assert str(config) in _err("enc", tmp_path)
+    _sentence_folder(tmp_path / "dense", {"pooling_mode_mean_tokens": True}, extra="Dense")
+    assert ("lists the modules Transformer, Pooling, Dense, which edgekd cannot compute as a "
+            "whole" in _err("dense", tmp_path))
+    modules = tmp_path / "dense" / "modules.json"
+    raw = json.loads(modules.read_text())
+    modules.write_text(json.dumps([raw[0], {**raw[1], "path": "../elsewhere"}]))
+    assert "names the Pooling folder '../elsewhere', which is not a folder inside" in _err(
+        "dense", tmp_path)
+    # A Pooling module over a model with a head: one line, not a crash in forward.
+    _bert(tmp_path / "head")
+    (tmp_path / "head" / "modules.json").write_text(json.dumps(raw[:2]))
+    (tmp_path / "head" / "1_Pooling").mkdir()
+    (tmp_path / "head" / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_mean_tokens": True}))
+    assert "architecture BertForSequenceClassification is not a head-less text encoder" in (
+        _err("head", tmp_path))

@@ -71,12 +71,51 @@ def _logits_of(self: Any, **inputs: Any) -> Any:
     return logits if logits is not None else out[0]
 
 
-def _logits_class(base: type, names: tuple[str, ...]) -> type:
-    """``base`` with a forward that takes ``names`` and returns one tensor. A subclass, not a
+def _pool(hidden: Any, mask: Any, modes: tuple[str, ...], normalize: bool) -> Any:
+    """The sentence embedding of ``hidden`` [B, T, H] over ``mask`` [B, T], the way
+    sentence-transformers' Pooling (modes concatenated in its order) and Normalize make it."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    count = m.sum(1).clamp(min=1e-9)
+    parts = []
+    for mode in modes:
+        if mode == "cls_token":
+            parts.append(hidden[:, 0])
+        elif mode == "max_tokens":
+            parts.append(hidden.masked_fill(m == 0, -1e9).max(1).values)
+        elif mode == "mean_tokens":
+            parts.append((hidden * m).sum(1) / count)
+        else:  # mean_sqrt_len_tokens
+            parts.append((hidden * m).sum(1) / count.sqrt())
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    if normalize:
+        out = out / out.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return out
+
+
+def _embedding_of(self: Any, **inputs: Any) -> Any:
+    """The Hugging Face forward's last hidden state, pooled over the attention mask (all
+    ones when not given)."""
+    import torch
+
+    out = self.hf_class.forward(self, **inputs, return_dict=True)
+    mask = inputs.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(inputs["input_ids"])
+    return _pool(out.last_hidden_state, mask, self.pooling, self.normalize)
+
+
+def _logits_class(base: type, names: tuple[str, ...],
+                  pooling: tuple[tuple[str, ...], bool] | None = None) -> type:
+    """``base`` with a forward that takes ``names`` and returns one tensor (the logits, or
+    the pooled sentence embedding with ``pooling`` = (modes, normalize)). A subclass, not a
     wrapper, so the state dict keeps the checkpoint's key names."""
-    return type(f"{base.__name__}Logits", (base,), {
-        "forward": _FORWARDS[names], "logits_of": _logits_of, "hf_class": base,
-        "__module__": __name__})
+    body: dict[str, Any] = {"forward": _FORWARDS[names], "logits_of": _logits_of,
+                            "hf_class": base, "__module__": __name__}
+    if pooling is not None:
+        body.update(logits_of=_embedding_of, pooling=pooling[0], normalize=pooling[1])
+    return type(f"{base.__name__}{'Pooled' if pooling else 'Logits'}", (base,), body)
 
 
 def _input_names(cls: type, config: Any, what: str, path: Path) -> tuple[str, ...]:
@@ -112,6 +151,73 @@ def _read_config(folder: Path, what: str) -> dict[str, Any]:
     if not isinstance(raw.get("model_type"), str):
         raise UsageError(f"{what}: {path} has no \"model_type\": {_SAVE}")
     return raw
+
+
+# sentence-transformers' Pooling modes edgekd computes, in the order it concatenates them.
+_POOLING_MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens")
+_ST = "sentence_transformers.models."
+_ST_FIX = ("edgekd reads a sentence-transformers folder of a Transformer, a Pooling "
+           f"({', '.join(_POOLING_MODES)}) and optionally a Normalize module: export the model "
+           "to ONNX (model.onnx) or wrap it in a factory (path/to/file.py:function)")
+
+
+def _json_object(path: Path, what: str) -> Any:
+    check_file(path, what, path.name, f": {_ST_FIX}")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"{what}: {path} is not valid JSON ({first_line(exc)}): "
+                         f"{_ST_FIX}") from exc
+
+
+def _pooling(folder: Path, what: str) -> tuple[tuple[str, ...], bool] | None:
+    """(pooling modes, normalize) of a sentence-transformers folder whose modules.json lists
+    a Pooling module; None for any other folder (the model's own output then)."""
+    path = folder / "modules.json"
+    if not path.exists():
+        return None
+    modules = _json_object(path, what)
+    if not (isinstance(modules, list) and all(isinstance(m, dict) for m in modules)):
+        raise UsageError(f"{what}: {path} is not a list of modules: {_ST_FIX}")
+    types = [str(m.get("type", "")).removeprefix(_ST) for m in modules]
+    if "Pooling" not in types:
+        return None
+    expected = ["Transformer", "Pooling", "Normalize"][:len(types)]
+    if types != expected or len(types) < 2 or modules[0].get("path", "") not in ("", "."):
+        raise UsageError(f"{what}: {path} lists the modules {', '.join(types)}, which edgekd "
+                         f"cannot compute as a whole: {_ST_FIX}")
+    sub = str(modules[1].get("path", ""))
+    config = (folder / sub).resolve() / "config.json"
+    if not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
+        raise UsageError(f"{what}: {path} names the Pooling folder {sub!r}, which is not a "
+                         f"folder inside {folder}: {_ST_FIX}")
+    raw = _json_object(config, what)
+    if not isinstance(raw, dict):
+        raise UsageError(f"{what}: {config} holds a JSON {type(raw).__name__}, not an "
+                         f"object: {_ST_FIX}")
+    on = [k.removeprefix("pooling_mode_") for k, v in raw.items()
+          if k.startswith("pooling_mode") and v not in (False, None)]
+    other = [m for m in on if m not in _POOLING_MODES]
+    if other or not on:
+        which = f"the pooling mode {other[0]!r}" if other else "no pooling mode"
+        raise UsageError(f"{what}: {config} sets {which}: set one of "
+                         f"{', '.join('pooling_mode_' + m for m in _POOLING_MODES)} to true, "
+                         "or export the model to ONNX (model.onnx)")
+    return tuple(m for m in _POOLING_MODES if m in on), len(types) == 3
+
+
+def _check_encoder(cls: type, config: Any, inputs: tuple[str, ...], what: str,
+                   folder: Path) -> None:
+    """A Pooling module pools the hidden states of a head-less model that takes token ids."""
+    import transformers
+
+    base = transformers.AutoModel._model_mapping.get(type(config), None)
+    bases = base if isinstance(base, list | tuple) else (base,)
+    if inputs[0] != "input_ids" or cls not in bases:
+        raise UsageError(f"{what}: {folder} is a sentence-transformers folder whose "
+                         f"architecture {cls.__name__} is not a head-less text encoder "
+                         f"(AutoModel): set \"architectures\" in config.json to the base "
+                         f"model class, or {_ST_FIX[_ST_FIX.index('export'):]}")
 
 
 def _weight_files(folder: Path, what: str) -> list[Path]:
@@ -217,7 +323,12 @@ class CheckpointFolder:
                              f"{_SAVE}") from exc
         self.cls = _model_class(self.config, self.raw, what, path)
         self.inputs = _input_names(self.cls, self.config, what, path)
+        self.pooling = _pooling(folder, what)
+        if self.pooling is not None:
+            _check_encoder(self.cls, self.config, self.inputs, what, folder)
         digest = hashlib.sha256(path.read_bytes())
+        if self.pooling is not None:  # a changed pooling is a changed model
+            digest.update(repr(self.pooling).encode())
         for file in self.weights:
             digest.update(_sha256(file).encode())
         self.__qualname__ = digest.hexdigest()
@@ -232,11 +343,15 @@ class CheckpointFolder:
         with quiet(f"building {self.cls.__name__}"):
             model = self.cls._from_config(  # type: ignore[attr-defined]
                 self.config, attn_implementation="eager").float()
-        model.__class__ = _logits_class(type(model), self.inputs)
+        model.__class__ = _logits_class(type(model), self.inputs, self.pooling)
         own = model.state_dict()
         state: dict[str, Any] = {}
         for file in self.weights:
             state.update(read_state(file, self.what, own, pickle_fix=_PICKLE))
+        if self.pooling is not None and getattr(model, "pooler", None) is not None and not any(
+                k.startswith("pooler.") for k in state):
+            # sentence-transformers saves BERT without the pooler, which its Pooling never uses
+            model.pooler = None
         fit = "config.json and the weights must come from one model.save_pretrained(folder)"
         fit_state(model, state, self.weights[0] if len(self.weights) == 1
                   else self.checkpoint_folder, self.what, arch=fit, args=fit)
