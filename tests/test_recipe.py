@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from edgekd.cli.commands import app
 from edgekd.inputs.dataset import Dataset, Preprocessing, Split
 from edgekd.inputs.digits import load_digits
-from edgekd.pipeline.training import CHANCE_MARGIN, near_chance, run_training
+from edgekd.pipeline.stage_notes import CHANCE_MARGIN, near_chance
+from edgekd.pipeline.training import run_training
 from edgekd.settings.config import (
     BuildConfig,
     DistillConfig,
@@ -264,3 +265,25 @@ def test_rgb_data_set_as_folders_and_arrays(tmp_path: Path) -> None:
     with np.load(write_npz(tmp_path / "rgb.npz", x, y)) as f:
         assert np.array_equal(f["x"], x) and np.array_equal(f["y"], y)
     assert Preprocessing(1 / 255, 0.5, 0.25).apply(x).shape == x.shape
+
+
+def test_a_distilled_student_well_below_scratch_is_warned_about() -> None:
+    """Distillation that hurt (a user's BERT student: 57.5 % distilled, 99.2 % from
+    scratch, shipped silently) is a warning naming both figures and what to try."""
+    from edgekd.pipeline.stage_notes import WORSE_THAN_SCRATCH, worse_than_scratch
+
+    def stages(scratch: float, kd: float) -> list[dict]:
+        return [{"name": "student_scratch", "accuracy": scratch},
+                {"name": "student_distilled", "accuracy": kd}]
+
+    hurt = stages(0.9917, 0.575)
+    worse_than_scratch(hurt, transformer=True)
+    warning = hurt[1]["warning"]
+    assert "41.7 points below" in warning and "57.50%" in warning and "99.17%" in warning
+    assert "distill.hidden_weight = 0" in warning
+    close = stages(0.90, 0.90 - (WORSE_THAN_SCRATCH - 1) / 100)
+    worse_than_scratch(close, transformer=False)
+    assert "warning" not in close[1]
+    unlabeled = [{"name": "student_distilled", "accuracy": None}]
+    worse_than_scratch(unlabeled, transformer=True)  # no scratch stage: nothing to compare
+    assert "warning" not in unlabeled[0]

@@ -302,3 +302,41 @@ def test_through_the_training_loop_on_unlabeled_token_data():
     objective.close()
     assert after["hidden"] < 0.5 * before["hidden"], (before, after)
     assert _cosines(student, teacher, held_out)[0] > 0.9
+
+
+class DistilClassifier(nn.Module):
+    """A DistilBERT encoder (``transformer.layer``, ``attention.q_lin``...) in a wrapper."""
+
+    def __init__(self, layers: int, dim: int = 32, heads: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        cfg = transformers.DistilBertConfig(vocab_size=VOCAB, dim=dim, n_layers=layers,
+                                            n_heads=heads, hidden_dim=2 * dim,
+                                            max_position_embeddings=64, dropout=0.0,
+                                            attention_dropout=0.0, initializer_range=0.2,
+                                            attn_implementation="eager")
+        self.encoder = transformers.DistilBertModel(cfg)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        return self.head(states.last_hidden_state[:, 0])
+
+
+@pytest.mark.parametrize("term", sorted(CONFIGS))
+def test_distilbert_is_distilled_layer_by_layer_too(term):
+    """DistilBERT keeps its layers in ``transformer.layer`` and its projections in
+    ``attention.q_lin/k_lin/v_lin``: found, paired from its config, every term trains
+    (a user's DistilBERT build had fallen back to logits only)."""
+    teacher = DistilClassifier(4, seed=0).eval()
+    student = DistilClassifier(2, seed=1).train()
+    found = find_encoder(student)
+    assert found is not None and found.depth == 2 and found.heads == 2
+    objective, loss, terms = _terms(student, teacher, CONFIGS[term], "classification",
+                                    tokens(8, 2))
+    assert objective.pairs == [(0, 1), (1, 3)]
+    assert all(float(v) > 1e-3 for v in terms.values()), terms
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+               for p in student.encoder.parameters())
+    objective.close()

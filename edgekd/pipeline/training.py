@@ -27,6 +27,13 @@ from edgekd.compress import prune as pruning
 from edgekd.compress.structured import prune_channels
 from edgekd.errors import UsageError
 from edgekd.inputs.dataset import Dataset, InputSpec, Split
+from edgekd.pipeline.stage_notes import (
+    detail,
+    figure,
+    near_chance,
+    transformer_layers,
+    worse_than_scratch,
+)
 from edgekd.settings.config import BuildConfig, DistillConfig, TrainConfig
 from edgekd.train.augment import SoftTargets, training_views
 from edgekd.train.distill import Distillation, LayerPair, auto_pairs
@@ -45,7 +52,6 @@ from edgekd.train.teacher_cache import teacher_outputs
 from edgekd.train.transformer_kd import (
     TransformerDistillation,
     find_encoder,
-    layer_map,
     transformer_objective,
 )
 
@@ -55,22 +61,6 @@ Factory = Callable[[], nn.Module]  # a fresh, untrained (or pre-loaded) model
 EpochCallback = Callable[[str, EpochReport], None]  # (stage name, its epoch's figures)
 # A stage whose test accuracy is below chance (1 / classes) + this margin has learned
 # (next to) nothing: it is logged as a warning and noted in the stage's report entry.
-CHANCE_MARGIN = 0.05
-
-
-def near_chance(stage: str, acc: float | None, num_classes: int | None) -> str | None:
-    """The warning for a stage at (or near) chance accuracy; None when it learned."""
-    if acc is None or not num_classes or num_classes < 2:
-        return None
-    chance = 1.0 / num_classes
-    if acc >= chance + CHANCE_MARGIN:
-        return None
-    return (f"{stage}: test accuracy {acc:.1%} is within {100 * CHANCE_MARGIN:.0f} points of "
-            f"chance ({chance:.1%} for {num_classes} classes): it learned (next to) nothing; "
-            "try more epochs or another lr, and check that the labels match the samples and "
-            "the preprocessing (data.scale, data.mean, data.std) suits the model")
-
-
 def _schedule(c: TrainConfig | DistillConfig, images: bool) -> Schedule:
     """A stage's :class:`Schedule`; shifts and flips only for image data."""
     return Schedule(c.epochs, c.lr, c.batch_size, weight_decay=c.weight_decay,
@@ -182,24 +172,7 @@ class _Run:
     def record(self, name: str, model: nn.Module, cached: bool, s: dict[str, str],
                **extra: Any) -> None:
         self.entry(name, model, cached=cached, **extra)
-        s["detail"] = _detail(self.stages[-1])
-
-
-def _figure(entry: dict[str, Any]) -> str:
-    """A stage's accuracy, or for a model that is not a classifier its cosine with the
-    teacher."""
-    if entry.get("accuracy") is not None:
-        return f"{entry['accuracy']:.2%}"
-    if entry.get("teacher_cosine") is not None:
-        return f"cosine with the teacher {entry['teacher_cosine']:.4f}"
-    return "trained" if entry.get("trained", True) else "given (its weights loaded)"
-
-
-def _detail(entry: dict[str, Any]) -> str:
-    """A stage's line in the progress display: its accuracy (or cosine with the teacher),
-    cached, near chance."""
-    return (_figure(entry) + (" (cached)" if entry.get("cached") else "")
-            + (" — near chance, see the warning" if entry.get("warning") else ""))
+        s["detail"] = detail(self.stages[-1])
 
 
 def _reporting(step: Callable[[str], Any], on_epoch: EpochCallback | None
@@ -334,7 +307,7 @@ def _teacher_stage(run: _Run, make: Factory, trains: bool, teacher_key: str
     with run.step("teacher") as s:
         key = digest("teacher", teacher_key, run.base, asdict(run.config.teacher))
         model, info = _teacher(make, trains, run.data, run.config, run.cache, key)
-        s["detail"] = _detail(run.entry("teacher", model, **info))
+        s["detail"] = detail(run.entry("teacher", model, **info))
     return model, key
 
 
@@ -370,7 +343,7 @@ def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objec
                   seed=run.config.seed, objective=kd, specs=run.data.inputs)
             kd.close()
             run.cache.save("student_distilled", key, distilled, {})
-        layers = _transformer_layers(distilled, objectives.teacher, d,
+        layers = transformer_layers(distilled, objectives.teacher, d,
                                      run.data.num_classes is not None)
         note = ({"transformer": layers} if layers else
                 {"note": "logits only: no automatic layer pairs (the models share no 1-D or "
@@ -381,21 +354,8 @@ def _distilled_stage(run: _Run, student: Factory, t_key: str, objectives: _Objec
                    alpha=d.alpha, feature_weight=d.feature_weight,
                    attention_weight=d.attention_weight,
                    pairs=[[p.student, p.teacher] for p in pairs], views=d.views, **note)
+        worse_than_scratch(run.stages, bool(layers))
     return distilled, key
-
-
-def _transformer_layers(student: nn.Module, teacher: nn.Module, d: DistillConfig,
-                       classifier: bool) -> dict[str, Any] | None:
-    """What a transformer pair was distilled with (the report's ``transformer``), else
-    None."""
-    s, t = find_encoder(student), find_encoder(teacher)
-    if s is None or t is None:
-        return None
-    return {"layer_map": [list(p) for p in layer_map(s.depth, t.depth, d.layer_map)],
-            "hidden_weight": d.hidden_weight, "attention_loss": d.attention_loss,
-            "attention_weight": d.transformer_attention_weight,
-            "output_loss": "logits (KD)" if classifier else d.embedding_loss,
-            "student_layers": s.depth, "teacher_layers": t.depth}
 
 
 def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Objectives
@@ -420,7 +380,7 @@ def _pruned_stage(run: _Run, distilled: nn.Module, kd_key: str, objectives: _Obj
         else:  # both figures counted in the final weights, not taken from prune.sparsity
             amount = (f"{info['weight_sparsity']:.1%} of conv/linear weights zero, "
                       f"{info['param_sparsity']:.1%} of all parameters")
-        s["detail"] = (f"{_figure(run.stages[-1])}, {p.method} {p.schedule}, {amount}"
+        s["detail"] = (f"{figure(run.stages[-1])}, {p.method} {p.schedule}, {amount}"
                        + (" (cached)" if hit else ""))
     return pruned, key
 

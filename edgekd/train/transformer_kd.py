@@ -95,6 +95,10 @@ class Encoder:
     layers: tuple[nn.Module, ...]
     hidden_size: int
     heads: int
+    # Where each layer's query/key/value projections are, from the layer: BERT's
+    # attention.self.{query,key,value}, DistilBERT's attention.{q_lin,k_lin,v_lin}.
+    qkv: tuple[str, str, str] = ("attention.self.query", "attention.self.key",
+                                 "attention.self.value")
 
     @property
     def depth(self) -> int:
@@ -103,8 +107,9 @@ class Encoder:
 
 def find_encoder(model: nn.Module) -> Encoder | None:
     """The first submodule of ``model`` (itself included) that is a ``transformers``
-    ``PreTrainedModel`` with an ``encoder.layer`` list and ``embeddings`` (BERT, RoBERTa,
-    ELECTRA, MiniLM...); None when there is none or ``transformers`` is not installed."""
+    ``PreTrainedModel`` with ``embeddings`` and an ``encoder.layer`` list (BERT, RoBERTa,
+    ELECTRA, MiniLM...) or a ``transformer.layer`` list (DistilBERT); None when there is
+    none or ``transformers`` is not installed."""
     try:
         from transformers import PreTrainedModel
     except ImportError:
@@ -112,13 +117,18 @@ def find_encoder(model: nn.Module) -> Encoder | None:
     for m in model.modules():
         if not isinstance(m, PreTrainedModel):
             continue
-        layers = getattr(getattr(m, "encoder", None), "layer", None)
         embeddings = getattr(m, "embeddings", None)
+        cfg = m.config
+        layers = getattr(getattr(m, "encoder", None), "layer", None)  # BERT family
         if isinstance(layers, nn.ModuleList) and len(layers) and isinstance(embeddings,
                                                                              nn.Module):
-            cfg = m.config
             return Encoder(m, embeddings, tuple(layers), int(cfg.hidden_size),
                            int(cfg.num_attention_heads))
+        layers = getattr(getattr(m, "transformer", None), "layer", None)  # DistilBERT
+        if (isinstance(layers, nn.ModuleList) and len(layers)
+                and isinstance(embeddings, nn.Module) and hasattr(cfg, "n_heads")):
+            return Encoder(m, embeddings, tuple(layers), int(cfg.dim), int(cfg.n_heads),
+                           ("attention.q_lin", "attention.k_lin", "attention.v_lin"))
     return None
 
 
@@ -174,9 +184,8 @@ class _Capture:
             layer = enc.layers[i]
             self._watch(layer, f"h{i}")
             if qkv:
-                attention = layer.attention.self  # type: ignore[union-attr]
-                for part in ("query", "key", "value"):
-                    self._watch(getattr(attention, part), f"{part[0]}{i}")
+                for part, path in zip("qkv", enc.qkv, strict=True):
+                    self._watch(layer.get_submodule(path), f"{part}{i}")
 
     def _watch(self, module: nn.Module, key: str) -> None:
         def hook(_m: nn.Module, _args: Any, output: Any) -> None:
@@ -203,9 +212,20 @@ class _Capture:
 
 
 def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the [N, T, H] states of the tokens ``mask`` [N, T] keeps."""
+    """Mean squared error over the [N, T, H] states of the tokens ``mask`` [N, T] keeps,
+    relative to the teacher's mean square there (0: equal, 1: as far as a zero state).
+
+    Relative, because a pretrained encoder's hidden states are large (outlier dimensions
+    reach tens), so an absolute MSE's size, and its weight against the logit loss, would
+    depend on the teacher; relative, the term is O(1) whatever the teacher's scale, as the
+    KL terms are. (On a short schedule the hidden term still slows the task down: a user's
+    6-epoch BERT student reached 57.5 % with it, 82.5 % with logits only; the build warns
+    when distillation ends well below the scratch student.)"""
     keep = mask.unsqueeze(-1).to(student.dtype)
-    return ((student - teacher).pow(2) * keep).sum() / (keep.sum() * student.shape[-1]).clamp_min(1)
+    count = (keep.sum() * student.shape[-1]).clamp_min(1)
+    error = ((student - teacher).pow(2) * keep).sum() / count
+    scale = (teacher.pow(2) * keep).sum().detach() / count
+    return error / scale.clamp_min(torch.finfo(scale.dtype).tiny)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
