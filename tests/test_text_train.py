@@ -436,3 +436,31 @@ def test_students_from_teachers_bad_settings_are_one_line(tmp_path: Path, model:
     lines = out.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), out
     assert message in lines[0], out
+
+
+@pytest.mark.parametrize(("ids", "message"), [
+    (lambda ids: np.where(ids == ids.max(), 5000, ids), "input_ids 0..5000"),
+    (lambda ids: ids.astype(np.float32), "store token ids as integers"),
+])
+def test_token_ids_the_embedding_cannot_look_up_are_one_line(bert: Path, tmp_path: Path,
+                                                             ids, message: str) -> None:
+    """Ids outside the vocabulary (or stored as floats) stop the teacher's training with
+    one line naming the input and its range, not torch's IndexError trace; nothing is
+    written."""
+    for name in ("models.py", "test.npz"):
+        (tmp_path / name).write_bytes((bert / name).read_bytes())
+    data = np.load(bert / "train.npz")
+    np.savez(tmp_path / "train.npz", input_ids=ids(data["input_ids"]),
+             attention_mask=data["attention_mask"], y=data["y"])
+    code, out = _build(tmp_path, textwrap.dedent('''
+        [model]
+        teacher = "models.py:teacher"
+        student = "models.py:student"
+        [data]
+        train = "train.npz"
+        test = "test.npz"
+        ''') + QUICK)
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0], out
+    assert "Traceback" not in out
+    assert not (tmp_path / "out" / "x86-cpu").exists()

@@ -105,7 +105,9 @@ def kept_whole(dense: nn.Module, pruned: nn.Module, example: Batch
     """The layers of ``pruned`` that kept every channel of ``dense``, with the reason: the
     output layer, layers torch-pruning is not given, and convs/linears whose channels it
     found no way to remove."""
-    kept = _kept(dense, example)
+    # A transformers encoder loses heads and FFN channels (transformer_prune), not through
+    # torch-pruning: only what truly kept its width is listed, for the reason it did.
+    kept = {} if find_encoder(dense) is not None else _kept(dense, example)
     told = {name: kept[m] for name, m in dense.named_modules() if m in kept}
     widths = {name: _out(m) for name, m in dense.named_modules() if isinstance(m, _PRUNABLE)}
     rows = []
