@@ -412,6 +412,9 @@ def test_sentence_encoder_distilled_on_unlabeled_text_from_teacher_layers(
     assert stages["student_pruned"]["params"] < kd["params"]
     int8 = [a for a in report["artifacts"] if a["precision"] == "int8"]
     assert int8 and all(o["cosine_min"] >= 0.99 for a in int8 for o in a["outputs"]), int8
+    md = (tmp_path / "out" / "x86-cpu" / "report.md").read_text()
+    assert "cosine with the teacher" in md and "distilled layer by layer" in md
+    assert "fed as stored" in md  # token ids are not preprocessed
 
 
 @pytest.mark.parametrize(("model", "message"), [

@@ -130,7 +130,10 @@ def _budget(r: dict[str, Any]) -> str:
 def _stages(r: dict[str, Any]) -> str:
     rows = [("", [_e(s.get("name")), fmt.count(s.get("params")),
                   fmt.count(s.get("nonzero_params")), fmt.share(s.get("weight_sparsity")),
-                  fmt.percent(s.get("accuracy"))]) for s in dicts(r.get("stages"))]
+                  fmt.percent(s.get("accuracy")) if s.get("accuracy") is not None
+                  or s.get("teacher_cosine") is None
+                  else f"cosine with the teacher {s['teacher_cosine']:.4f}"])
+            for s in dicts(r.get("stages"))]
     return _table("Models", ["stage", "params", "non-zero", "weight sparsity", "accuracy"],
                   rows)
 

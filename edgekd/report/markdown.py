@@ -48,11 +48,19 @@ def _models(report: dict[str, Any]) -> Lines:
     lines = [f"Data: {md(data['name'])} — train {md(splits['train'])}, test "
              f"{md(splits['test'])}, calibration {md(splits['calibration'])} (seed "
              f"{md(data['seed'])}). Input {md_code(inp['shape'])} {md(inp['dtype'])}, "
-             f"{md_code(inp['preprocessing']['formula'])}.",
+             + ("fed as stored (integers are never preprocessed)."
+                if str(inp["dtype"]).startswith(("int", "uint", "bool")) else
+                f"{md_code(inp['preprocessing']['formula'])}."),
              "", "## Models", "",
              "| stage | params | non-zero | test accuracy |", "|---|---:|---:|---:|"]
     lines += [f"| {md(s['name'])} | {fmt.count(s['params'])} | {fmt.count(s['nonzero_params'])} | "
-              f"{fmt.percent(s['accuracy'])} |" for s in report["stages"]]
+              f"{_stage_figure(s)} |" for s in report["stages"]]
+    kd_lines = [f"- {md(s['name'])}: distilled layer by layer from the teacher (student layer "
+              f"<- teacher layer {md_code(t.get('layer_map'))}, hidden states weight "
+              f"{md(t.get('hidden_weight'))}, attention {md(t.get('attention_loss'))} weight "
+              f"{md(t.get('attention_weight'))}, output {md(t.get('output_loss'))})."
+              for s in report["stages"] if isinstance(t := s.get("transformer"), dict)]
+    lines += ["", *kd_lines] if kd_lines else []
     if not report["stages"]:
         lines.append(f"| (finished model: {md(report.get('model', {}).get('onnx', 'ONNX'))}) "
                      "| | | |")
@@ -287,3 +295,11 @@ def render_markdown(build_report: Mapping[str, Any]) -> str:
     lines += [f"Built in {fmt.seconds(report['build_seconds'])} on "
               f"{md(report['host']['machine'])} ({md(report['host']['cpus'])} CPUs).", ""]
     return "\n".join(lines)
+
+
+def _stage_figure(stage: dict[str, Any]) -> str:
+    """A stage's test accuracy, or for a model that is not a classifier its mean cosine
+    with the teacher's outputs on the test split."""
+    if stage.get("accuracy") is None and stage.get("teacher_cosine") is not None:
+        return f"cosine with the teacher {stage['teacher_cosine']:.4f}"
+    return fmt.percent(stage.get("accuracy"))

@@ -221,6 +221,7 @@ class Quantization(_Quantization, total=False):
     search: list[dict[str, Any]]  # {"recipe", "float_layers", "figure", "value", "holds"}
     keep_float: list[str]
     skip_int8: list[str]
+    qat: dict[str, Any]  # quantization-aware distillation: path, before/after, bought
 
 
 class Bench(TypedDict):
