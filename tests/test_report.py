@@ -460,6 +460,16 @@ def test_reports_say_the_int8_recipe_and_what_ships_fp32(report: Report) -> None
     assert "INT8 recipe:" not in render_markdown(dict(report))  # reports before 1.4
 
 
+def test_a_dynamic_int8_is_described_as_dynamic(report: Report) -> None:
+    """quant.recipe = "dynamic" makes MatMulInteger with run-time activation ranges: the
+    section says so, not "static" and calibrated (found by the user test)."""
+    r = _compression(report)
+    r["quantization"] |= {"recipe": "dynamic", "recipe_reason": 'quant.recipe = "dynamic"'}
+    for text in (render_markdown(r), render_html(r)):
+        assert "Quantization: dynamic INT8" in text and "quantize_dynamic" in text
+        assert "Quantization: static INT8" not in text
+
+
 @pytest.mark.slow
 def test_a_transformer_build_reports_its_int8_recipe(tmp_path: Path) -> None:
     """A real build of a finished tiny BERT (random weights, token ids + mask): report.json

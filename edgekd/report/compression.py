@@ -72,6 +72,12 @@ def how_int8_was_made(report: dict[str, Any], text: Escape, code: Escape) -> str
     form = _obj(variant.get("settings")).get("format", "QDQ")
     replaced = (f" It is INT8 variant {code(variant.get('name'))}, which replaced the model made "
                 "with the build's own settings (see What ships)." if variant else "")
+    if q.get("recipe") == "dynamic" and not variant:  # no calibration: ranges at run time
+        return (f"{code(q.get('path'))}: ONNX Runtime's {code('quantize_dynamic')} "
+                "(MatMulInteger: INT8 weights, activations quantized at run time from each "
+                "input's own range, no calibration)"
+                + (", taken from the cache of an earlier build" if q.get("cached") else "")
+                + f". {text(quant_settings(q, {}))}")
     return (f"{code(q.get('path'))}: ONNX Runtime's {code('quantize_static')} ({text(form)}), "
             f"activation ranges calibrated with {code(q.get('method'))} on the calibration split "
             f"({text(splits.get('calibration', '?'))} samples)"

@@ -192,7 +192,8 @@ def _quantization(r: dict[str, Any]) -> str:
     if not q:
         return ""
     splits = as_dict(as_dict(r.get("dataset")).get("splits"))
-    intro = f"<h2>Quantization: static INT8</h2><p>{compression.how_int8_was_made(r, _e, _e)}</p>"
+    kind = "dynamic" if q.get("recipe") == "dynamic" else "static"
+    intro = f"<h2>Quantization: {kind} INT8</h2><p>{compression.how_int8_was_made(r, _e, _e)}</p>"
     recipe = compression.recipe_line(q)
     intro += f"<p>{_e(recipe)}</p>" if recipe else ""
     fp32 = q.get("fp32_accuracy")

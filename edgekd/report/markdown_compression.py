@@ -115,7 +115,8 @@ def quantization_lines(report: dict[str, Any]) -> Lines:
         return []
     splits = report["dataset"].get("splits", {})
     on = "validation" if "validation" in splits else "calibration"
-    lines = ["## Quantization: static INT8", "",
+    kind = "dynamic" if q.get("recipe") == "dynamic" else "static"
+    lines = [f"## Quantization: {kind} INT8", "",
              compression.how_int8_was_made(report, md, md_code), ""]
     recipe = compression.recipe_line(q)
     lines += [md(recipe), ""] if recipe else []
