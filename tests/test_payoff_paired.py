@@ -143,3 +143,21 @@ def test_payoff_rows_validate_against_the_schema() -> None:
     for row in payoff([fp32, int8], [dense]):  # one paired row, one from separate runs
         jsonschema.validate(row, {"$schema": schema["$schema"], "$defs": schema["$defs"],
                                   "$ref": "#/$defs/payoff_row"})
+
+
+def test_float_matmuls_a_transformer_recipe_keeps_are_not_flagged() -> None:
+    """The transformer recipe keeps attention's activation x activation MatMuls in float: in
+    its INT8 artifact they are the recipe, not a fallback (a user test saw every transformer
+    build flagged); a float Conv, or a MatMul on another provider, still is."""
+    from edgekd.measure.payoff import flags
+
+    art = {"path": "student_int8.onnx", "placement": {"not_as_intended": [
+        {"node": "attn", "op": "MatMul", "ran": "CPUExecutionProvider, float"},
+        {"node": "fused", "op": "FusedMatMul", "ran": "CPUExecutionProvider, float"}]}}
+    assert flags([], [art], float_by_design=("MatMul", "FusedMatMul")) == []
+    assert len(flags([], [art])) == 1  # a CNN's INT8: every float MatMul is a finding
+    conv = {"path": "cnn_int8.onnx", "placement": {"not_as_intended": [
+        {"node": "c", "op": "Conv", "ran": "CPUExecutionProvider, float"},
+        {"node": "m", "op": "MatMul", "ran": "CPUExecutionProvider (not CUDAExecutionProvider)"}]}}
+    (flag,) = flags([], [conv], float_by_design=("MatMul", "FusedMatMul"))
+    assert "2 node(s)" in flag

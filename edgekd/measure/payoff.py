@@ -195,11 +195,14 @@ def _row(runtime: str, step: str, where: str, base: dict[str, Any], cand: dict[s
             "detail": text, "method": method, **extra}
 
 
-def flags(rows: list[dict[str, Any]], artifacts: list[dict[str, Any]]) -> list[str]:
+def flags(rows: list[dict[str, Any]], artifacts: list[dict[str, Any]],
+          float_by_design: tuple[str, ...] = ()) -> list[str]:
     """What a reader must not miss: steps that made a *shipped* artifact slower (with the
     ship policy's reason for shipping it anyway, when it gives one), ops not run as intended.
     An INT8 artifact slower than its FP32 that does not ship (the ship policy sent the FP32)
-    is no flag: its payoff row says it. Without ``shipped`` keys every artifact ships."""
+    is no flag: its payoff row says it. Without ``shipped`` keys every artifact ships.
+    ``float_by_design``: ops the INT8 recipe keeps in float on purpose (not flagged when they
+    ran in float on the intended provider)."""
     by_path = {a["path"]: a for a in artifacts}
     marked = any("shipped" in a for a in artifacts)
     out = []
@@ -210,7 +213,9 @@ def flags(rows: list[dict[str, Any]], artifacts: list[dict[str, Any]]) -> list[s
         why = (cand.get("int8_choice") or {}).get("why")  # the ship policy's documented choice
         out.append(f"SLOWER: {r['detail']}" + (f"; ships anyway: {why}" if why else ""))
     for a in artifacts:
-        off = (a.get("placement") or {}).get("not_as_intended") or []
+        off = [n for n in (a.get("placement") or {}).get("not_as_intended") or []
+               if not (n.get("op") in float_by_design and str(n.get("ran", "")).endswith(
+                   ", float"))]
         if off:
             ops = ", ".join(sorted({n["op"] for n in off}))
             out.append(f"{a['path']}: {len(off)} node(s) did not run as intended ({ops}): "

@@ -181,7 +181,12 @@ def assemble(*, target: Target, data: Dataset, config: BuildConfig, task: str,
         report["quantization"] = quantization
     if robustness is not None:
         report["robustness"] = robustness
-    report["flags"] = flags(report.get("payoff", []), artifacts)
+    # A transformer (or dynamic) INT8 keeps attention's activation x activation MatMuls in
+    # float by design: those float MatMuls are the recipe, not a fallback to flag.
+    recipe = (quantization or {}).get("recipe")
+    report["flags"] = flags(report.get("payoff", []), artifacts,
+                            float_by_design=("MatMul", "FusedMatMul")
+                            if recipe in ("transformer", "dynamic") else ())
     if budget is not None:
         report["budget"] = _budget(report, budget, target)
     return cast(Report, with_nulls(report))
