@@ -158,8 +158,12 @@ def user_data(spec: DataSpec, root: Path, *, trains: bool, calibration_samples: 
     if len({str(v) for v in shapes.values()}) > 1:
         detail = ", ".join(f"data.{n} {', '.join(f'{k} {list(v)}' for k, v in s.items())}"
                            for n, s in shapes.items())
+        tokens = any(v.dtype.kind in "iub" for x, _ in arrays.values() for v in x.values())
         raise UsageError(f"the data sets have different sample shapes ({detail}): give them "
-                         "one shape (data.image_size resizes images)")
+                         "one shape ("
+                         + ("pad or truncate every token input to the one sequence length "
+                            "the build deploys" if tokens else
+                            "data.image_size resizes images") + ")")
     for name, (xs, _) in arrays.items():  # data.std = 0 makes inf of finite samples
         for x in xs.values():
             if x.dtype.kind != "f":
