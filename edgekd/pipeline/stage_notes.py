@@ -1,14 +1,19 @@
 """What the training stages' report entries say beyond their figures: a stage near chance,
 a distilled student well below the scratch one, the layer map a transformer pair was
-distilled with, and each stage's line in the progress display."""
+distilled with, each stage's line in the progress display, and the one line for token ids
+an embedding cannot look up."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
 
+from edgekd.errors import UsageError
+from edgekd.inputs.dataset import Dataset
 from edgekd.settings.config import DistillConfig
 from edgekd.train.transformer_kd import find_encoder, layer_map
 
@@ -85,3 +90,27 @@ def transformer_layers(student: nn.Module, teacher: nn.Module, d: DistillConfig,
             "attention_weight": d.transformer_attention_weight,
             "output_loss": "logits (KD)" if classifier else d.embedding_loss,
             "student_layers": s.depth, "teacher_layers": t.depth}
+
+
+@contextlib.contextmanager
+def embedding_errors(data: Dataset) -> Iterator[None]:
+    """An embedding lookup the data cannot feed (token ids outside the vocabulary, ids
+    stored as floats) is one line naming the inputs and their values, not torch's trace."""
+    try:
+        yield
+    except (IndexError, RuntimeError) as exc:
+        text = str(exc)
+        ints = {s.name: [a for a in (data.train.extra.get(s.name), data.test.extra.get(s.name))
+                         if a is not None] for s in data.input_specs
+                if s.dtype.startswith("int") and s.kind != "mask"}
+        if "index out of range in self" in text and ints:
+            spans = ", ".join(f"{n} {min(int(a.min()) for a in v)}..{max(int(a.max()) for a in v)}"
+                              for n, v in ints.items() if v)
+            raise UsageError(f"the model's embedding cannot look up the data's ids ({spans}): "
+                             "keep token ids from 0 to the vocabulary size - 1 (tokenize "
+                             "with the model's own tokenizer, or raise vocab_size)") from exc
+        if "'indices'" in text and "Float" in text:
+            floats = [s.name for s in data.input_specs if not s.dtype.startswith("int")]
+            raise UsageError(f"the model looks up embeddings with {', '.join(floats) or 'an input'}"
+                             ", stored as floats: store token ids as integers (np.int64)") from exc
+        raise

@@ -29,6 +29,7 @@ from edgekd.errors import UsageError
 from edgekd.inputs.dataset import Dataset, InputSpec, Split
 from edgekd.pipeline.stage_notes import (
     detail,
+    embedding_errors,
     figure,
     near_chance,
     transformer_layers,
@@ -238,35 +239,11 @@ def run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
     ``on_epoch(stage, report)`` hears every epoch of every stage that trains. Training runs
     with ``config.train.threads`` threads (0 = automatic); the previous count is restored.
     """
-    with training_threads(config.train.threads) as threads, _embedding_errors(data):
+    with training_threads(config.train.threads) as threads, embedding_errors(data):
         return _run_training(teacher=teacher, student=student, teacher_trains=teacher_trains,
                              teacher_key=teacher_key, data=data, config=config, cache=cache,
                              cache_dir=cache_dir, step=_reporting(step, on_epoch),
                              threads=threads, student_key=student_key, derive=derive)
-
-
-@contextlib.contextmanager
-def _embedding_errors(data: Dataset) -> Iterator[None]:
-    """An embedding lookup the data cannot feed (token ids outside the vocabulary, ids
-    stored as floats) is one line naming the inputs and their values, not torch's trace."""
-    try:
-        yield
-    except (IndexError, RuntimeError) as exc:
-        text = str(exc)
-        ints = {s.name: [a for a in (data.train.extra.get(s.name), data.test.extra.get(s.name))
-                         if a is not None] for s in data.input_specs
-                if s.dtype.startswith("int") and s.kind != "mask"}
-        if "index out of range in self" in text and ints:
-            spans = ", ".join(f"{n} {min(int(a.min()) for a in v)}..{max(int(a.max()) for a in v)}"
-                              for n, v in ints.items() if v)
-            raise UsageError(f"the model's embedding cannot look up the data's ids ({spans}): "
-                             "keep token ids from 0 to the vocabulary size - 1 (tokenize "
-                             "with the model's own tokenizer, or raise vocab_size)") from exc
-        if "'indices'" in text and "Float" in text:
-            floats = [s.name for s in data.input_specs if not s.dtype.startswith("int")]
-            raise UsageError(f"the model looks up embeddings with {', '.join(floats) or 'an input'}"
-                             ", stored as floats: store token ids as integers (np.int64)") from exc
-        raise
 
 
 def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,

@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.common.interrupts import raise_if_interrupted
-from edgekd.common.progress import EVERY_S, active, emit
+from edgekd.common.progress import emit
 from edgekd.inputs.dataset import InputSpec, Split
 from edgekd.train.augment import augment_inputs
+from edgekd.train.epochs import BatchEvents, EpochReport, Tally
 
 # What a trained model predicts lives beside the loop; importers of the loop keep them here.
 from edgekd.train.inference import (  # noqa: F401
@@ -56,9 +57,6 @@ from edgekd.train.inference import (  # noqa: F401
 
 StepHook = Callable[[int, int], None]  # (optimizer steps done, total steps) after each step
 OPTIMIZERS = ("adamw", "sgd")
-# Batch progress events (edgekd.common.progress) only in epochs that take longer than this:
-# a short epoch's own event comes soon enough.
-LONG_EPOCH_S = 2.0
 NEEDS_LABELS = ("training on hard labels needs labeled samples, and the training split has "
                 "none: give the data labels (y), or train with an objective that needs none")
 
@@ -87,19 +85,6 @@ class Schedule:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; allowed: "
                              f"{', '.join(OPTIMIZERS)}")
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    """What the loop tells its epoch callback after each epoch. ``loss`` and ``accuracy``
-    are means over the epoch's training batches as they were trained on (augmented, in
-    training mode): *training* figures, not test ones."""
-
-    epoch: int  # 1-based
-    epochs: int
-    loss: float
-    accuracy: float | None  # None when the labels are not class indices
-    seconds: float  # since the stage started training
 
 
 EpochHook = Callable[[EpochReport], None]
@@ -279,61 +264,6 @@ class _Trainable(nn.Module):
         return call(self.model, batch)
 
 
-class _Tally:
-    """Mean loss and training accuracy over an epoch's batches."""
-
-    def __init__(self) -> None:
-        self.loss = self.correct = 0.0
-        self.seen = 0
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None
-            ) -> None:
-        n = len(logits)
-        self.loss += float(loss.detach()) * n
-        if labels is not None and labels.dtype == torch.int64 and logits.dim() == 2:
-            self.correct += float((logits.detach().argmax(1) == labels).sum())
-        self.seen += n
-
-    def report(self, epoch: int, epochs: int, classes: bool, start: float) -> EpochReport:
-        return EpochReport(epoch, epochs, self.loss / max(self.seen, 1),
-                           self.correct / max(self.seen, 1) if classes else None,
-                           time.perf_counter() - start)
-
-    def metrics(self, classes: bool) -> dict[str, float]:
-        out = {"loss": self.loss / max(self.seen, 1)}
-        if classes:
-            out["accuracy"] = self.correct / max(self.seen, 1)
-        return out
-
-
-class _BatchEvents:
-    """Progress events inside an epoch: at most one per :data:`EVERY_S`, and only when the
-    epoch, at the pace of its batches so far, takes longer than :data:`LONG_EPOCH_S`. The
-    batch's loss is read by the tally anyway, so an event costs no extra synchronisation."""
-
-    def __init__(self, epochs: int, batches: int, classes: bool, start: float) -> None:
-        self.epochs, self.batches, self.classes, self.start = epochs, batches, classes, start
-        self.on = active()
-        self.epoch_start = self.last = start
-        self.current = 1
-
-    def epoch(self, epoch: int) -> None:
-        self.epoch_start = self.last = time.perf_counter()
-        self.current = epoch
-
-    def batch(self, done: int, tally: _Tally) -> None:
-        if not self.on or done >= self.batches:  # the epoch's own event follows
-            return
-        now = time.perf_counter()
-        if (now - self.last < EVERY_S
-                or (now - self.epoch_start) / done * self.batches <= LONG_EPOCH_S):
-            return
-        self.last = now
-        emit("train", done, self.batches, "batch",
-             {"epoch": self.current, "epochs": self.epochs, **tally.metrics(self.classes)},
-             now - self.start)
-
-
 def _image_inputs(specs: Sequence[InputSpec]) -> set[str]:
     """The inputs fed by name that shifts and flips may touch: the image inputs (a one-input
     model's batch is augmented when it is an NCHW batch)."""
@@ -385,10 +315,10 @@ def train(model: nn.Module, data: Split, schedule: Schedule, *, seed: int,
     done, start = 0, time.perf_counter()
     classes = y is not None and y.dtype == torch.int64
     per_epoch = -(-n // schedule.batch_size)
-    events = _BatchEvents(schedule.epochs, per_epoch, classes, start)
+    events = BatchEvents(schedule.epochs, per_epoch, classes, start)
     emit("train", 0, schedule.epochs, "epoch")
     for epoch in range(schedule.epochs):
-        tally = _Tally()
+        tally = Tally()
         events.epoch(epoch + 1)
         for b, batch in enumerate(_batches(n, schedule.batch_size, gen), 1):
             idx = batch[rank::size] if size > 1 else batch
