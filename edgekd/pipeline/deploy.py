@@ -238,7 +238,10 @@ def quantize(ctx: Deploy, model: Model) -> QuantizedModel:
                           if quantized.float_layers else "")
                        + (" (cached)" if quantized.cached else ""))
     judge, validation, qat = _judge(ctx), _validation(ctx.inputs), None
-    if deployed is not None and judge and validation and qat_wanted(q, quantized):
+    # QAT fine-tunes on the training split: a finished model given with test data only
+    # (deploy-only) has none, and keeps post-training INT8.
+    if (deployed is not None and judge and validation and len(data.train) > 0
+            and qat_wanted(q, quantized)):
         with ctx.step("quantization-aware distillation") as s:
             got = recover_int8(
                 deployed, quantized, fp32=fp32, work=ctx.work, cache=ctx.cache, key=model.key,
