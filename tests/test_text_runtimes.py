@@ -92,6 +92,7 @@ def _project(folder: Path, factory: str) -> Path:
     np.savez(folder / "test.npz", **test)
     sys.path.insert(0, str(folder))
     try:
+        sys.modules.pop("models", None)  # another test's models.py
         import models  # the user's file, as edgekd will load it
 
         model = getattr(models, factory)()

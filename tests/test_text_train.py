@@ -372,6 +372,7 @@ def test_sentence_encoder_distilled_on_unlabeled_text_from_teacher_layers(
     import sys
     sys.path.insert(0, str(tmp_path))
     try:
+        sys.modules.pop("models", None)  # another test's models.py
         import models  # type: ignore[import-not-found]
         save_file(models.teacher().state_dict(), str(tmp_path / "teacher.safetensors"))
     finally:

@@ -93,6 +93,8 @@ def _models(folder: Path) -> object:
     try:
         import importlib
 
+        sys.modules.pop("models", None)  # another test's models.py
+
         import models  # type: ignore[import-not-found]
 
         return importlib.reload(models)
@@ -296,6 +298,8 @@ def test_entropy_failure_in_a_build_is_one_error_line(tmp_path: Path) -> None:
     sys.path.insert(0, str(folder))
     try:
         import importlib
+
+        sys.modules.pop("models", None)  # another test's models.py
 
         import models  # type: ignore[import-not-found]
 
