@@ -37,7 +37,7 @@ from edgekd.pipeline.stage_notes import (
 )
 from edgekd.settings.config import BuildConfig, DistillConfig, TrainConfig
 from edgekd.train.augment import SoftTargets, training_views
-from edgekd.train.distill import Distillation, LayerPair, auto_pairs
+from edgekd.train.distill import Distillation, LayerPair, configured_pairs
 from edgekd.train.inference import Batch, example, logits_of, model_input
 from edgekd.train.loop import (
     EpochReport,
@@ -85,28 +85,6 @@ class Trained:
     distilled: nn.Module
     student: nn.Module  # pruned and fine-tuned: the model that is deployed
     key: str  # the pruned stage's cache key: identifies the deployed model
-
-
-def _pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
-           example: Batch) -> list[LayerPair]:
-    """The configured layer pairs, else the automatic default; none when neither the feature
-    nor the attention term is on."""
-    if not (d.feature_weight or d.attention_weight):
-        return []
-    if d.pairs:
-        for label, module, names in (("student", student, [s for s, _ in d.pairs]),
-                                     ("teacher", teacher, [t for _, t in d.pairs])):
-            known = dict(module.named_modules())
-            for name in names:
-                if name not in known:
-                    raise UsageError(f"distill.pairs: the {label} has no layer {name!r}; its "
-                                     f"layers: {', '.join(n for n in known if n)}")
-        return [LayerPair(s, t) for s, t in d.pairs]
-    try:
-        return auto_pairs(student, teacher, example)
-    except ValueError as exc:  # no shared 1-D/2-D feature maps: logits only, the log says why
-        log.warning("distill: no automatic layer pairs (%s); distilling logits only", exc)
-        return []
 
 
 def _teacher(make: Factory, trains: bool, data: Dataset, config: BuildConfig,
@@ -295,8 +273,8 @@ def _run_training(*, teacher: Factory, student: Factory, teacher_trains: bool,
                else None)
     # A transformer pair is distilled layer by layer from its configs (transformer_kd), not
     # through the CNN feature pairs.
-    pairs = ([] if transformers else
-             _pairs(d, student(), teacher_model, example(model_input(data.train, data.inputs))))
+    pairs = ([] if transformers else configured_pairs(
+        d, student(), teacher_model, example(model_input(data.train, data.inputs))))
     objectives = _Objectives(run, teacher_model, pairs, cache_dir)
     distilled, kd_key = _distilled_stage(run, student, t_key, objectives)
     pruned, key = _pruned_stage(run, distilled, kd_key, objectives)

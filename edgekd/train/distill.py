@@ -20,6 +20,7 @@ per sample, memory-mapped), so training never runs the teacher.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgekd.errors import UsageError
+from edgekd.settings.recipe import DistillConfig
 from edgekd.train.inference import Batch, call
 from edgekd.train.teacher_cache import OnlineTeacher, TeacherOutputs, tap
 
@@ -231,3 +234,26 @@ class Distillation:
 
     def close(self) -> None:
         self._tap.__exit__(None, None, None)
+
+
+def configured_pairs(d: DistillConfig, student: nn.Module, teacher: nn.Module,
+           example: Batch) -> list[LayerPair]:
+    """The configured layer pairs, else the automatic default; none when neither the feature
+    nor the attention term is on."""
+    if not (d.feature_weight or d.attention_weight):
+        return []
+    if d.pairs:
+        for label, module, names in (("student", student, [s for s, _ in d.pairs]),
+                                     ("teacher", teacher, [t for _, t in d.pairs])):
+            known = dict(module.named_modules())
+            for name in names:
+                if name not in known:
+                    raise UsageError(f"distill.pairs: the {label} has no layer {name!r}; its "
+                                     f"layers: {', '.join(n for n in known if n)}")
+        return [LayerPair(s, t) for s, t in d.pairs]
+    try:
+        return auto_pairs(student, teacher, example)
+    except ValueError as exc:  # no shared 1-D/2-D feature maps: logits only, the log says why
+        logging.getLogger("edgekd.pipeline.training").warning(  # the build's log, as before
+            "distill: no automatic layer pairs (%s); distilling logits only", exc)
+        return []
